@@ -1,0 +1,537 @@
+"""The AvePoint Graph client: customers, job pages, retries and the concurrency bound.
+
+One `AvePointClient` serves the whole process. Every HTTP request it sends waits on one
+shared semaphore, so at most `concurrency` requests are in flight across all customers
+(token requests are not counted). Each request carries a bearer token from the
+`TokenProvider`; a 401 renews the token once and repeats the request.
+
+Retries (tenacity, with the injected `sleep` and `clock`): 408, 429 and every 5xx (the
+contract says "429 and 5xx are retried"), timeouts and connection failures, and token
+requests that failed in one of those ways. Backoff is exponential with full jitter, or
+the upstream's Retry-After (capped at `max_delay`) when it sends one. The walk stops at
+`attempts` tries or when the next wait would pass `total_seconds`, and gives up at once
+when Retry-After asks for more than the time left. Other statuses (400, 401 after the
+renewal, 403, 404, ...) and malformed bodies are not retried. The semaphore is released
+before any retry sleep.
+
+A job walk fetches page 1, then the pages `metadata.totalCount` promises concurrently; an
+empty page ends it. Without a usable totalCount it walks on one page at a time until an
+empty or short page. Every failure is an `UpstreamError` naming the customer, page, status
+and request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar, NoReturn
+from urllib.parse import quote
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+
+from app.upstream.auth import TokenProvider
+from app.upstream.errors import (
+    UpstreamAuthError,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamMalformed,
+    UpstreamRateLimited,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
+from app.upstream.wire import (
+    PageEnvelope,
+    UpstreamCustomer,
+    customer_of,
+    is_transient,
+    parse_page,
+    request_id_of,
+    retry_after_of,
+    unique_jobs,
+)
+
+logger = logging.getLogger("app.upstream")
+
+CUSTOMERS_PATH = "/partner/external/v3/general/customers/batch"
+JOBS_PATH = "/partner/external/v3/general/customers/{customer_id}/avpt-products/jobs/batch"
+
+MetricsHook = Callable[[str, float], None]
+"""Called once per HTTP exchange with its outcome ("ok" or an error kind) and seconds."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard one request is tried: bounded in attempts and in total seconds."""
+
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30
+    total_seconds: float = 120
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("RetryPolicy.attempts must be at least 1")
+        if min(self.base_delay, self.max_delay, self.total_seconds) < 0:
+            raise ValueError("RetryPolicy delays must not be negative")
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+@dataclass(frozen=True)
+class JobsPage:
+    """One page of a customer's jobs, as the upstream sent it."""
+
+    customer_id: str
+    page: int
+    rows: list[dict[str, Any]]
+    total_count: int | None
+    page_size: int | None
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class JobsFetch:
+    """A customer's whole job list: rows de-duplicated by jobId, in page order.
+
+    Rows without a usable jobId are kept as they came, for the caller to count as skipped.
+    """
+
+    customer_id: str
+    rows: list[dict[str, Any]]
+    pages: int
+    request_ids: list[str]
+
+
+def backoff_delay(
+    policy: RetryPolicy, attempt: int, draw: Callable[[float, float], float]
+) -> float:
+    """Full jitter: a draw from [0, min(max_delay, base_delay * 2**(attempt-1))]."""
+    ceiling = min(policy.max_delay, policy.base_delay * 2.0 ** min(attempt - 1, 62))
+    return min(max(draw(0.0, ceiling), 0.0), ceiling)
+
+
+def is_retriable(error: BaseException) -> bool:
+    return isinstance(error, UpstreamError) and error.retriable
+
+
+def jobs_filter(job_type: int | None, job_module: int | None) -> dict[str, int]:
+    """The jobs request body: only the filters that were given."""
+    body = {}
+    if job_type is not None:
+        body["jobType"] = job_type
+    if job_module is not None:
+        body["jobModule"] = job_module
+    return body
+
+
+def usable_page_size(reported: int | None, requested: int) -> int:
+    """The page size the upstream actually used: it may cap ours, never exceed it."""
+    return reported if reported is not None and 0 < reported <= requested else requested
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What one logical request is about, for messages, logs and retries."""
+
+    what: str  # "jobs" or "customers"
+    url: str
+    body: dict[str, Any]
+    page: int
+    customer_id: str | None = None
+
+
+@dataclass
+class _Answer:
+    envelope: PageEnvelope
+    request_id: str | None
+
+
+@dataclass
+class _Progress:
+    """State of one logical request across its attempts."""
+
+    started: float
+    renewed: bool = False
+    stop_reason: str | None = None
+
+
+class AvePointClient:
+    """Reads customers and their job pages from AvePoint Graph."""
+
+    PAGE_SIZE: ClassVar[int] = 100
+    # A walk that never meets an empty page (a looping upstream) stops here.
+    MAX_PAGES: ClassVar[int] = 10_000
+    # Pages of one customer requested ahead of the one being yielded; the semaphore
+    # still decides how many are in flight, this only bounds the tasks one walk holds.
+    PREFETCH_PAGES: ClassVar[int] = 16
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        base_url: str,
+        tokens: TokenProvider,
+        concurrency: int | asyncio.Semaphore,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: MetricsHook | None = None,
+        jitter: Callable[[float, float], float] = random.uniform,
+        utcnow: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        if isinstance(concurrency, int) and concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self._http = http
+        self._base_url = base_url.rstrip("/")
+        self._tokens = tokens
+        self._semaphore = (
+            concurrency
+            if isinstance(concurrency, asyncio.Semaphore)
+            else asyncio.Semaphore(concurrency)
+        )
+        self._retry = retry
+        self._sleep = sleep
+        self._clock = clock
+        self._metrics = metrics
+        self._jitter = jitter
+        self._utcnow = utcnow
+
+    # -- customers -------------------------------------------------------------------
+
+    async def list_customers(self) -> list[UpstreamCustomer]:
+        """Every customer the app may see, over all pages, each id once."""
+        customers: dict[str, UpstreamCustomer] = {}
+        url = self._base_url + CUSTOMERS_PATH
+        for index in range(1, self.MAX_PAGES + 1):
+            answer = await self._request(_Call("customers", url, {}, index))
+            rows = answer.envelope.data
+            skipped = 0
+            for row in rows:
+                customer = customer_of(row)
+                if customer is None:
+                    skipped += 1
+                else:
+                    customers.setdefault(customer.id, customer)
+            if skipped:
+                logger.warning(
+                    "AvePoint customers page %d: %d rows without an id ignored (request id %s)",
+                    index,
+                    skipped,
+                    answer.request_id,
+                )
+            metadata = answer.envelope.metadata
+            size = usable_page_size(metadata.page_size, self.PAGE_SIZE)
+            total = metadata.total_count
+            if len(rows) < size or (total is not None and index * size >= total):
+                break
+        else:
+            logger.warning("AvePoint customer list stopped after %d pages", self.MAX_PAGES)
+        return list(customers.values())
+
+    # -- jobs ------------------------------------------------------------------------
+
+    async def fetch_jobs(
+        self,
+        customer_id: str,
+        *,
+        job_type: int | None = None,
+        job_module: int | None = None,
+    ) -> JobsFetch:
+        """All of a customer's jobs; raises an UpstreamError when any page fails."""
+        rows: list[dict[str, Any]] = []
+        pages = 0
+        request_ids: list[str] = []
+        # Consumed to the end (or ended by its own exception), so the walk's cleanup of
+        # prefetched pages always runs without an explicit aclose().
+        async for page in self.iter_job_pages(
+            customer_id, job_type=job_type, job_module=job_module
+        ):
+            pages += 1
+            rows.extend(page.rows)
+            if page.request_id is not None:
+                request_ids.append(page.request_id)
+        unique = unique_jobs(rows)
+        logger.info(
+            "AvePoint customer %s: %d jobs (%d repeated rows dropped) on %d pages",
+            customer_id,
+            len(unique),
+            len(rows) - len(unique),
+            pages,
+        )
+        return JobsFetch(customer_id, unique, pages, request_ids)
+
+    async def iter_job_pages(
+        self,
+        customer_id: str,
+        *,
+        job_type: int | None = None,
+        job_module: int | None = None,
+    ) -> AsyncIterator[JobsPage]:
+        """A customer's job pages in page order, ending with the first empty one."""
+        body = jobs_filter(job_type, job_module)
+        first = await self._jobs_page(customer_id, 1, body)
+        yield first
+        if not first.rows:
+            return
+        size = usable_page_size(first.page_size, self.PAGE_SIZE)
+        total = first.total_count
+        if total is not None and total >= len(first.rows):
+            planned = min(math.ceil(total / size), self.MAX_PAGES)
+            pages = self._concurrent_pages(customer_id, body, range(2, planned + 1))
+            # aclosing: when our consumer stops early, the prefetched pages are
+            # cancelled now rather than whenever the garbage collector gets to them.
+            async with aclosing(pages):
+                async for page in pages:
+                    yield page
+            return
+        # No usable totalCount (missing, "N/A", or fewer than page 1 holds): one page at
+        # a time until an empty or short one.
+        previous = first
+        for index in range(2, self.MAX_PAGES + 1):
+            if len(previous.rows) < size:
+                return
+            previous = await self._jobs_page(customer_id, index, body)
+            yield previous
+        if len(previous.rows) >= size:
+            logger.warning(
+                "AvePoint customer %s: job walk stopped after %d pages", customer_id, self.MAX_PAGES
+            )
+
+    async def _concurrent_pages(
+        self, customer_id: str, body: dict[str, Any], indexes: range
+    ) -> AsyncGenerator[JobsPage, None]:
+        """The pages in `indexes`, fetched concurrently, yielded in order up to an empty one."""
+        pending = iter(indexes)
+        window: deque[asyncio.Task[JobsPage]] = deque()
+
+        def top_up() -> None:
+            while len(window) < self.PREFETCH_PAGES:
+                index = next(pending, None)
+                if index is None:
+                    return
+                window.append(asyncio.create_task(self._jobs_page(customer_id, index, body)))
+
+        try:
+            top_up()
+            while window:
+                page = await window.popleft()
+                yield page
+                if not page.rows:
+                    return
+                top_up()
+        finally:
+            # An empty page, a failure or a consumer that stopped early: the pages
+            # still in the window are not wanted any more.
+            for task in window:
+                task.cancel()
+            await asyncio.gather(*window, return_exceptions=True)
+
+    async def _jobs_page(self, customer_id: str, index: int, body: dict[str, Any]) -> JobsPage:
+        url = self._base_url + JOBS_PATH.format(customer_id=quote(customer_id, safe=""))
+        answer = await self._request(_Call("jobs", url, body, index, customer_id))
+        metadata = answer.envelope.metadata
+        return JobsPage(
+            customer_id=customer_id,
+            page=index,
+            rows=answer.envelope.data,
+            total_count=metadata.total_count,
+            page_size=metadata.page_size,
+            request_id=answer.request_id,
+        )
+
+    # -- one request, with retries ---------------------------------------------------
+
+    async def _request(self, call: _Call) -> _Answer:
+        progress = _Progress(started=self._clock())
+
+        def stop(state: RetryCallState) -> bool:
+            progress.stop_reason = self._stop_reason(progress, state)
+            return progress.stop_reason is not None
+
+        def give_up(state: RetryCallState) -> NoReturn:
+            error = _failure(state)
+            raise error.gave_up(state.attempt_number, progress.stop_reason) from None
+
+        def before_sleep(state: RetryCallState) -> None:
+            logger.warning(
+                "%s; retry %d of %d in %.2fs",
+                _failure(state),
+                state.attempt_number,
+                self._retry.attempts - 1,
+                state.upcoming_sleep,
+            )
+
+        retrying = AsyncRetrying(
+            stop=stop,
+            wait=self._wait,
+            retry=retry_if_exception(is_retriable),
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            retry_error_callback=give_up,
+        )
+        answer: _Answer = await retrying(self._attempt, call, progress)
+        return answer
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = _failure(state)
+        if error.retry_after is not None:
+            return min(error.retry_after, self._retry.max_delay)
+        return backoff_delay(self._retry, state.attempt_number, self._jitter)
+
+    def _stop_reason(self, progress: _Progress, state: RetryCallState) -> str | None:
+        policy = self._retry
+        if state.attempt_number >= policy.attempts:
+            return "gave up"
+        remaining = policy.total_seconds - (self._clock() - progress.started)
+        retry_after = _failure(state).retry_after
+        if retry_after is not None and retry_after > remaining:
+            return (
+                f"gave up: Retry-After asks for {retry_after:g}s and only "
+                f"{max(remaining, 0):.0f}s of the retry budget are left"
+            )
+        if state.upcoming_sleep > remaining:
+            return f"gave up: the next retry would pass the {policy.total_seconds:g}s budget"
+        return None
+
+    async def _attempt(self, call: _Call, progress: _Progress) -> _Answer:
+        token = await self._token(call, stale=None)
+        response, seconds = await self._send(call, token)
+        if response.status_code == 401 and not progress.renewed:
+            # Once per logical request: a token refused twice is not a stale token.
+            progress.renewed = True
+            self._observe(UpstreamAuthError.kind, seconds)
+            logger.info(
+                "AvePoint refused the token for %s page %d (request id %s); renewing it",
+                call.customer_id or call.what,
+                call.page,
+                request_id_of(response.headers),
+            )
+            token = await self._token(call, stale=token)
+            response, seconds = await self._send(call, token)
+        return self._read(call, response, seconds)
+
+    async def _token(self, call: _Call, *, stale: str | None) -> str:
+        """A token (renewed when `stale` is given); failures name this call's customer and page."""
+        try:
+            if stale is None:
+                return await self._tokens.token()
+            return await self._tokens.renew(stale)
+        except UpstreamAuthError as error:
+            raise error.replace(customer_id=call.customer_id, page=call.page) from None
+
+    async def _send(self, call: _Call, token: str) -> tuple[httpx.Response, float]:
+        """One HTTP exchange, inside the semaphore; transport failures become typed."""
+        async with self._semaphore:
+            started = self._clock()
+            try:
+                response = await self._http.post(
+                    call.url,
+                    params={"pageIndex": call.page, "pageSize": self.PAGE_SIZE},
+                    json=call.body,
+                    headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                )
+            except httpx.RequestError as exc:
+                error = _transport_error(call, exc)
+                self._observe(error.kind, self._clock() - started)
+                # `from None`: the httpx error holds the request and its Authorization.
+                raise error from None
+            seconds = self._clock() - started
+        logger.debug(
+            "AvePoint %s customer=%s page=%d -> HTTP %d (request id %s)",
+            call.what,
+            call.customer_id,
+            call.page,
+            response.status_code,
+            request_id_of(response.headers),
+        )
+        return response, seconds
+
+    def _read(self, call: _Call, response: httpx.Response, seconds: float) -> _Answer:
+        request_id = request_id_of(response.headers)
+        status = response.status_code
+        try:
+            if not 200 <= status < 300:
+                raise self._status_error(call, response, request_id)
+            envelope = parse_page(
+                response.content,
+                customer_id=call.customer_id,
+                page=call.page,
+                status=status,
+                request_id=request_id,
+            )
+        except UpstreamError as error:
+            self._observe(error.kind, seconds)
+            raise
+        self._observe("ok", seconds)
+        return _Answer(envelope, request_id)
+
+    def _status_error(
+        self, call: _Call, response: httpx.Response, request_id: str | None
+    ) -> UpstreamError:
+        status = response.status_code
+        context: dict[str, Any] = {
+            "customer_id": call.customer_id,
+            "page": call.page,
+            "status": status,
+            "request_id": request_id,
+        }
+        retriable = status in (408, 429) or 500 <= status <= 599
+        if retriable:
+            context["retriable"] = True
+            context["retry_after"] = retry_after_of(response.headers, now=self._utcnow())
+        if status == 401:
+            return UpstreamAuthError(
+                f"AvePoint refused the {call.what} request's token even after renewing it",
+                **context,
+            )
+        if status == 429:
+            return UpstreamRateLimited(f"AvePoint rate-limited the {call.what} request", **context)
+        summary = f"AvePoint answered the {call.what} request with HTTP {status}"
+        if status in (403, 404) and call.customer_id is not None:
+            summary += "; the customer may be outside the app's customer scope"
+        return UpstreamStatusError(summary, **context)
+
+    def _observe(self, outcome: str, seconds: float) -> None:
+        if self._metrics is None:
+            return
+        try:
+            self._metrics(outcome, seconds)
+        except Exception:
+            # Metrics are a side channel: a broken hook must not fail a refresh.
+            logger.exception("AvePoint metrics hook failed")
+
+
+def _failure(state: RetryCallState) -> UpstreamError:
+    """The UpstreamError that ended an attempt (the retry predicate only passes those)."""
+    assert state.outcome is not None
+    error = state.outcome.exception()
+    assert isinstance(error, UpstreamError)
+    return error
+
+
+def _transport_error(call: _Call, exc: httpx.RequestError) -> UpstreamError:
+    context: dict[str, Any] = {"customer_id": call.customer_id, "page": call.page}
+    name = type(exc).__name__
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(
+            f"AvePoint {call.what} request timed out ({name})", retriable=True, **context
+        )
+    if isinstance(exc, httpx.DecodingError):
+        return UpstreamMalformed(
+            f"AvePoint {call.what} answer could not be decoded ({name})", **context
+        )
+    return UpstreamConnectionError(
+        f"AvePoint {call.what} request failed to connect ({name})",
+        retriable=is_transient(exc),
+        **context,
+    )
