@@ -1,0 +1,187 @@
+"""Engines, sessions and migrations.
+
+Nothing here runs at import time: the application's lifespan calls `create_engine` and
+`migrate`, and disposes the engine. The Alembic scripts live in `migrations/` at the root of
+the checkout; `MIGRATIONS_DIR` finds them from this package, so the working directory does
+not matter.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+"""The Alembic script directory of this checkout (`<repo>/migrations`)."""
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 10
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or brought to the current schema.
+
+    The message is one line that names DATABASE_URL (password hidden) and the cause.
+    """
+
+
+def async_url(url: str) -> str:
+    """The async-driver form of a database URL; URLs naming another driver stay as they are.
+
+    `postgresql://` and `postgres://` -> `postgresql+asyncpg://`; `sqlite://` ->
+    `sqlite+aiosqlite://`.
+    """
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    return url
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password masked, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable URL>"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    parsed = make_url(url)
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    if parsed.query.get("mode") == "memory":
+        return None
+    return Path(database)
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # Safe with WAL: a crash may lose the last commits but never corrupts the file.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine for `url` (plain `postgresql://` and `sqlite:///` URLs are accepted).
+
+    SQLite: WAL journal, a busy timeout and foreign keys on every connection; the directory
+    of a file database is created. PostgreSQL: connections are pinged before use.
+    """
+    url = async_url(url)
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        path = _sqlite_file(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = _create_async_engine(url)
+        event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+        return engine
+    if backend == "postgresql":
+        connect_args: dict[str, Any] = {}
+        if make_url(url).get_driver_name() == "asyncpg":
+            connect_args["timeout"] = POSTGRES_CONNECT_TIMEOUT_SECONDS
+            # Our queries are short index probes; JIT compilation only adds latency to them.
+            connect_args["server_settings"] = {"jit": "off"}
+        return _create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    return _create_async_engine(url, pool_pre_ping=True)
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions whose objects stay readable after commit."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """An Alembic config for this checkout's migrations, independent of the working directory."""
+    if not (MIGRATIONS_DIR / "env.py").is_file():
+        raise DatabaseUnavailable(
+            f"DATABASE_URL: the migrations directory {MIGRATIONS_DIR} is missing from this install"
+        )
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        # Config values go through ConfigParser interpolation.
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+@functools.cache
+def _head_revisions() -> frozenset[str]:
+    return frozenset(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+# Serializes `migrate` across processes starting at once against one PostgreSQL database.
+MIGRATION_LOCK_KEY = 0x4A6F6273  # "Jobs"
+
+
+def _upgrade_to_head(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _current_revisions(connection: Connection) -> frozenset[str]:
+    return frozenset(MigrationContext.configure(connection).get_current_heads())
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    detail = lines[0] if lines else ""
+    name = type(exc).__name__
+    return f"{name}: {detail}" if detail else name
+
+
+async def migrate(engine_or_url: AsyncEngine | str) -> None:
+    """Bring the database to the newest schema (`alembic upgrade head`).
+
+    Raises `DatabaseUnavailable` with one line naming DATABASE_URL when the database cannot be
+    reached or migrated.
+    """
+    owned = isinstance(engine_or_url, str)
+    label = safe_url(engine_or_url if isinstance(engine_or_url, str) else str(engine_or_url.url))
+    try:
+        engine = create_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
+    except (ArgumentError, OSError, ImportError) as exc:
+        raise DatabaseUnavailable(f"DATABASE_URL={label} is not usable: {_one_line(exc)}") from exc
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_upgrade_to_head)
+    except (SQLAlchemyError, CommandError, OSError, TimeoutError) as exc:
+        raise DatabaseUnavailable(
+            f"DATABASE_URL={label} cannot be reached or migrated: {_one_line(exc)}"
+        ) from exc
+    finally:
+        if owned:
+            await engine.dispose()
+
+
+async def migrations_current(engine: AsyncEngine) -> bool:
+    """True when the database answers and its schema is at the newest migration (for /readyz)."""
+    try:
+        async with engine.connect() as connection:
+            current = await connection.run_sync(_current_revisions)
+    except (SQLAlchemyError, OSError, TimeoutError):
+        return False
+    return current == _head_revisions()

@@ -1,0 +1,201 @@
+"""The database tables, as SQLAlchemy 2 typed models.
+
+Alembic migrations in `migrations/versions/` are the only source of the schema; these models
+describe it for queries and for the drift test, which fails when the two disagree.
+
+- `customers`: every customer of the partner, with the name from the customer listing and
+  the number of jobs stored for it.
+- `snapshots`: one row per refresh attempt of one customer, success or error.
+- `jobs`: the current state of every job, keyed by (customer_id, job_id). Besides the typed
+  fields it keeps non-null sort keys (`sort_start`, `sort_modified`, `sort_duration`) so that
+  keyset pagination compares plain values on both SQLite and PostgreSQL: a missing time
+  sorts as `SORT_MIN_TIME`, a missing duration as `SORT_MIN_DURATION`, i.e. first when
+  ascending and last when descending.
+- `job_status_history`: one row when a job is first seen and one each time its status changes.
+
+Every timestamp is timezone-aware UTC in Python. SQLite has no time zone type, so `UTCDateTime`
+stores naive UTC there and attaches UTC on the way out.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+SORT_MIN_TIME = datetime.min.replace(tzinfo=UTC)
+"""The sort key of a missing start time or last-modified time: before every real time."""
+
+SORT_MIN_DURATION = -1
+"""The sort key of a missing duration: below every real duration (which is >= 0)."""
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware datetime, stored as UTC; naive values are refused rather than guessed."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: the store keeps aware UTC times only")
+        value = value.astimezone(UTC)
+        # SQLite keeps the text of the value: drop the offset so every row has one format
+        # and text comparison is time comparison.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+"""Raw upstream rows: JSONB on PostgreSQL, JSON text elsewhere."""
+
+# Snapshot and history ids grow with every refresh; SQLite needs INTEGER for autoincrement.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime()}
+
+
+metadata = Base.metadata
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[str] = mapped_column(String(), primary_key=True)
+    name: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    # How many jobs the store keeps for the customer, kept by `repo.record_success`: every
+    # request reads it (sources), and counting the jobs each time would cost O(jobs).
+    job_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+
+
+class Snapshot(Base):
+    """One refresh attempt of one customer."""
+
+    __tablename__ = "snapshots"
+    __table_args__ = (
+        CheckConstraint("outcome IN ('success', 'error')", name="outcome"),
+        # customer_states: the latest attempt, and the latest success, of each customer.
+        Index("ix_snapshots_customer_finished", "customer_id", "finished_at", "id"),
+        Index("ix_snapshots_customer_outcome_finished", "customer_id", "outcome", "finished_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(String(), ForeignKey("customers.id"))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+    outcome: Mapped[str] = mapped_column(String(16))
+    pages: Mapped[int] = mapped_column(Integer, default=0)
+    jobs_seen: Mapped[int] = mapped_column(Integer, default=0)
+    rows_skipped: Mapped[int] = mapped_column(Integer, default=0)
+    error_kind: Mapped[str | None] = mapped_column(String())
+    error_message: Mapped[str | None] = mapped_column(Text)
+    upstream_status: Mapped[int | None] = mapped_column(Integer)
+    request_id: Mapped[str | None] = mapped_column(String())
+
+
+class Job(Base):
+    """The current state of one job; the names derive from the codes through the catalog."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # The default listing and its keyset: every customer, by start time.
+        Index("ix_jobs_sort_start", "sort_start", "customer_id", "job_id"),
+        Index("ix_jobs_sort_modified", "sort_modified", "customer_id", "job_id"),
+        Index("ix_jobs_sort_duration", "sort_duration", "customer_id", "job_id"),
+        # GET /jobs?status=failed and friends, in the default order.
+        Index("ix_jobs_status_sort_start", "status", "sort_start", "customer_id", "job_id"),
+        Index("ix_jobs_job_type_sort_start", "job_type", "sort_start", "customer_id", "job_id"),
+        Index("ix_jobs_module_sort_start", "module", "sort_start", "customer_id", "job_id"),
+        # One customer's jobs in the default order (the primary key covers plain lookups).
+        Index("ix_jobs_customer_sort_start", "customer_id", "sort_start", "job_id"),
+        # Counts by status per customer (GET /customers, /summary).
+        Index("ix_jobs_customer_status", "customer_id", "status"),
+    )
+
+    customer_id: Mapped[str] = mapped_column(String(), ForeignKey("customers.id"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(), primary_key=True)
+    name: Mapped[str | None] = mapped_column(Text)
+    job_type_code: Mapped[int | None] = mapped_column(Integer)
+    module_code: Mapped[int | None] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    job_type: Mapped[str] = mapped_column(String())
+    module: Mapped[str] = mapped_column(String())
+    status: Mapped[str] = mapped_column(String())
+    total_count: Mapped[int | None] = mapped_column(BigInteger)
+    failed_count: Mapped[int | None] = mapped_column(BigInteger)
+    successful_count: Mapped[int | None] = mapped_column(BigInteger)
+    skipped_count: Mapped[int | None] = mapped_column(BigInteger)
+    warning_count: Mapped[int | None] = mapped_column(BigInteger)
+    backup_size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    start_time: Mapped[datetime | None]
+    end_time: Mapped[datetime | None]
+    last_modified: Mapped[datetime | None]
+    duration_seconds: Mapped[int | None] = mapped_column(BigInteger)
+    first_seen_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    raw: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    sort_start: Mapped[datetime]
+    sort_modified: Mapped[datetime]
+    sort_duration: Mapped[int] = mapped_column(BigInteger)
+
+
+class JobStatusHistory(Base):
+    """A job's status when first seen, and every change after."""
+
+    __tablename__ = "job_status_history"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["customer_id", "job_id"],
+            ["jobs.customer_id", "jobs.job_id"],
+            name="fk_job_status_history_job_jobs",
+            ondelete="CASCADE",
+        ),
+        Index("ix_job_status_history_job", "customer_id", "job_id", "changed_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(String())
+    job_id: Mapped[str] = mapped_column(String())
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String())
+    previous_status_code: Mapped[int | None] = mapped_column(Integer)
+    changed_at: Mapped[datetime]
