@@ -1,0 +1,118 @@
+"""One error envelope for every error: `{"error": "<kind>", "detail": "<what and how to fix>"}`.
+
+    ApiError(status, error, detail)
+    ├── Unauthorized        401 unauthorized
+    ├── NotFound            404 not_found
+    ├── InvalidParameter    422 invalid_parameter
+    └── Unavailable         503 unavailable
+
+Validation errors from FastAPI, Starlette's HTTP errors (unknown route, wrong method) and any
+unexpected exception are turned into the same envelope; the last never shows a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("app.api")
+
+
+class ApiError(Exception):
+    status = 500
+    error = "internal"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+
+class Unauthorized(ApiError):
+    status = 401
+    error = "unauthorized"
+
+
+class NotFound(ApiError):
+    status = 404
+    error = "not_found"
+
+
+class InvalidParameter(ApiError):
+    status = 422
+    error = "invalid_parameter"
+
+
+class Unavailable(ApiError):
+    status = 503
+    error = "unavailable"
+
+
+_STATUS_ERRORS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_parameter",
+    429: "rate_limited",
+}
+
+
+def envelope(
+    status: int, error: str, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in {"query", "path", "header", "body", "cookie"}:
+        where, parts = parts[0], parts[1:]
+        if where == "body" and not parts:
+            return "request body"
+    return ".".join(parts) or "request"
+
+
+def validation_detail(exc: RequestValidationError) -> str:
+    messages = []
+    for err in exc.errors():
+        name = _location(tuple(err.get("loc", ())))
+        msg = str(err.get("msg", "is invalid"))
+        if err.get("type") == "json_invalid":
+            msg = "is not valid JSON"
+        messages.append(f"{name}: {msg}")
+    return "; ".join(messages) or "the request is invalid"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return envelope(exc.status, exc.error, exc.detail, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return envelope(422, "invalid_parameter", validation_detail(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = _STATUS_ERRORS.get(exc.status_code, "error")
+        detail = exc.detail if isinstance(exc.detail, str) else error.replace("_", " ")
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no such endpoint: {request.url.path}; see /docs for the API"
+        if exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}; see /docs"
+        return envelope(exc.status_code, error, detail, dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return envelope(500, "internal", "an unexpected error occurred; it has been logged")

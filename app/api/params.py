@@ -1,0 +1,71 @@
+"""Reading query parameters that FastAPI alone cannot check: enum names and opaque cursors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from app.api.errors import InvalidParameter
+from app.catalog import Catalog
+
+
+def split_values(values: Sequence[str] | None) -> list[str]:
+    """`?a=x&a=y,z` -> [x, y, z]: each filter is repeatable or comma-separated."""
+    out: list[str] = []
+    for raw in values or ():
+        out.extend(part.strip() for part in raw.split(",") if part.strip())
+    return list(dict.fromkeys(out))
+
+
+def enum_filter(param: str, values: Sequence[str] | None, catalog: Catalog) -> list[str] | None:
+    """Names of `catalog` (aliases and `unknown` included); 422 listing the allowed names."""
+    names = [v.lower() for v in split_values(values)]
+    if not names:
+        return None
+    for name in names:
+        if not catalog.is_name(name):
+            raise InvalidParameter(
+                f"{param}: unknown value {name!r}; allowed: {', '.join(catalog.names())}"
+            )
+    return names
+
+
+def fingerprint(**query: Any) -> str:
+    """A short hash of what a cursor was issued for, so it is not reused with other filters."""
+    blob = json.dumps(query, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def encode_cursor(position: Sequence[Any], fp: str) -> str:
+    blob = json.dumps({"k": list(position), "f": fp}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(blob.encode()).decode().rstrip("=")
+
+
+def decode_cursor(token: str, fp: str, *, size: int = 3) -> list[Any]:
+    """The keyset position in a cursor this API issued for the same query; 422 otherwise."""
+    bad = InvalidParameter(
+        "cursor: not a cursor this endpoint issued; pass next_cursor from the previous page "
+        "unchanged, or leave cursor out to start from the first page"
+    )
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, UnicodeError, binascii.Error):
+        raise bad from None
+    if not isinstance(data, dict) or not isinstance(data.get("k"), list):
+        raise bad
+    position: list[Any] = data["k"]
+    if len(position) != size or not all(
+        isinstance(v, str | int) and not isinstance(v, bool) for v in position
+    ):
+        raise bad
+    if data.get("f") != fp:
+        raise InvalidParameter(
+            "cursor: it was issued for other filters or another sort; repeat the query that "
+            "returned it, or leave cursor out to start again"
+        )
+    return position

@@ -1,0 +1,271 @@
+"""The `jobs-gateway` command: serve, demo, migrate, refresh, simulate, openapi."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from app.config import ConfigError, Settings, load_settings
+
+cli = typer.Typer(
+    help="Jobs Gateway: every customer's AvePoint backup jobs in one API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+OPENAPI_PATH = Path("openapi/openapi.json")
+DEMO_KEY = "demo-key"
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper() if level.upper() in logging.getLevelNamesMapping() else "INFO",
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    # httpx logs every request URL at INFO; our own client logs what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+def settings_or_exit(**overrides: object) -> Settings:
+    try:
+        settings = load_settings(**overrides)
+        settings.check()
+    except ConfigError as exc:
+        fail(str(exc))
+    return settings
+
+
+def migrate_or_exit(settings: Settings) -> None:
+    from app.store import db
+
+    async def run() -> None:
+        engine = db.create_engine(settings.database_url)
+        try:
+            await db.migrate(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(run())
+    except db.DatabaseUnavailable as exc:
+        fail(str(exc))
+
+
+def run_server(settings: Settings, host: str, port: int, *, warm: bool = False) -> None:
+    import uvicorn
+
+    from app.main import create_app
+
+    configure_logging(settings.log_level)
+    migrate_or_exit(settings)
+    uvicorn.run(
+        create_app(settings, warm=warm),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+        server_header=False,
+    )
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Apply migrations, then serve the API."""
+    run_server(settings_or_exit(), host, port)
+
+
+@cli.command()
+def demo(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve with the built-in simulator and a fresh SQLite file: real data in seconds."""
+    path = Path("data/demo.db")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    keys = os.environ.get("API_KEYS") or DEMO_KEY
+    settings = settings_or_exit(demo=True, database_url=f"sqlite:///./{path}", api_keys=keys)
+    key = settings.api_keys[0].get_secret_value()
+    shown = key if keys == DEMO_KEY else "<one of your API_KEYS>"
+    url = f"http://{'127.0.0.1' if host in {'0.0.0.0', '::'} else host}:{port}"  # noqa: S104
+    out.print(
+        f"[bold]Jobs Gateway demo[/]: {settings.demo_customers} simulated customers, "
+        f"database {path}"
+    )
+    out.print(f"  Swagger UI:  {url}/docs   (Authorize with the key {shown})")
+    out.print(f"  Try:         curl -H 'X-API-Key: {shown}' '{url}/jobs?status=failed&limit=5'")
+    out.print("  Stop with Ctrl+C.\n")
+    run_server(settings, host, port, warm=True)
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply the database migrations (DATABASE_URL) and exit."""
+    settings = load_settings_or_exit()
+    configure_logging(settings.log_level)
+    migrate_or_exit(settings)
+    out.print("database is at the latest migration")
+
+
+def load_settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+@cli.command()
+def refresh(
+    customer: Annotated[
+        list[str] | None,
+        typer.Option("--customer", help="A customer id; repeatable. Default: all."),
+    ] = None,
+) -> None:
+    """Refresh customers from the upstream now and store the snapshots."""
+    settings = settings_or_exit()
+    configure_logging("WARNING")
+    migrate_or_exit(settings)
+    outcomes = asyncio.run(_refresh(settings, customer or []))
+    table = Table(title="Refresh")
+    table.add_column("customer", overflow="fold", min_width=36)
+    for column in ("outcome", "jobs", "pages", "skipped rows", "error"):
+        table.add_column(column, overflow="fold")
+    for o in outcomes:
+        error = f"{o.error.kind}: {o.error.message}" if o.error else ""
+        table.add_row(
+            o.customer_id,
+            "ok" if o.ok else "[red]failed[/]",
+            str(o.jobs),
+            str(o.pages),
+            str(o.rows_skipped),
+            error,
+        )
+    out.print(table)
+    if outcomes and not any(o.ok for o in outcomes):
+        raise typer.Exit(1)
+
+
+async def _refresh(settings: Settings, customers: list[str]) -> list:  # type: ignore[type-arg]
+    from app.main import open_services
+    from app.refresh import DiscoveryFailed, RefreshOutcome
+
+    async with open_services(settings) as services:
+        refresher = services.refresher
+        try:
+            ids = customers or await refresher.customer_ids()
+        except DiscoveryFailed as exc:
+            fail(f"the customer list could not be fetched: {exc}")
+        outcomes: list[RefreshOutcome] = []
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=err,
+            disable=not sys.stderr.isatty(),
+        ) as progress:
+            overall = progress.add_task("customers", total=len(ids))
+            # One line per customer in flight; as many as the upstream is asked at once.
+            slots = asyncio.Semaphore(settings.upstream_concurrency)
+
+            async def one(cid: str) -> None:
+                async with slots:
+                    line = progress.add_task(f"  {cid}", total=None)
+                    outcome = await refresher.refresh(cid)
+                    progress.remove_task(line)
+                outcomes.append(outcome)
+                progress.advance(overall)
+
+            await asyncio.gather(*(one(cid) for cid in ids))
+        order = {cid: i for i, cid in enumerate(ids)}
+        return sorted(outcomes, key=lambda o: order.get(o.customer_id, 0))
+
+
+@cli.command()
+def simulate(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8900,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    customers: Annotated[int, typer.Option(help="How many customers.")] = 12,
+    seed: Annotated[int, typer.Option(help="Seed of the generated data.")] = 42,
+    jobs_per_customer: Annotated[int | None, typer.Option(help="Exact jobs per customer.")] = None,
+    latency: Annotated[float, typer.Option(help="Seconds added to every API answer.")] = 0.0,
+    error_rate: Annotated[float, typer.Option(help="Chance of a 503 per request.")] = 0.0,
+    rate_limit_every: Annotated[int, typer.Option(help="Every Nth jobs request answers 429.")] = 0,
+    token_ttl: Annotated[int, typer.Option(help="Token lifetime in seconds.")] = 3600,
+    failing_customer: Annotated[
+        list[str] | None, typer.Option(help="A customer id that always fails; repeatable.")
+    ] = None,
+) -> None:
+    """Serve the built-in upstream simulator alone (token, customers and jobs endpoints)."""
+    from app.simulator import Simulator, SimulatorConfig, run_simulator
+
+    config = SimulatorConfig(
+        seed=seed,
+        customers=customers,
+        jobs_per_customer=jobs_per_customer,
+        latency_seconds=latency,
+        error_rate=error_rate,
+        rate_limit_every=rate_limit_every,
+        token_ttl_seconds=token_ttl,
+        failing_customers=frozenset(failing_customer or ()),
+    )
+    out.print(
+        f"simulator on http://{host}:{port}  client id {config.client_id!r}, "
+        f"client secret {config.client_secret!r}"
+    )
+    run_simulator(host, port, Simulator(config))
+
+
+@cli.command()
+def openapi(
+    check: Annotated[
+        bool, typer.Option("--check", help="Fail if the file is out of date.")
+    ] = False,
+    path: Annotated[Path, typer.Option(help="Where the document lives.")] = OPENAPI_PATH,
+) -> None:
+    """Write openapi/openapi.json from the app, or check that it is current."""
+    from app.main import create_app
+
+    document = create_app(Settings(demo=True)).openapi()
+    text = json.dumps(document, indent=2, sort_keys=False) + "\n"
+    if check:
+        current = path.read_text() if path.exists() else ""
+        if current != text:
+            fail(f"{path} is out of date: run `jobs-gateway openapi` and commit it")
+        out.print(f"{path} is current")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    out.print(f"wrote {path}")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

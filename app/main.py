@@ -1,0 +1,192 @@
+"""`create_app(settings)`: the FastAPI app; its lifespan owns every resource it opens.
+
+Nothing happens at import time. The lifespan migrates the database, opens one
+`httpx.AsyncClient` for the upstream (or, with DEMO, for the built-in simulator, in
+process), builds the refresher, and closes all of it on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import fastapi_offline
+import httpx
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from app import __version__
+from app.api import customers, errors, jobs, meta
+from app.api.deps import Services
+from app.clock import Clock, utcnow
+from app.config import Settings
+from app.metrics import Metrics
+from app.refresh import Refresher
+from app.store import db
+from app.upstream.auth import TokenProvider
+from app.upstream.client import AvePointClient
+
+DESCRIPTION = """
+Every customer's AvePoint backup jobs in one place: fanned out over the partner's customers,
+every page walked, codes turned into names, durations into seconds, sizes into bytes; cached
+and kept in a database, so `GET /jobs?status=failed` answers across all customers at once.
+
+Send an API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Every answer says
+how current each customer's data is (`sources`); one failing customer never fails a request.
+"""
+
+SIMULATOR_URL = "http://simulator.invalid"
+
+_DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+
+
+def upstream_transport(settings: Settings) -> httpx.AsyncBaseTransport | None:
+    """With DEMO, the built-in simulator in process; otherwise the network."""
+    if not settings.demo:
+        return None
+    from app.simulator import Simulator, SimulatorConfig, create_simulator_app
+
+    sim = Simulator(SimulatorConfig(seed=settings.demo_seed, customers=settings.demo_customers))
+    return httpx.ASGITransport(app=create_simulator_app(sim))
+
+
+@asynccontextmanager
+async def open_services(
+    settings: Settings,
+    *,
+    clock: Clock = utcnow,
+    transport: httpx.AsyncBaseTransport | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> AsyncIterator[Services]:
+    """Everything the service runs on, opened in order and closed in reverse."""
+    metrics = Metrics()
+    engine = db.create_engine(settings.database_url)
+    try:
+        await db.migrate(engine)
+        sessions = db.session_factory(engine)
+        demo = settings.demo
+        base_url = SIMULATOR_URL if demo else settings.avepoint_base_url
+        token_url = f"{SIMULATOR_URL}/connect/token" if demo else settings.avepoint_token_url
+        client_id = settings.avepoint_client_id or ("demo-client" if demo else "")
+        secret = settings.avepoint_client_secret
+        client_secret = secret.get_secret_value() if secret else ("demo-secret" if demo else "")
+        concurrency = settings.upstream_concurrency
+        async with httpx.AsyncClient(
+            transport=transport or upstream_transport(settings),
+            timeout=httpx.Timeout(settings.upstream_timeout_seconds),
+            limits=httpx.Limits(
+                max_connections=concurrency + 2, max_keepalive_connections=concurrency
+            ),
+            headers={"User-Agent": f"jobs-gateway/{__version__}"},
+        ) as http:
+            tokens = TokenProvider(
+                http,
+                token_url=token_url,
+                client_id=client_id,
+                client_secret=client_secret,
+                scope=settings.avepoint_scope,
+            )
+            client = AvePointClient(
+                http,
+                base_url=base_url,
+                tokens=tokens,
+                concurrency=concurrency,
+                metrics=metrics.upstream_request,
+                sleep=sleep,
+            )
+            refresher = Refresher(
+                client=client,
+                sessions=sessions,
+                metrics=metrics,
+                configured_customers=settings.customer_ids,
+                ttl_seconds=settings.cache_ttl_seconds,
+                stale_if_error_seconds=settings.stale_if_error_seconds,
+                wait_seconds=settings.request_wait_seconds,
+                clock=clock,
+            )
+            try:
+                yield Services(
+                    settings=settings,
+                    engine=engine,
+                    sessions=sessions,
+                    refresher=refresher,
+                    metrics=metrics,
+                    clock=clock,
+                )
+            finally:
+                await refresher.aclose()
+    finally:
+        await engine.dispose()
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock = utcnow,
+    transport: httpx.AsyncBaseTransport | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    warm: bool = False,
+) -> FastAPI:
+    """The app for these settings. Tests inject time (`clock`, and `sleep` for the upstream
+    client's backoff) and replace the network (`transport`: respx or the simulator).
+
+    With `warm`, every customer is refreshed in the background as soon as the app starts.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_services(
+            settings, clock=clock, transport=transport, sleep=sleep
+        ) as services:
+            app.state.services = services
+            if warm:
+                services.refresher.warm()
+            yield
+
+    app = FastAPI(
+        title="Jobs Gateway",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    errors.install(app)
+    app.include_router(jobs.router)
+    app.include_router(customers.router)
+    app.include_router(meta.router)
+    app.mount("/docs/assets", StaticFiles(directory=_DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Jobs Gateway",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon.png",
+            swagger_ui_parameters={"persistAuthorization": True, "displayRequestDuration": True},
+        )
+
+    @app.middleware("http")
+    async def count_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        began = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        svc: Services | None = getattr(request.app.state, "services", None)
+        if svc is not None:
+            svc.metrics.http_requests.labels(
+                request.method, template, str(response.status_code)
+            ).inc()
+            svc.metrics.http_latency.labels(template).observe(time.perf_counter() - began)
+        return response
+
+    return app

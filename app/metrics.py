@@ -1,0 +1,72 @@
+"""Prometheus metrics, one registry per app so that tests can build many apps side by side."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.upstream_requests = Counter(
+            "jobs_gateway_upstream_requests",
+            "Upstream HTTP requests by outcome (ok, retried status, error kind).",
+            ["outcome"],
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "jobs_gateway_upstream_request_seconds",
+            "Latency of one upstream HTTP request.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.refreshes = Counter(
+            "jobs_gateway_refreshes",
+            "Customer refreshes by outcome (success, error).",
+            ["outcome"],
+            registry=r,
+        )
+        self.refresh_latency = Histogram(
+            "jobs_gateway_refresh_seconds",
+            "Duration of one customer's refresh (every page).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache = Counter(
+            "jobs_gateway_cache_lookups",
+            "Per-customer freshness lookups made by API requests: hit, miss or stale.",
+            ["result"],
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "jobs_gateway_http_requests",
+            "HTTP requests served, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_latency = Histogram(
+            "jobs_gateway_http_request_seconds",
+            "Latency of HTTP requests served, by route template.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.refreshes_in_flight = Gauge(
+            "jobs_gateway_refreshes_in_flight",
+            "Customer refreshes running now.",
+            registry=r,
+        )
+
+    def upstream_request(self, outcome: str, seconds: float) -> None:
+        self.upstream_requests.labels(outcome).inc()
+        self.upstream_latency.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

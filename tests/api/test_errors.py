@@ -1,0 +1,150 @@
+"""Errors: one envelope, the right status, no 500 and no secret for any input."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.simulator import Simulator
+from tests.api.conftest import API_KEY, Gateway
+
+
+def assert_envelope(response: httpx.Response, status: int, error: str) -> dict[str, str]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "detail"}
+    assert body["error"] == error
+    assert body["detail"]
+    return body  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("path", ["/jobs", "/customers", "/enums", "/jobs/a/b"])
+async def test_401_without_a_valid_key(api: httpx.AsyncClient, path: str) -> None:
+    missing = await api.get(path, headers={"X-API-Key": ""})
+    assert_envelope(missing, 401, "unauthorized")
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = await api.get(path, headers={"X-API-Key": "nope"})
+    assert_envelope(wrong, 401, "unauthorized")
+
+
+async def test_both_key_headers_are_accepted(api: httpx.AsyncClient) -> None:
+    bearer = await api.get(
+        "/enums", headers={"X-API-Key": "", "Authorization": f"Bearer {API_KEY}"}
+    )
+    assert bearer.status_code == 200
+    header = await api.get("/enums")
+    assert header.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"])
+async def test_open_endpoints_need_no_key(api: httpx.AsyncClient, path: str) -> None:
+    response = await api.get(path, headers={"X-API-Key": ""})
+    assert response.status_code == 200
+
+
+async def test_404_for_unknown_job_customer_and_route(
+    api: httpx.AsyncClient, sim: Simulator
+) -> None:
+    cid = sim.customer_ids()[0]
+    assert_envelope(await api.get(f"/jobs/{cid}/NOPE"), 404, "not_found")
+    assert_envelope(await api.get("/jobs/not-a-customer/NOPE"), 404, "not_found")
+    assert_envelope(await api.get("/nothing-here"), 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("params", "names"),
+    [
+        ({"status": "broken"}, ["status", "failed", "finished_with_exception"]),
+        ({"job_type": "m365"}, ["job_type", "microsoft_365", "iaas_paas"]),
+        ({"module": "nope"}, ["module", "exchange_online"]),
+        ({"sort": "name"}, ["sort"]),
+        ({"limit": 0}, ["limit"]),
+        ({"limit": 501}, ["limit"]),
+        ({"limit": "ten"}, ["limit"]),
+        ({"start_after": "last tuesday"}, ["start_after"]),
+        ({"modified_since": "2025-13-01"}, ["modified_since"]),
+        ({"max_age": -1}, ["max_age"]),
+        ({"cursor": "garbage!"}, ["cursor"]),
+        ({"customer_id": "not-a-customer"}, ["customer_id"]),
+    ],
+)
+async def test_422_names_the_parameter(
+    api: httpx.AsyncClient, params: dict[str, object], names: list[str]
+) -> None:
+    body = assert_envelope(await api.get("/jobs", params=params), 422, "invalid_parameter")
+    for name in names:
+        assert name in body["detail"]
+
+
+async def test_a_cursor_is_not_reused_with_other_filters(api: httpx.AsyncClient) -> None:
+    cursor = (await api.get("/jobs", params={"limit": 2})).json()["next_cursor"]
+    assert cursor
+    body = assert_envelope(
+        await api.get("/jobs", params={"limit": 2, "cursor": cursor, "status": "failed"}),
+        422,
+        "invalid_parameter",
+    )
+    assert "cursor" in body["detail"]
+
+
+async def test_405_is_an_envelope_too(api: httpx.AsyncClient) -> None:
+    assert_envelope(await api.delete("/jobs"), 405, "method_not_allowed")
+
+
+@settings(
+    max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None
+)
+@given(
+    key=st.sampled_from(
+        [
+            "status",
+            "job_type",
+            "module",
+            "customer_id",
+            "start_after",
+            "start_before",
+            "modified_since",
+            "q",
+            "sort",
+            "limit",
+            "cursor",
+            "max_age",
+            "unknown_param",
+        ]
+    ),
+    value=st.text(max_size=300),
+)
+async def test_no_input_gets_a_500(api: httpx.AsyncClient, key: str, value: str) -> None:
+    response = await api.get("/jobs", params={key: value})
+    assert response.status_code in {200, 422}, response.text
+    if response.status_code == 422:
+        assert response.json()["error"] == "invalid_parameter"
+
+
+async def test_no_secret_reaches_a_response_or_a_log(
+    gateway: Gateway, sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    ids = ",".join(sim.customer_ids())
+    async with gateway(customer_ids=ids, avepoint_client_secret="wrong-secret-s3cr3t") as api:
+        response = await api.get("/jobs")
+        body = response.text
+        metrics = (await api.get("/metrics")).text
+        discovered = await gateway_without_ids(api)
+    assert response.status_code == 200
+    assert {s["error"]["kind"] for s in response.json()["sources"]} == {"auth"}
+    for text in (body, metrics, discovered, caplog.text):
+        assert "wrong-secret-s3cr3t" not in text
+        assert API_KEY not in text
+
+
+async def gateway_without_ids(api: httpx.AsyncClient) -> str:
+    return (await api.get("/customers")).text
+
+
+async def test_503_when_the_customer_list_cannot_be_had(gateway: Gateway) -> None:
+    async with gateway(avepoint_client_secret="wrong") as api:
+        body = assert_envelope(await api.get("/jobs"), 503, "unavailable")
+    assert "CUSTOMER_IDS" in body["detail"]

@@ -1,0 +1,223 @@
+"""Caching and freshness: TTL hits, single flight, stale-if-error, backoff, restarts, ETags."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import httpx
+
+from app.api import schemas
+from app.simulator import Simulator
+from tests.api.conftest import Gateway, Sleeps
+from tests.api.test_jobs import all_items
+from tests.clock import FakeClock
+
+
+def states(body: dict) -> dict[str, str]:  # type: ignore[type-arg]
+    return {s["customer_id"]: s["state"] for s in body["sources"]}
+
+
+async def test_a_second_request_inside_the_ttl_makes_no_upstream_call(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock
+) -> None:
+    first = await api.get("/jobs", params={"status": "failed"})
+    assert "fwd=miss" in first.headers["cache-status"]
+    calls = sim.stats.total
+    clock.advance(299)
+    second = await api.get("/jobs", params={"status": "failed"})
+    assert sim.stats.total == calls
+    assert second.headers["cache-status"] == "jobs-gateway; hit"
+    assert second.json()["items"] == first.json()["items"]
+    assert all(s["age_seconds"] == 299 for s in second.json()["sources"])
+
+
+async def test_after_the_ttl_the_next_request_refreshes(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock
+) -> None:
+    await api.get("/jobs")
+    clock.advance(301)
+    body = (await api.get("/jobs")).json()
+    assert sim.stats.walks == {cid: 2 for cid in sim.customer_ids()}
+    assert all(s["state"] == "fresh" and s["age_seconds"] == 0 for s in body["sources"])
+
+
+async def test_max_age_zero_forces_a_refresh(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock
+) -> None:
+    await api.get("/jobs")
+    clock.advance(5)
+    await api.get("/jobs", params={"max_age": 0})
+    assert set(sim.stats.walks.values()) == {2}
+
+
+async def test_a_failing_customer_beside_healthy_ones(gateway: Gateway, sim: Simulator) -> None:
+    bad, *good = sim.customer_ids()
+    sim.config = dataclasses.replace(sim.config, failing_customers=frozenset({bad}))
+    async with gateway() as api:
+        response = await api.get("/jobs", params={"limit": 500})
+    assert response.status_code == 200
+    body = response.json()
+    by_id = {s["customer_id"]: s for s in body["sources"]}
+    assert by_id[bad]["state"] == "error"
+    assert by_id[bad]["error"]["upstream_status"] == 500
+    assert by_id[bad]["error"]["kind"]
+    assert by_id[bad]["fetched_at"] is None
+    assert all(by_id[c]["state"] == "fresh" for c in good)
+    assert {i["customer_id"] for i in body["items"]} == set(good)
+    assert "fwd=stale" in response.headers["cache-status"]
+
+
+async def test_stale_if_error_keeps_the_last_good_jobs(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock
+) -> None:
+    bad = sim.customer_ids()[0]
+    good = await api.get("/jobs", params={"customer_id": bad, "limit": 500})
+    good_ids = [i["id"] for i in good.json()["items"]]
+    assert good_ids
+    sim.config = dataclasses.replace(sim.config, failing_customers=frozenset({bad}))
+    clock.advance(600)
+    body = (await api.get("/jobs", params={"customer_id": bad, "limit": 500})).json()
+    [source] = body["sources"]
+    assert source["state"] == "stale"
+    assert source["error"]["upstream_status"] == 500
+    assert source["age_seconds"] == 600
+    assert [i["id"] for i in body["items"]] == good_ids
+    # Past STALE_IF_ERROR_SECONDS the old data is no longer served.
+    clock.advance(86400)
+    body = (await api.get("/jobs", params={"customer_id": bad, "limit": 500})).json()
+    assert body["sources"][0]["state"] == "error"
+    assert body["items"] == []
+
+
+async def test_a_failing_customer_is_not_asked_again_on_every_request(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock
+) -> None:
+    bad = sim.customer_ids()[0]
+    sim.config = dataclasses.replace(sim.config, failing_customers=frozenset({bad}))
+    await api.get("/jobs", params={"customer_id": bad})
+    asked = sim.stats.jobs_requests[bad]
+    assert asked >= 1
+    for _ in range(5):
+        clock.advance(1)
+        body = (await api.get("/jobs", params={"customer_id": bad})).json()
+        assert body["sources"][0]["state"] == "error"
+    assert sim.stats.jobs_requests[bad] == asked
+    # Once the backoff has passed (never longer than the TTL), it is tried again.
+    clock.advance(300)
+    sim.config = dataclasses.replace(sim.config, failing_customers=frozenset())
+    body = (await api.get("/jobs", params={"customer_id": bad})).json()
+    assert body["sources"][0]["state"] == "fresh"
+
+
+async def test_data_is_kept_across_a_restart(
+    gateway: Gateway, sim: Simulator, clock: FakeClock
+) -> None:
+    async with gateway() as api:
+        before = (await api.get("/jobs", params={"limit": 500})).json()
+    # The upstream goes down entirely while the service restarts.
+    sim.config = dataclasses.replace(sim.config, failing_customers=frozenset(sim.customer_ids()))
+    clock.advance(60)
+    async with gateway() as api:
+        after = (await api.get("/jobs", params={"limit": 500})).json()
+        customers = (await api.get("/customers")).json()
+    assert [i["id"] for i in after["items"]] == [i["id"] for i in before["items"]]
+    assert set(states(after).values()) == {"fresh"}, "still inside the TTL: no upstream call"
+    assert {c["customer_name"] for c in customers["items"]} == {
+        c["organization"] for c in sim.customers()
+    }
+
+
+async def test_a_slow_refresh_answers_with_what_the_store_has(
+    gateway: Gateway, sim: Simulator
+) -> None:
+    # The upstream takes longer than the request is willing to wait (here: not at all).
+    sim.config = dataclasses.replace(sim.config, latency_seconds=0.5)
+    async with gateway(request_wait_seconds=0) as api:
+        body = (await api.get("/jobs")).json()
+    assert set(states(body).values()) == {"refreshing"}
+    assert body["items"] == []
+
+
+async def test_etag_and_304(api: httpx.AsyncClient, clock: FakeClock) -> None:
+    first = await api.get("/jobs", params={"status": "failed"})
+    etag = first.headers["etag"]
+    clock.advance(30)  # age_seconds changes; the tag does not
+    again = await api.get("/jobs", params={"status": "failed"}, headers={"If-None-Match": etag})
+    assert again.status_code == 304
+    assert again.content == b""
+    assert again.headers["etag"] == etag
+    other = await api.get("/jobs", params={"status": "finished"}, headers={"If-None-Match": etag})
+    assert other.status_code == 200
+    assert other.headers["etag"] != etag
+
+
+async def test_etag_changes_when_the_data_does(api: httpx.AsyncClient, clock: FakeClock) -> None:
+    first = await api.get("/jobs")
+    clock.advance(6 * 3600)
+    later = await api.get("/jobs", headers={"If-None-Match": first.headers["etag"]})
+    assert later.status_code == 200
+    assert later.headers["etag"] != first.headers["etag"]
+
+
+async def test_job_detail_has_an_etag(api: httpx.AsyncClient) -> None:
+    item = (await api.get("/jobs", params={"limit": 1})).json()["items"][0]
+    path = f"/jobs/{item['customer_id']}/{item['job_id']}"
+    first = await api.get(path)
+    assert first.status_code == 200
+    again = await api.get(path, headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304
+
+
+async def test_customers_list_sources_and_counts(api: httpx.AsyncClient, sim: Simulator) -> None:
+    body = (await api.get("/customers")).json()
+    assert schemas.CustomerPage.model_validate(body).model_dump(mode="json") == body
+    assert {c["customer_id"] for c in body["items"]} == set(sim.customer_ids())
+    jobs = await all_items(api, {"limit": 500})
+    for customer in body["items"]:
+        mine = [j for j in jobs if j["customer_id"] == customer["customer_id"]]
+        assert sum(customer["counts"].values()) == len(mine)
+        assert customer["source"]["state"] == "fresh"
+    assert body["next_cursor"] is None
+    first = (await api.get("/customers", params={"limit": 3})).json()
+    rest = (await api.get("/customers", params={"cursor": first["next_cursor"]})).json()
+    assert [c["customer_id"] for c in first["items"] + rest["items"]] == sorted(sim.customer_ids())
+
+
+async def test_configured_customer_ids_limit_the_scope(gateway: Gateway, sim: Simulator) -> None:
+    chosen = sim.customer_ids()[1:3]
+    async with gateway(customer_ids=",".join(chosen)) as api:
+        body = (await api.get("/jobs", params={"limit": 500})).json()
+    assert [s["customer_id"] for s in body["sources"]] == chosen
+    assert {i["customer_id"] for i in body["items"]} == set(chosen)
+    assert sim.stats.walks.keys() == set(chosen)
+
+
+async def test_forbidden_and_malformed_customers_are_errors_of_their_own(
+    gateway: Gateway, sim: Simulator
+) -> None:
+    forbidden, malformed, *good = sim.customer_ids()
+    sim.config = dataclasses.replace(
+        sim.config,
+        forbidden_customers=frozenset({forbidden}),
+        malformed_customers=frozenset({malformed}),
+    )
+    async with gateway() as api:
+        response = await api.get("/jobs", params={"status": "finished", "limit": 500})
+    assert response.status_code == 200
+    by_id = {s["customer_id"]: s for s in response.json()["sources"]}
+    assert by_id[forbidden]["error"]["upstream_status"] == 403
+    assert by_id[malformed]["error"]["kind"] == "malformed"
+    assert {by_id[c]["state"] for c in (forbidden, malformed)} == {"error"}
+    assert all(by_id[c]["state"] == "fresh" for c in good)
+    assert {i["customer_id"] for i in response.json()["items"]} == set(good)
+
+
+async def test_rate_limits_and_flaky_upstreams_are_ridden_out(
+    gateway: Gateway, sim: Simulator, sleeps: Sleeps
+) -> None:
+    sim.config = dataclasses.replace(sim.config, rate_limit_every=3, error_rate=0.2)
+    async with gateway() as api:
+        body = (await api.get("/jobs", params={"limit": 1})).json()
+    assert {s["state"] for s in body["sources"]} == {"fresh"}
+    assert sim.stats.statuses[429] > 0
+    assert 1.0 in sleeps.seconds, "the simulator's Retry-After: 1 is honoured"

@@ -1,0 +1,160 @@
+"""End to end: a real `jobs-gateway serve` process in front of a real `jobs-gateway simulate`.
+
+Both run as separate processes over HTTP on loopback, exactly as a user would start them;
+the answer of `/jobs?status=failed` is checked against the simulator's own data.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.normalize import normalize_row
+from app.simulator import Simulator, SimulatorConfig
+
+pytestmark = pytest.mark.e2e
+
+SEED, CUSTOMERS = 5, 6
+KEY = "e2e-key-not-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            out = process.stdout.read().decode() if process.stdout else ""
+            raise AssertionError(f"process exited with {process.returncode}:\n{out}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not come up in {seconds}s")
+
+
+def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "app", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop(process: subprocess.Popen[bytes]) -> str:
+    process.terminate()
+    try:
+        out, _ = process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, _ = process.communicate()
+    return out.decode(errors="replace")
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    sim_port, gw_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AVEPOINT_", "DEMO"))}
+    simulator = start(
+        ["simulate", "--port", str(sim_port), "--customers", str(CUSTOMERS), "--seed", str(SEED)],
+        env,
+    )
+    processes = [simulator]
+    try:
+        wait_until_up(f"http://127.0.0.1:{sim_port}/docs", simulator)
+        upstream = f"http://127.0.0.1:{sim_port}"
+        env = env | {
+            "AVEPOINT_BASE_URL": upstream,
+            "AVEPOINT_TOKEN_URL": f"{upstream}/connect/token",
+            "AVEPOINT_CLIENT_ID": "demo-client",
+            "AVEPOINT_CLIENT_SECRET": "demo-secret",
+            "API_KEYS": KEY,
+            "DATABASE_URL": f"sqlite:///{tmp_path}/e2e.db",
+            "CUSTOMER_IDS": "",
+            "LOG_LEVEL": "INFO",
+        }
+        gateway = start(["serve", "--port", str(gw_port)], env)
+        processes.append(gateway)
+        wait_until_up(f"http://127.0.0.1:{gw_port}/healthz", gateway)
+        yield f"http://127.0.0.1:{gw_port}", env
+    finally:
+        logs = [stop(p) for p in reversed(processes)]
+        assert "demo-secret" not in logs[0], "the client secret must never be logged"
+
+
+def expected_failed(at: datetime, cid: str) -> tuple[set[str], set[str]]:
+    """The customer's failed jobs in the simulator during the seconds its walk took:
+    those failed at some moment of it, and those failed throughout."""
+    sim = Simulator(SimulatorConfig(seed=SEED, customers=CUSTOMERS))
+    moments = [
+        {
+            f"{cid}:{job.job_id}"
+            for row in sim.jobs(cid, now=at - timedelta(seconds=s))
+            if (job := normalize_row(cid, row)) is not None and job.status == "failed"
+        }
+        for s in range(4)
+    ]
+    return set.union(*moments), set.intersection(*moments)
+
+
+def test_failed_jobs_over_real_http_match_the_simulator(stack: tuple[str, dict[str, str]]) -> None:
+    base, _ = stack
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as c:
+        assert c.get("/readyz").status_code == 200
+        assert c.get("/jobs").status_code == 200
+        response = c.get("/jobs", params={"status": "failed", "limit": 500})
+        assert response.status_code == 200
+        body = response.json()
+        assert len(body["sources"]) == CUSTOMERS
+        assert all(s["state"] == "fresh" for s in body["sources"])
+        fetched = {
+            s["customer_id"]: datetime.fromisoformat(s["fetched_at"].replace("Z", "+00:00"))
+            for s in body["sources"]
+        }
+        served: dict[str, set[str]] = {cid: set() for cid in fetched}
+        for item in body["items"]:
+            assert item["status"] == "failed"
+            served[item["customer_id"]].add(item["id"])
+        for cid, at in fetched.items():
+            some_moment, throughout = expected_failed(at, cid)
+            assert throughout <= served[cid] <= some_moment, cid
+        assert sum(map(len, served.values())) > 0
+        # Unauthenticated and malformed requests get envelopes, not 500s.
+        assert c.get("/jobs", headers={"Authorization": ""}).status_code == 401
+        assert c.get("/jobs", params={"status": "exploded"}).status_code == 422
+        docs = c.get("/docs")
+        assert docs.status_code == 200 and "https://" not in docs.text
+
+
+def test_start_up_refuses_without_credentials(tmp_path: Path) -> None:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AVEPOINT_", "DEMO", "API_KEYS"))
+    }
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path}/x.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "AVEPOINT_CLIENT_ID" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
