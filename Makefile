@@ -1,0 +1,40 @@
+# Two commands do all set-up: `make demo` (run with live simulated data) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo serve test lint typecheck unit openapi bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/jobs-gateway demo
+
+serve: setup
+	$(BIN)/jobs-gateway serve
+
+lint: setup
+	$(BIN)/ruff check app tests bench migrations
+	$(BIN)/ruff format --check app tests bench migrations
+	$(BIN)/mypy
+	$(BIN)/jobs-gateway openapi --check
+
+test: lint
+	$(BIN)/pytest
+
+openapi: setup
+	$(BIN)/jobs-gateway openapi
+
+bench: setup
+	$(BIN)/python -m bench.walk
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis data
