@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -121,6 +121,8 @@ class Refresher:
         self._discovery: asyncio.Task[list[str]] | None = None
         self._discovered: list[str] | None = None
         self._discovered_at: datetime | None = None
+        self._discovery_failed: str | None = None
+        self._discovery_retry_at: datetime = datetime.min.replace(tzinfo=UTC)
         self._background: set[asyncio.Task[object]] = set()
 
     # ---- customers in scope -------------------------------------------------------------
@@ -136,6 +138,11 @@ class Refresher:
             return list(self.configured)
         if self._discovered is not None and not self._expired(self._discovered_at):
             return list(self._discovered)
+        if self._discovery_failed is not None and self.clock() < self._discovery_retry_at:
+            # The listing failed a moment ago: don't ask again on every request.
+            if self._discovered is not None:
+                return list(self._discovered)
+            raise DiscoveryFailed(self._discovery_failed)
         if self._discovery is None or self._discovery.done():
             self._discovery = asyncio.create_task(self._discover())
         return list(await asyncio.shield(self._discovery))
@@ -145,19 +152,25 @@ class Refresher:
             customers = await self.client.list_customers()
         except UpstreamError as exc:
             log.warning("customer discovery failed: %s", exc)
-            async with self.sessions() as session:
-                known = sorted(await repo.customer_states(session))
-            if self._discovered is not None:
-                return list(self._discovered)
-            if known:
-                return known
-            raise DiscoveryFailed(str(exc)) from exc
+            self._discovery_failed = str(exc)
+            self._discovery_retry_at = self.clock() + timedelta(
+                seconds=min(self.ttl, BACKOFF_BASE_SECONDS)
+            )
+            if self._discovered is None:
+                # A restarted service still knows the customers it stored before.
+                async with self.sessions() as session:
+                    known = sorted(await repo.customer_states(session))
+                if not known:
+                    raise DiscoveryFailed(str(exc)) from exc
+                self._discovered = known
+            return list(self._discovered)
         pairs = [(c.id, c.organization) for c in customers]
         async with self.sessions() as session:
             await repo.upsert_customers(session, pairs, now=self.clock())
             await session.commit()
         self._discovered = [cid for cid, _ in pairs]
         self._discovered_at = self.clock()
+        self._discovery_failed = None
         return list(self._discovered)
 
     async def _load_names(self) -> None:

@@ -221,3 +221,34 @@ async def test_rate_limits_and_flaky_upstreams_are_ridden_out(
     assert {s["state"] for s in body["sources"]} == {"fresh"}
     assert sim.stats.statuses[429] > 0
     assert 1.0 in sleeps.seconds, "the simulator's Retry-After: 1 is honoured"
+
+
+async def test_an_upstream_down_after_a_restart_serves_the_stored_jobs_as_stale(
+    gateway: Gateway, clock: FakeClock
+) -> None:
+    async with gateway() as api:
+        before = await all_items(api, {"limit": 500})
+    asked: list[str] = []
+
+    def down(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        return httpx.Response(503, headers={"Retry-After": "0"})
+
+    clock.advance(600)
+    async with gateway(transport=httpx.MockTransport(down)) as api:
+        first = await api.get("/jobs", params={"limit": 500})
+        listing_calls = sum("customers/batch" in p for p in asked)
+        again = await api.get("/jobs", params={"limit": 500})
+    assert first.status_code == again.status_code == 200
+    assert {s["state"] for s in first.json()["sources"]} == {"stale"}
+    assert {s["error"]["upstream_status"] for s in first.json()["sources"]} == {503}
+    assert [i["id"] for i in await_items(first, again)] == [i["id"] for i in before][:500]
+    # Neither the listing nor the failing customers are asked again straight away.
+    assert sum("customers/batch" in p for p in asked) == listing_calls
+    assert "fwd=stale" in again.headers["cache-status"]
+
+
+def await_items(*responses: httpx.Response) -> list[dict]:  # type: ignore[type-arg]
+    first, *rest = (r.json()["items"] for r in responses)
+    assert all(items == first for items in rest)
+    return first
