@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app import __version__
 from app.api import customers, errors, jobs, meta
-from app.api.deps import Services
+from app.api.deps import SafeParams, Services
 from app.clock import Clock, utcnow
 from app.config import Settings
 from app.metrics import Metrics
@@ -155,6 +155,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        dependencies=[SafeParams],
     )
     errors.install(app)
     app.include_router(jobs.router)

@@ -75,7 +75,7 @@ def text(value: Any) -> str | None:
         value = str(value)
     if not isinstance(value, str):
         return None
-    stripped = value.strip()
+    stripped = value.replace("\x00", "").strip()
     return None if stripped.lower() in _MISSING else stripped
 
 
@@ -178,6 +178,18 @@ def parse_timestamp(value: Any) -> datetime | None:
         return None
 
 
+def storable(value: Any) -> Any:
+    """A JSON value with NUL characters removed from every string: no database keeps them
+    (PostgreSQL refuses them), and one bad upstream value must not fail a customer's refresh."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    return value
+
+
 def job_id_of(row: Mapping[str, Any]) -> str | None:
     """The row's usable job id, or None (missing, `"N/A"`, not a string)."""
     return text(row.get("jobId"))
@@ -205,5 +217,5 @@ def normalize_row(customer_id: str, row: Mapping[str, Any]) -> NormalizedJob | N
         end_time=parse_timestamp(row.get("endTime")),
         duration_seconds=parse_duration(row.get("jobDuration")),
         last_modified=parse_timestamp(row.get("lastModifyTime")),
-        raw=dict(row),
+        raw=storable(dict(row)),
     )

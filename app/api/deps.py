@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.api.errors import Unauthorized
+from app.api.errors import InvalidParameter, Unauthorized
 from app.clock import Clock
 from app.config import Settings
 from app.metrics import Metrics
@@ -83,3 +83,14 @@ def require_key(
 
 
 Authorized = Depends(require_key)
+
+
+def reject_nul(request: Request) -> None:
+    """422 for a NUL character in any parameter: no database stores one (PostgreSQL
+    refuses it), and no id, name or cursor of ours contains one."""
+    for name, value in (*request.query_params.multi_items(), *request.path_params.items()):
+        if "\x00" in str(value):
+            raise InvalidParameter(f"{name}: must not contain a NUL character")
+
+
+SafeParams = Depends(reject_nul)

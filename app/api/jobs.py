@@ -98,9 +98,13 @@ async def scope(refresher: Refresher, customer_ids: list[str] | None) -> list[st
 
 
 def _aware(name: str, value: datetime | None) -> datetime | None:
+    """An RFC 3339 time as aware UTC (without an offset: UTC); 422 when it has no UTC form."""
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise InvalidParameter(f"{name}: {value.isoformat()} is out of range") from None
 
 
 @router.get(

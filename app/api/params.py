@@ -60,7 +60,9 @@ def decode_cursor(token: str, fp: str, *, size: int = 3) -> list[Any]:
         raise bad
     position: list[Any] = data["k"]
     if len(position) != size or not all(
-        isinstance(v, str | int) and not isinstance(v, bool) for v in position
+        (isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**31)
+        or (isinstance(v, str) and "\x00" not in v and len(v) <= 400)
+        for v in position
     ):
         raise bad
     if data.get("f") != fp:

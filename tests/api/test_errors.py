@@ -65,6 +65,8 @@ async def test_404_for_unknown_job_customer_and_route(
         ({"limit": "ten"}, ["limit"]),
         ({"start_after": "last tuesday"}, ["start_after"]),
         ({"modified_since": "2025-13-01"}, ["modified_since"]),
+        ({"start_after": "0001-01-01T00:00:00+14:00"}, ["start_after"]),
+        ({"start_before": "9999-12-31T23:59:59-14:00"}, ["start_before"]),
         ({"max_age": -1}, ["max_age"]),
         ({"cursor": "garbage!"}, ["cursor"]),
         ({"customer_id": "not-a-customer"}, ["customer_id"]),
@@ -148,3 +150,46 @@ async def test_503_when_the_customer_list_cannot_be_had(gateway: Gateway) -> Non
     async with gateway(avepoint_client_secret="wrong") as api:
         body = assert_envelope(await api.get("/jobs"), 503, "unavailable")
     assert "CUSTOMER_IDS" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/jobs?q=a%00b",
+        "/jobs?customer_id=%00",
+        "/jobs?status=%00",
+        "/jobs/x%00/y",
+        "/customers?cursor=%00",
+    ],
+)
+async def test_a_nul_character_is_a_clear_422(api: httpx.AsyncClient, path: str) -> None:
+    body = assert_envelope(await api.get(path), 422, "invalid_parameter")
+    assert "NUL" in body["detail"]
+
+
+async def test_a_forged_cursor_is_a_422_on_every_database(api: httpx.AsyncClient) -> None:
+    import base64
+    import json
+
+    from app.api.params import fingerprint
+
+    fp = fingerprint(
+        status=None,
+        job_type=None,
+        module=None,
+        customer_id=None,
+        start_after=None,
+        start_before=None,
+        modified_since=None,
+        q=None,
+        sort="-start_time",
+    )
+    for position in (
+        ["not a time", "c", "j"],
+        [12, "c", "j"],
+        ["2025-01-01T00:00:00Z", "c\x00", "j"],
+    ):
+        raw = json.dumps({"k": position, "f": fp}).encode()
+        cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        response = await api.get("/jobs", params={"cursor": cursor})
+        assert_envelope(response, 422, "invalid_parameter")

@@ -254,7 +254,7 @@ async def test_unknown_codes_are_served_as_unknown(gateway: Gateway, sim: Simula
                     "jobType": 99,
                     "jobModule": 999,
                     "status": 77,
-                    "name": "odd",
+                    "name": "o\x00dd",
                     "totalCount": "N/A",
                     "jobDuration": "weird",
                     "backupSize": "lots",
@@ -270,6 +270,7 @@ async def test_unknown_codes_are_served_as_unknown(gateway: Gateway, sim: Simula
         [item] = body["items"]
         assert item["job_id"] == "ODD1"
         assert (item["status"], item["status_code"]) == ("unknown", 77)
+        assert item["name"] == "odd", "a NUL character is dropped, not stored"
         assert (item["job_type"], item["job_type_code"]) == ("unknown", 99)
         assert (item["module"], item["module_code"]) == ("unknown", 999)
         assert item["counts"]["total"] is None

@@ -217,3 +217,13 @@ def test_any_row_normalizes_or_is_skipped(row: dict[str, Any]) -> None:
 )
 def test_absurd_values_become_null_rather_than_overflow_a_column(parse: Any, text: str) -> None:
     assert parse(text) is None
+
+
+def test_nul_characters_never_reach_the_database() -> None:
+    row = PAGE_SAMPLE | {"jobId": "J\x001", "name": "bad\x00name", "extra": {"k\x00": ["v\x00"]}}
+    job = normalize_row("c", row)
+    assert job is not None
+    assert job.job_id == "J1"
+    assert job.name == "badname"
+    assert job.raw["extra"] == {"k": ["v"]}
+    assert "\x00" not in repr(job.raw)
