@@ -57,15 +57,8 @@ def settings_or_exit(**overrides: object) -> Settings:
 def migrate_or_exit(settings: Settings) -> None:
     from app.store import db
 
-    async def run() -> None:
-        engine = db.create_engine(settings.database_url)
-        try:
-            await db.migrate(engine)
-        finally:
-            await engine.dispose()
-
     try:
-        asyncio.run(run())
+        asyncio.run(db.migrate(settings.database_url))
     except db.DatabaseUnavailable as exc:
         fail(str(exc))
 

@@ -19,10 +19,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.api import customers, errors, jobs, meta
-from app.api.deps import SafeParams, Services
+from app.api.deps import Services
 from app.clock import Clock, utcnow
 from app.config import Settings
 from app.metrics import Metrics
@@ -124,6 +125,25 @@ async def open_services(
         await engine.dispose()
 
 
+class HeadAsGet:
+    """HEAD wherever GET works (uptime checks use it): routed as GET, sent without a body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -155,9 +175,11 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        dependencies=[SafeParams],
+        # A redirect to the slash-less path would be built from the Host header.
+        redirect_slashes=False,
     )
     errors.install(app)
+    app.add_middleware(HeadAsGet)
     app.include_router(jobs.router)
     app.include_router(customers.router)
     app.include_router(meta.router)

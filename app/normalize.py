@@ -179,14 +179,16 @@ def parse_timestamp(value: Any) -> datetime | None:
 
 
 def storable(value: Any) -> Any:
-    """A JSON value with NUL characters removed from every string: no database keeps them
-    (PostgreSQL refuses them), and one bad upstream value must not fail a customer's refresh."""
+    """A JSON value every database keeps: no NUL character in a string (PostgreSQL refuses
+    them) and no infinite number; one bad upstream value must not fail a customer's refresh."""
     if isinstance(value, str):
         return value.replace("\x00", "")
     if isinstance(value, dict):
         return {storable(k): storable(v) for k, v in value.items()}
     if isinstance(value, list):
         return [storable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no Infinity or NaN; Python reads 1e400 as inf
     return value
 
 

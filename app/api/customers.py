@@ -8,12 +8,12 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app.api import schemas
 from app.api.caching import conditional_json
-from app.api.deps import Authorized, RefresherDep, ServicesDep
+from app.api.deps import Authorized, RefresherDep, SafeParams, ServicesDep
 from app.api.jobs import scope, source_out
 from app.api.params import decode_cursor, encode_cursor, fingerprint
 from app.store import repo
 
-router = APIRouter(tags=["customers"], dependencies=[Authorized])
+router = APIRouter(tags=["customers"], dependencies=[Authorized, SafeParams])
 
 
 @router.get(

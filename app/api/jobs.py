@@ -10,14 +10,22 @@ from fastapi import APIRouter, Query, Request, Response
 from app import catalog
 from app.api import schemas
 from app.api.caching import conditional_json
-from app.api.deps import Authorized, RefresherDep, ServicesDep
+from app.api.deps import Authorized, RefresherDep, SafeParams, ServicesDep
 from app.api.errors import InvalidParameter, NotFound, Unavailable
-from app.api.params import decode_cursor, encode_cursor, enum_filter, fingerprint, split_values
+from app.api.params import (
+    Rfc3339,
+    decode_cursor,
+    encode_cursor,
+    enum_filter,
+    fingerprint,
+    shorten,
+    split_values,
+)
 from app.clock import to_second
 from app.refresh import DiscoveryFailed, Freshness, Refresher, Source
 from app.store import repo
 
-router = APIRouter(tags=["jobs"], dependencies=[Authorized])
+router = APIRouter(tags=["jobs"], dependencies=[Authorized, SafeParams])
 
 Sort = Literal[
     "start_time", "-start_time", "last_modified", "-last_modified", "duration", "-duration"
@@ -28,7 +36,8 @@ _MANY = "Repeatable or comma-separated names (see GET /enums)."
 
 def iso(value: datetime | None) -> str | None:
     """The API's time format: UTC to the second, `YYYY-MM-DDTHH:MM:SSZ`."""
-    return None if value is None else to_second(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat, unlike strftime("%Y"), pads years before 1000 to four digits.
+    return None if value is None else to_second(value).isoformat().replace("+00:00", "Z")
 
 
 def job_out(row: repo.JobRow) -> dict[str, Any]:
@@ -84,7 +93,8 @@ async def scope(refresher: Refresher, customer_ids: list[str] | None) -> list[st
     except DiscoveryFailed as exc:
         raise Unavailable(
             f"the customer list could not be fetched from the upstream ({exc}); "
-            "set CUSTOMER_IDS or try again later"
+            "set CUSTOMER_IDS or try again later",
+            headers={"Retry-After": "10"},
         ) from None
     if not customer_ids:
         return known
@@ -92,7 +102,8 @@ async def scope(refresher: Refresher, customer_ids: list[str] | None) -> list[st
     for cid in customer_ids:
         if cid not in known_set:
             raise InvalidParameter(
-                f"customer_id: {cid!r} is not one of this partner's customers (see GET /customers)"
+                f"customer_id: {shorten(cid)!r} is not one of this partner's customers "
+                "(see GET /customers)"
             )
     return customer_ids
 
@@ -131,13 +142,13 @@ async def list_jobs(
         list[str] | None, Query(description="Repeatable or comma-separated ids.")
     ] = None,
     start_after: Annotated[
-        datetime | None, Query(description="RFC 3339; jobs that started after this.")
+        Rfc3339 | None, Query(description="RFC 3339; jobs that started after this.")
     ] = None,
     start_before: Annotated[
-        datetime | None, Query(description="RFC 3339; jobs that started before this.")
+        Rfc3339 | None, Query(description="RFC 3339; jobs that started before this.")
     ] = None,
     modified_since: Annotated[
-        datetime | None, Query(description="RFC 3339; jobs modified at or after this.")
+        Rfc3339 | None, Query(description="RFC 3339; jobs modified at or after this.")
     ] = None,
     q: Annotated[
         str | None, Query(max_length=200, description="The job's name contains this.")
@@ -228,13 +239,13 @@ async def get_job(
 ) -> Response:
     known = await scope(refresher, None)
     if customer_id not in known:
-        raise NotFound(f"no customer {customer_id!r} (see GET /customers)")
+        raise NotFound(f"no customer {shorten(customer_id)!r} (see GET /customers)")
     freshness: Freshness = await refresher.ensure([customer_id], max_age=max_age)
     async with svc.sessions() as session:
         row = await repo.get_job(session, customer_id, job_id)
         history = await repo.job_history(session, customer_id, job_id) if row else []
     if row is None:
-        raise NotFound(f"no job {job_id!r} for customer {customer_id!r}")
+        raise NotFound(f"no job {shorten(job_id)!r} for customer {customer_id!r}")
     detail = job_out(row) | {
         "history": [
             {

@@ -6,11 +6,35 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Sequence
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, WithJsonSchema
 
 from app.api.errors import InvalidParameter
 from app.catalog import Catalog
+
+
+def _not_a_number(value: Any) -> Any:
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+(\.\d*)?\s*", value):
+        raise ValueError("must be an RFC 3339 time such as 2025-09-11T03:21:16Z, not a number")
+    return value
+
+
+Rfc3339 = Annotated[
+    datetime,
+    BeforeValidator(_not_a_number),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+"""An RFC 3339 time; one without an offset is taken as UTC. Unlike pydantic's default, a
+bare number (a Unix timestamp) is refused rather than silently read."""
+
+
+def shorten(value: str, limit: int = 80) -> str:
+    """A value quoted back in an error, cut short: an error need not echo 20 KB of input."""
+    return value if len(value) <= limit else value[:limit] + "..."
 
 
 def split_values(values: Sequence[str] | None) -> list[str]:
@@ -29,7 +53,7 @@ def enum_filter(param: str, values: Sequence[str] | None, catalog: Catalog) -> l
     for name in names:
         if not catalog.is_name(name):
             raise InvalidParameter(
-                f"{param}: unknown value {name!r}; allowed: {', '.join(catalog.names())}"
+                f"{param}: unknown value {shorten(name)!r}; allowed: {', '.join(catalog.names())}"
             )
     return names
 
@@ -54,7 +78,7 @@ def decode_cursor(token: str, fp: str, *, size: int = 3) -> list[Any]:
     try:
         padded = token + "=" * (-len(token) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (ValueError, UnicodeError, binascii.Error):
+    except (ValueError, UnicodeError, binascii.Error, RecursionError):
         raise bad from None
     if not isinstance(data, dict) or not isinstance(data.get("k"), list):
         raise bad

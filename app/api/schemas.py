@@ -12,7 +12,9 @@ from app.clock import to_second
 UtcTime = Annotated[
     datetime,
     PlainSerializer(
-        lambda v: to_second(v).strftime("%Y-%m-%dT%H:%M:%SZ"), return_type=str, when_used="json"
+        lambda v: to_second(v).isoformat().replace("+00:00", "Z"),
+        return_type=str,
+        when_used="json",
     ),
     Field(json_schema_extra={"example": "2025-09-11T03:21:16Z"}),
 ]

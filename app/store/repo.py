@@ -570,7 +570,10 @@ def _after_key(after: object, field: str) -> tuple[datetime | int, str, str]:
             raise InvalidCursor(f"not an ISO 8601 time: {key!r}") from exc
     if not isinstance(key, datetime) or key.tzinfo is None or key.utcoffset() is None:
         raise InvalidCursor("a time position needs an aware ISO 8601 time")
-    return key.astimezone(UTC), customer_id, job_id
+    try:
+        return key.astimezone(UTC), customer_id, job_id
+    except OverflowError as exc:
+        raise InvalidCursor("a time position out of range") from exc
 
 
 async def query_jobs(session: AsyncSession, q: JobQuery) -> list[JobRow]:

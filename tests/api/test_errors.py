@@ -66,6 +66,8 @@ async def test_404_for_unknown_job_customer_and_route(
         ({"start_after": "last tuesday"}, ["start_after"]),
         ({"modified_since": "2025-13-01"}, ["modified_since"]),
         ({"start_after": "0001-01-01T00:00:00+14:00"}, ["start_after"]),
+        ({"start_before": "0.5"}, ["start_before", "RFC 3339"]),
+        ({"modified_since": "1700000000"}, ["modified_since", "RFC 3339"]),
         ({"start_before": "9999-12-31T23:59:59-14:00"}, ["start_before"]),
         ({"max_age": -1}, ["max_age"]),
         ({"cursor": "garbage!"}, ["cursor"]),
@@ -173,23 +175,63 @@ async def test_a_forged_cursor_is_a_422_on_every_database(api: httpx.AsyncClient
 
     from app.api.params import fingerprint
 
-    fp = fingerprint(
-        status=None,
-        job_type=None,
-        module=None,
-        customer_id=None,
-        start_after=None,
-        start_before=None,
-        modified_since=None,
-        q=None,
-        sort="-start_time",
-    )
-    for position in (
-        ["not a time", "c", "j"],
-        [12, "c", "j"],
-        ["2025-01-01T00:00:00Z", "c\x00", "j"],
-    ):
+    def forged(sort: str, position: list[object]) -> str:
+        fp = fingerprint(
+            status=None,
+            job_type=None,
+            module=None,
+            customer_id=None,
+            start_after=None,
+            start_before=None,
+            modified_since=None,
+            q=None,
+            sort=sort,
+        )
         raw = json.dumps({"k": position, "f": fp}).encode()
-        cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
-        response = await api.get("/jobs", params={"cursor": cursor})
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    for sort, position in (
+        ("-start_time", ["not a time", "c", "j"]),
+        ("-start_time", [12, "c", "j"]),
+        ("-start_time", ["2025-01-01T00:00:00", "c", "j"]),
+        ("-start_time", ["2025-01-01T00:00:00Z", "c\x00", "j"]),
+        ("duration", [10**30, "c", "j"]),
+        ("duration", ["soon", "c", "j"]),
+        ("-start_time", ["0001-01-01T00:00:00+14:00", "c", "j"]),
+        ("last_modified", ["9999-12-31T23:59:59-05:00", "c", "j"]),
+    ):
+        response = await api.get("/jobs", params={"cursor": forged(sort, position), "sort": sort})
         assert_envelope(response, 422, "invalid_parameter")
+
+
+async def test_a_deeply_nested_cursor_is_a_422(api: httpx.AsyncClient) -> None:
+    import base64
+
+    cursor = base64.urlsafe_b64encode(b"[" * 1400).decode().rstrip("=")
+    assert_envelope(await api.get("/jobs", params={"cursor": cursor}), 422, "invalid_parameter")
+
+
+@pytest.mark.parametrize("path", ["/jobs?cursor=%00", "/jobs?status=nope", "/jobs/x%00/y"])
+async def test_the_key_is_checked_before_any_parameter(api: httpx.AsyncClient, path: str) -> None:
+    assert_envelope(await api.get(path, headers={"X-API-Key": ""}), 401, "unauthorized")
+
+
+async def test_an_error_does_not_echo_a_huge_value(api: httpx.AsyncClient) -> None:
+    response = await api.get("/jobs", params={"status": "x" * 20_000})
+    body = assert_envelope(response, 422, "invalid_parameter")
+    assert len(body["detail"]) < 2_000
+
+
+async def test_a_trailing_slash_is_not_redirected_by_host(api: httpx.AsyncClient) -> None:
+    response = await api.get("/jobs/", headers={"Host": "evil.example"})
+    assert response.status_code == 404
+    assert "location" not in response.headers
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/docs", "/jobs?limit=1"])
+async def test_head_works_wherever_get_does(api: httpx.AsyncClient, path: str) -> None:
+    get = await api.get(path)
+    head = await api.head(path)
+    assert head.status_code == get.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]

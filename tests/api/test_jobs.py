@@ -312,3 +312,14 @@ async def test_concurrent_requests_share_one_walk_per_customer(
     responses = await asyncio.gather(*(api.get("/jobs", params={"limit": 5}) for _ in range(20)))
     assert all(r.status_code == 200 for r in responses)
     assert sim.stats.walks == {cid: 1 for cid in sim.customer_ids()}
+
+
+def test_times_are_utc_to_the_second_with_a_four_digit_year() -> None:
+    from app.api.jobs import iso
+
+    assert iso(datetime(1, 1, 1, tzinfo=UTC)) == "0001-01-01T00:00:00Z"
+    assert iso(datetime(2025, 9, 11, 5, 21, 16, 999_999, tzinfo=UTC)) == "2025-09-11T05:21:16Z"
+    plus_two = datetime(2025, 9, 11, 5, 21, 16, tzinfo=UTC).astimezone(
+        __import__("datetime").timezone(timedelta(hours=2))
+    )
+    assert iso(plus_two) == "2025-09-11T05:21:16Z"

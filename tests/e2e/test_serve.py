@@ -158,3 +158,24 @@ def test_start_up_refuses_without_credentials(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "AVEPOINT_CLIENT_ID" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    "url", ["garbage", "mysql://user@127.0.0.1/db", "postgresql://u@127.0.0.1:1/x"]
+)
+def test_start_up_refuses_an_unusable_database_in_one_line(url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVEPOINT_")}
+    env |= {"DEMO": "true", "DATABASE_URL": url}
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "DATABASE_URL" in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout

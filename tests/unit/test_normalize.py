@@ -227,3 +227,11 @@ def test_nul_characters_never_reach_the_database() -> None:
     assert job.name == "badname"
     assert job.raw["extra"] == {"k": ["v"]}
     assert "\x00" not in repr(job.raw)
+
+
+def test_numbers_json_cannot_hold_are_dropped_from_the_raw_row() -> None:
+    row = PAGE_SAMPLE | {"extra": [float("inf"), float("nan"), 1.5], "deep": {"x": float("-inf")}}
+    job = normalize_row("c", row)
+    assert job is not None
+    assert job.raw["extra"] == [None, None, 1.5]
+    assert job.raw["deep"] == {"x": None}
