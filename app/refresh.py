@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -37,8 +37,10 @@ log = logging.getLogger("app.refresh")
 State = Literal["fresh", "stale", "refreshing", "error"]
 CacheResult = Literal["hit", "miss", "stale"]
 
-# First backoff after a failure; it doubles per consecutive failure, capped at the TTL.
+# First backoff after a failure; it doubles per consecutive failure, capped at the TTL, but
+# even with CACHE_TTL_SECONDS=0 a failing upstream is not asked by every request.
 BACKOFF_BASE_SECONDS = 10.0
+MIN_BACKOFF_SECONDS = 1.0
 
 
 class DiscoveryFailed(Exception):
@@ -65,8 +67,33 @@ class Source:
 
 @dataclass(frozen=True, slots=True)
 class Freshness:
+    """How current an answer is: a source per customer, and whether the request forwarded
+    to the upstream (refreshed, or joined a refresh of, at least one customer)."""
+
     sources: list[Source]
-    cache: CacheResult
+    forwarded: bool
+    ttl: float
+
+    @property
+    def cache(self) -> CacheResult:
+        """`stale` when old data is served, else `miss` when the upstream was asked, else `hit`."""
+        if any(s.state in ("stale", "refreshing") for s in self.sources):
+            return "stale"
+        return "miss" if self.forwarded else "hit"
+
+    @property
+    def ttl_left(self) -> int | None:
+        """Seconds until the oldest data served stops being fresh (negative: stale since)."""
+        ages = [s.age_seconds for s in self.sources if s.age_seconds is not None]
+        return int(self.ttl) - max(ages) if ages else None
+
+    @property
+    def upstream_status(self) -> int | None:
+        """The status of a refresh that failed, if any did."""
+        return next(
+            (s.error.upstream_status for s in self.sources if s.error and s.error.upstream_status),
+            None,
+        )
 
     @property
     def servable(self) -> list[str]:
@@ -128,24 +155,43 @@ class Refresher:
     # ---- customers in scope -------------------------------------------------------------
 
     async def customer_ids(self) -> list[str]:
-        """Every customer this partner's requests cover: configured, or discovered (cached)."""
+        """Every customer this partner's requests cover: configured, or discovered.
+
+        A known list is answered at once (an expired one is renewed in the background);
+        only when none is known yet does a request wait for the listing, at most
+        `REQUEST_WAIT_SECONDS`.
+        """
         if self.configured:
             if self._discovered_at is None:
                 # Names only; the configured list is the scope whatever the listing says.
-                self._discovered_at = self.clock()
                 await self._ensure_known(self.configured)
+                self._discovered_at = self.clock()
                 self._spawn(self._load_names())
             return list(self.configured)
-        if self._discovered is not None and not self._expired(self._discovered_at):
+        if self._discovered is None:
+            # A restarted service knows the customers it stored before.
+            async with self.sessions() as session:
+                stored = sorted(await repo.customer_states(session))
+            if stored and self._discovered is None:
+                self._discovered = stored
+        backing_off = self._discovery_failed is not None and self.clock() < self._discovery_retry_at
+        if self._discovered is not None:
+            if self._expired(self._discovered_at) and not backing_off:
+                self._start_discovery()
             return list(self._discovered)
-        if self._discovery_failed is not None and self.clock() < self._discovery_retry_at:
-            # The listing failed a moment ago: don't ask again on every request.
-            if self._discovered is not None:
-                return list(self._discovered)
-            raise DiscoveryFailed(self._discovery_failed)
+        if backing_off:
+            raise DiscoveryFailed(self._discovery_failed or "the customer listing failed")
+        task = self._start_discovery()
+        await asyncio.wait({task}, timeout=self.wait)
+        if not task.done():
+            raise DiscoveryFailed("the customer list is still being fetched")
+        return list(task.result())
+
+    def _start_discovery(self) -> asyncio.Task[list[str]]:
         if self._discovery is None or self._discovery.done():
-            self._discovery = asyncio.create_task(self._discover())
-        return list(await asyncio.shield(self._discovery))
+            self._discovery = asyncio.create_task(self._discover(), name="discover-customers")
+            self._discovery.add_done_callback(_log_failure)
+        return self._discovery
 
     async def _discover(self) -> list[str]:
         try:
@@ -153,17 +199,8 @@ class Refresher:
         except UpstreamError as exc:
             log.warning("customer discovery failed: %s", exc)
             self._discovery_failed = str(exc)
-            self._discovery_retry_at = self.clock() + timedelta(
-                seconds=min(self.ttl, BACKOFF_BASE_SECONDS)
-            )
-            if self._discovered is None:
-                # A restarted service still knows the customers it stored before.
-                async with self.sessions() as session:
-                    known = sorted(await repo.customer_states(session))
-                if not known:
-                    raise DiscoveryFailed(str(exc)) from exc
-                self._discovered = known
-            return list(self._discovered)
+            self._discovery_retry_at = self.clock() + timedelta(seconds=self._backoff_seconds(1))
+            raise DiscoveryFailed(str(exc)) from exc
         pairs = [(c.id, c.organization) for c in customers]
         async with self.sessions() as session:
             await repo.upsert_customers(session, pairs, now=self.clock())
@@ -220,16 +257,14 @@ class Refresher:
             async with self.sessions() as session:
                 states = await repo.customer_states(session, customer_ids)
         now = self.clock()
-        sources = [self._source(cid, states.get(cid), now) for cid in customer_ids]
-        if any(s.state != "fresh" for s in sources):
-            cache: CacheResult = "stale"
-        elif tasks:
-            cache = "miss"
-        else:
-            cache = "hit"
-        return Freshness(sources=sources, cache=cache)
+        sources = [
+            self._source(cid, states.get(cid), now, waited=cid in tasks) for cid in customer_ids
+        ]
+        return Freshness(sources=sources, forwarded=bool(tasks), ttl=self.ttl)
 
-    def _source(self, cid: str, state: repo.CustomerState | None, now: datetime) -> Source:
+    def _source(
+        self, cid: str, state: repo.CustomerState | None, now: datetime, *, waited: bool
+    ) -> Source:
         last = state.last_success_at if state else None
         age = int(_age(now, last)) if last is not None else None
         failure = state.last_error if state else None
@@ -243,7 +278,8 @@ class Refresher:
             else None
         )
         fetched = to_second(last) if last is not None else None
-        running = cid in self._inflight and not self._inflight[cid].done()
+        # `refreshing` only where this request waited on the refresh and stopped waiting.
+        running = waited and cid in self._inflight and not self._inflight[cid].done()
         if running:
             return Source(cid, "refreshing", fetched, age, error)
         if last is None or (age is not None and error is not None and age > self.stale_if_error):
@@ -254,6 +290,11 @@ class Refresher:
             return Source(cid, "stale", fetched, age, error)
         state_name: State = "fresh" if age is not None and age <= self.ttl else "stale"
         return Source(cid, state_name, fetched, age, None)
+
+    def _backoff_seconds(self, failures: int) -> float:
+        """Doubling per consecutive failure, at most the TTL, and never nothing at all."""
+        doubled = BACKOFF_BASE_SECONDS * 2.0 ** (failures - 1)
+        return max(MIN_BACKOFF_SECONDS, min(float(self.ttl), doubled))
 
     def _in_backoff(self, cid: str, now: datetime) -> bool:
         backoff = self._backoff.get(cid)
@@ -306,7 +347,7 @@ class Refresher:
         else:
             backoff = self._backoff.setdefault(cid, _Backoff())
             backoff.failures += 1
-            delay = min(self.ttl, BACKOFF_BASE_SECONDS * 2 ** (backoff.failures - 1))
+            delay = self._backoff_seconds(backoff.failures)
             backoff.until = self.clock() + timedelta(seconds=delay)
         return outcome
 
@@ -394,6 +435,7 @@ class Refresher:
         task: asyncio.Task[object] = asyncio.create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
 
     async def aclose(self) -> None:
         """Stop every refresh still running (at shutdown); what was stored stays stored."""
@@ -403,6 +445,15 @@ class Refresher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    """Retrieve a background task's exception, so that none is lost unlogged."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, DiscoveryFailed):
+        log.error("background task %s failed", task.get_name(), exc_info=exc)
 
 
 def _age(now: datetime, then: datetime) -> float:

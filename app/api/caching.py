@@ -14,13 +14,31 @@ CACHE_NAME = "jobs-gateway"
 
 
 def cache_status(freshness: Freshness) -> str:
-    """`jobs-gateway; hit`, `jobs-gateway; fwd=miss` or `jobs-gateway; fwd=stale`."""
+    """The RFC 9211 `Cache-Status` of an answer.
+
+    - all fresh from the store: `jobs-gateway; hit; ttl=<seconds left>`
+    - old data served without asking the upstream (it is backing off):
+      `jobs-gateway; hit; ttl=<negative>; detail=stale`
+    - the upstream was asked and old data is served (it failed, or was too slow):
+      `jobs-gateway; fwd=stale[; fwd-status=<status>]`
+    - the upstream was asked and its answer is served: `jobs-gateway; fwd=miss; stored`
+    """
+    parts = [CACHE_NAME]
+    ttl = freshness.ttl_left
     result: CacheResult = freshness.cache
-    if result == "hit":
-        return f"{CACHE_NAME}; hit"
-    if result == "miss":
-        return f"{CACHE_NAME}; fwd=miss; stored"
-    return f"{CACHE_NAME}; fwd=stale"
+    if not freshness.forwarded:
+        parts.append("hit")
+        if ttl is not None:
+            parts.append(f"ttl={ttl}")
+        if result == "stale":
+            parts.append("detail=stale")
+    else:
+        parts.append(f"fwd={'stale' if result == 'stale' else 'miss'}")
+        if freshness.upstream_status is not None:
+            parts.append(f"fwd-status={freshness.upstream_status}")
+        if result == "miss":
+            parts.append("stored")
+    return "; ".join(parts)
 
 
 def _dumps(value: Any) -> str:
@@ -28,11 +46,11 @@ def _dumps(value: Any) -> str:
 
 
 def _without_age(value: Any) -> Any:
-    """A source (or list of them) without `age_seconds`, which changes with the clock alone."""
+    """The value without any `age_seconds`, at any depth: it changes with the clock alone."""
     if isinstance(value, list):
         return [_without_age(v) for v in value]
     if isinstance(value, dict):
-        return {k: v for k, v in value.items() if k != "age_seconds"}
+        return {k: _without_age(v) for k, v in value.items() if k != "age_seconds"}
     return value
 
 
@@ -46,9 +64,8 @@ def render(body: dict[str, Any]) -> tuple[bytes, str]:
     for key, value in body.items():
         text = _dumps(value)
         parts.append(f"{_dumps(key)}:{text}")
-        tagged.append(
-            f"{key}={_dumps(_without_age(value))}" if key in {"sources", "source"} else text
-        )
+        # Only parts that hold an age are rebuilt for the tag; job items never do.
+        tagged.append(_dumps(_without_age(value)) if '"age_seconds"' in text else text)
     digest = hashlib.sha256("\x1f".join(tagged).encode()).hexdigest()[:32]
     return ("{" + ",".join(parts) + "}").encode(), f'"{digest}"'
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import httpx
 
 from app.api import schemas
-from app.simulator import Simulator
+from app.simulator import Simulator, create_simulator_app
 from tests.api.conftest import Gateway, Sleeps
 from tests.api.test_jobs import all_items
 from tests.clock import FakeClock
@@ -26,7 +27,7 @@ async def test_a_second_request_inside_the_ttl_makes_no_upstream_call(
     clock.advance(299)
     second = await api.get("/jobs", params={"status": "failed"})
     assert sim.stats.total == calls
-    assert second.headers["cache-status"] == "jobs-gateway; hit"
+    assert second.headers["cache-status"] == "jobs-gateway; hit; ttl=1"
     assert second.json()["items"] == first.json()["items"]
     assert all(s["age_seconds"] == 299 for s in second.json()["sources"])
 
@@ -64,7 +65,8 @@ async def test_a_failing_customer_beside_healthy_ones(gateway: Gateway, sim: Sim
     assert by_id[bad]["fetched_at"] is None
     assert all(by_id[c]["state"] == "fresh" for c in good)
     assert {i["customer_id"] for i in body["items"]} == set(good)
-    assert "fwd=stale" in response.headers["cache-status"]
+    # The upstream was asked; no old data is served, but one answer was a 500.
+    assert response.headers["cache-status"] == "jobs-gateway; fwd=miss; fwd-status=500; stored"
 
 
 async def test_stale_if_error_keeps_the_last_good_jobs(
@@ -132,7 +134,8 @@ async def test_a_slow_refresh_answers_with_what_the_store_has(
 ) -> None:
     # The upstream takes longer than the request is willing to wait (here: not at all).
     sim.config = dataclasses.replace(sim.config, latency_seconds=0.5)
-    async with gateway(request_wait_seconds=0) as api:
+    ids = ",".join(sim.customer_ids())
+    async with gateway(request_wait_seconds=0, customer_ids=ids) as api:
         body = (await api.get("/jobs")).json()
     assert set(states(body).values()) == {"refreshing"}
     assert body["items"] == []
@@ -245,10 +248,82 @@ async def test_an_upstream_down_after_a_restart_serves_the_stored_jobs_as_stale(
     assert [i["id"] for i in await_items(first, again)] == [i["id"] for i in before][:500]
     # Neither the listing nor the failing customers are asked again straight away.
     assert sum("customers/batch" in p for p in asked) == listing_calls
-    assert "fwd=stale" in again.headers["cache-status"]
+    assert first.headers["cache-status"] == "jobs-gateway; fwd=stale; fwd-status=503"
+    assert again.headers["cache-status"] == "jobs-gateway; hit; ttl=-300; detail=stale"
 
 
 def await_items(*responses: httpx.Response) -> list[dict]:  # type: ignore[type-arg]
     first, *rest = (r.json()["items"] for r in responses)
     assert all(items == first for items in rest)
     return first
+
+
+class BlockedListing(httpx.AsyncBaseTransport):
+    """The simulator, except that the customer listing hangs until released."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.inner = httpx.ASGITransport(app=create_simulator_app(sim))
+        self.blocked = False
+        self.release = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.blocked and request.url.path.endswith("/customers/batch"):
+            await self.release.wait()
+        return await self.inner.handle_async_request(request)
+
+
+async def test_a_slow_customer_listing_never_holds_up_a_request(
+    gateway: Gateway, sim: Simulator, clock: FakeClock
+) -> None:
+    upstream = BlockedListing(sim)
+    async with gateway(transport=upstream) as api:
+        await api.get("/jobs")
+        upstream.blocked = True
+        clock.advance(400)  # the customer list has expired: it is renewed in the background
+        response = await asyncio.wait_for(api.get("/jobs", params={"limit": 1}), timeout=10)
+        assert response.status_code == 200
+        assert {s["customer_id"] for s in response.json()["sources"]} == set(sim.customer_ids())
+        upstream.release.set()
+
+
+async def test_the_first_listing_is_waited_for_at_most_request_wait_seconds(
+    gateway: Gateway, sim: Simulator
+) -> None:
+    upstream = BlockedListing(sim)
+    upstream.blocked = True
+    async with gateway(transport=upstream, request_wait_seconds=0) as api:
+        response = await asyncio.wait_for(api.get("/jobs"), timeout=10)
+        assert response.status_code == 503
+        assert response.json()["error"] == "unavailable"
+        assert response.headers["retry-after"] == "10"
+        upstream.blocked = False
+        upstream.release.set()
+
+
+async def test_refreshing_is_said_only_where_the_request_stopped_waiting(
+    gateway: Gateway, sim: Simulator
+) -> None:
+    ids = ",".join(sim.customer_ids())
+    async with gateway(request_wait_seconds=0, customer_ids=ids) as api:
+        sim.config = dataclasses.replace(sim.config, latency_seconds=0)
+        await api.get("/jobs", params={"max_age": 0})  # refreshes start; nobody waits
+        for _ in range(200):  # let the in-process refreshes finish (no real time passes)
+            await asyncio.sleep(0)
+            body = (await api.get("/jobs")).json()
+            if {s["state"] for s in body["sources"]} == {"fresh"}:
+                break
+        sim.config = dataclasses.replace(sim.config, latency_seconds=0.5)
+        forced = (await api.get("/jobs", params={"max_age": 0})).json()
+        assert set(states(forced).values()) == {"refreshing"}
+        # Someone else's refresh is in flight, but this request did not wait on it.
+        cached = (await api.get("/jobs")).json()
+        assert set(states(cached).values()) == {"fresh"}
+
+
+async def test_customers_answer_304_while_only_the_age_changes(
+    api: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    first = await api.get("/customers")
+    clock.advance(5)
+    again = await api.get("/customers", headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304
