@@ -10,7 +10,7 @@ from app.api import schemas
 from app.api.deps import Authorized, ServicesDep
 from app.store import db
 
-router = APIRouter(tags=["service"])
+router = APIRouter()
 
 
 def _entries(cat: catalog.Catalog) -> list[schemas.EnumEntry]:
@@ -34,13 +34,20 @@ async def enums() -> schemas.Enums:
     )
 
 
-@router.get("/healthz", operation_id="healthz", summary="Alive", response_model=schemas.Health)
+@router.get(
+    "/healthz",
+    tags=["service"],
+    operation_id="healthz",
+    summary="Alive",
+    response_model=schemas.Health,
+)
 async def healthz() -> schemas.Health:
     return schemas.Health(status="ok")
 
 
 @router.get(
     "/readyz",
+    tags=["service"],
     operation_id="readyz",
     summary="Ready: the database answers and its migrations are current",
     response_model=schemas.Health,
@@ -67,6 +74,7 @@ async def readyz(svc: ServicesDep) -> Response:
 
 @router.get(
     "/metrics",
+    tags=["service"],
     operation_id="metrics",
     summary="Prometheus metrics",
     response_class=Response,
