@@ -15,7 +15,7 @@ from pathlib import Path
 
 import fastapi_offline
 import httpx
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -144,6 +144,35 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, without_body)
 
 
+class RequestMetrics:
+    """Counts and times every HTTP request by method, route template and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500
+
+        async def recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording)
+        finally:
+            svc: Services | None = getattr(scope["app"].state, "services", None)
+            if svc is not None:
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                svc.metrics.http_requests.labels(scope["method"], route, str(status)).inc()
+                svc.metrics.http_latency.labels(route).observe(time.perf_counter() - began)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -180,6 +209,7 @@ def create_app(
     )
     errors.install(app)
     app.add_middleware(HeadAsGet)
+    app.add_middleware(RequestMetrics)
     app.include_router(jobs.router)
     app.include_router(customers.router)
     app.include_router(meta.router)
@@ -195,21 +225,5 @@ def create_app(
             swagger_favicon_url="/docs/assets/favicon.png",
             swagger_ui_parameters={"persistAuthorization": True, "displayRequestDuration": True},
         )
-
-    @app.middleware("http")
-    async def count_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        began = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
-        svc: Services | None = getattr(request.app.state, "services", None)
-        if svc is not None:
-            svc.metrics.http_requests.labels(
-                request.method, template, str(response.status_code)
-            ).inc()
-            svc.metrics.http_latency.labels(template).observe(time.perf_counter() - began)
-        return response
 
     return app

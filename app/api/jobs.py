@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -21,7 +21,6 @@ from app.api.params import (
     shorten,
     split_values,
 )
-from app.clock import to_second
 from app.refresh import DiscoveryFailed, Freshness, Refresher, Source
 from app.store import repo
 
@@ -34,10 +33,18 @@ Sort = Literal[
 _MANY = "Repeatable or comma-separated names (see GET /enums)."
 
 
+_ZERO = timedelta(0)
+
+
 def iso(value: datetime | None) -> str | None:
     """The API's time format: UTC to the second, `YYYY-MM-DDTHH:MM:SSZ`."""
+    if value is None:
+        return None
+    offset = value.utcoffset()
+    if offset is not None and offset != _ZERO:
+        value = value.astimezone(UTC)
     # isoformat, unlike strftime("%Y"), pads years before 1000 to four digits.
-    return None if value is None else to_second(value).isoformat().replace("+00:00", "Z")
+    return value.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def job_out(row: repo.JobRow) -> dict[str, Any]:

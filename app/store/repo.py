@@ -33,7 +33,7 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import RowMapping
+from sqlalchemy.engine import Result, RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import catalog
@@ -507,8 +507,10 @@ def _job_select(*, raw: bool) -> Select[Any]:
     )
 
 
-def _job_row(row: RowMapping) -> JobRow:
-    return JobRow(**{name: row[name] for name in JobRow.__dataclass_fields__ if name in row})
+def _job_rows(result: Result[Any]) -> list[JobRow]:
+    """The result's rows as JobRows; the selected columns are matched to fields once."""
+    names = list(result.keys())
+    return [JobRow(**dict(zip(names, row, strict=True))) for row in result.all()]
 
 
 def _names_filter(
@@ -635,8 +637,7 @@ async def query_jobs(session: AsyncSession, q: JobQuery) -> list[JobRow]:
         .order_by(*(col.desc() if descending else col.asc() for col in order))
         .limit(q.limit + 1)
     )
-    result = await session.execute(stmt)
-    return [_job_row(row) for row in result.mappings().all()]
+    return _job_rows(await session.execute(stmt))
 
 
 def keyset_of(row: JobRow, sort: str) -> tuple[str | int, str, str]:
@@ -654,8 +655,8 @@ def keyset_of(row: JobRow, sort: str) -> tuple[str | int, str, str]:
 
 async def get_job(session: AsyncSession, customer_id: str, job_id: str) -> JobRow | None:
     stmt = _job_select(raw=True).where(JOBS.c.customer_id == customer_id, JOBS.c.job_id == job_id)
-    row = (await session.execute(stmt)).mappings().first()
-    return None if row is None else _job_row(row)
+    rows = _job_rows(await session.execute(stmt))
+    return rows[0] if rows else None
 
 
 async def job_history(session: AsyncSession, customer_id: str, job_id: str) -> list[HistoryRow]:
