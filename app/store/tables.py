@@ -143,6 +143,8 @@ class Job(Base):
         Index("ix_jobs_sort_duration", "sort_duration", "customer_id", "job_id"),
         # GET /jobs?status=failed and friends, in the default order.
         Index("ix_jobs_status_sort_start", "status", "sort_start", "customer_id", "job_id"),
+        Index("ix_jobs_status_sort_modified", "status", "sort_modified", "customer_id", "job_id"),
+        Index("ix_jobs_status_sort_duration", "status", "sort_duration", "customer_id", "job_id"),
         Index("ix_jobs_job_type_sort_start", "job_type", "sort_start", "customer_id", "job_id"),
         Index("ix_jobs_module_sort_start", "module", "sort_start", "customer_id", "job_id"),
         # One customer's jobs in the default order (the primary key covers plain lookups).
