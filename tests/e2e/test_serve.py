@@ -142,40 +142,45 @@ def test_failed_jobs_over_real_http_match_the_simulator(stack: tuple[str, dict[s
         assert docs.status_code == 200 and "https://" not in docs.text
 
 
-def test_start_up_refuses_without_credentials(tmp_path: Path) -> None:
+def refusal(**variables: str) -> str:
+    """The one line `jobs-gateway serve` prints when it refuses to start with these settings."""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("AVEPOINT_", "DEMO", "API_KEYS"))
     }
-    env["DATABASE_URL"] = f"sqlite:///{tmp_path}/x.db"
     result = subprocess.run(
         [sys.executable, "-m", "app", "serve", "--port", str(free_port())],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode != 0
-    assert "AVEPOINT_CLIENT_ID" in result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-
-
-@pytest.mark.parametrize(
-    "url", ["garbage", "mysql://user@127.0.0.1/db", "postgresql://u@127.0.0.1:1/x"]
-)
-def test_start_up_refuses_an_unusable_database_in_one_line(url: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AVEPOINT_")}
-    env |= {"DEMO": "true", "DATABASE_URL": url}
-    result = subprocess.run(
-        [sys.executable, "-m", "app", "serve", "--port", str(free_port())],
-        env=env,
+        env=env | variables,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
-    assert "DATABASE_URL" in lines[0]
-    assert "Traceback" not in result.stderr + result.stdout
+    return lines[0]
+
+
+def test_start_up_refuses_without_credentials(tmp_path: Path) -> None:
+    line = refusal(DATABASE_URL=f"sqlite:///{tmp_path}/x.db")
+    assert "AVEPOINT_CLIENT_ID" in line
+
+
+def test_start_up_refuses_without_api_keys_outside_demo(tmp_path: Path) -> None:
+    line = refusal(
+        DATABASE_URL=f"sqlite:///{tmp_path}/x.db",
+        AVEPOINT_CLIENT_ID="id",
+        AVEPOINT_CLIENT_SECRET="a-secret-value",
+    )
+    assert "API_KEYS" in line
+    assert "a-secret-value" not in line
+
+
+@pytest.mark.parametrize(
+    "url", ["garbage", "mysql://user@127.0.0.1/db", "postgresql://u:pw-s3cret@127.0.0.1:1/x"]
+)
+def test_start_up_refuses_an_unusable_database_in_one_line(url: str) -> None:
+    line = refusal(DEMO="true", DATABASE_URL=url)
+    assert "DATABASE_URL" in line
+    assert "pw-s3cret" not in line
