@@ -97,7 +97,10 @@ def parse_page(
         raise malformed("a body that is not JSON") from None
     if not isinstance(body, dict):
         raise malformed(f"a JSON {type(body).__name__} instead of a page object")
-    data = body.get("data")
+    if "data" not in body:
+        raise malformed("an object without 'data' instead of a page")
+    # `"data": null` is how some APIs of the family say "nothing here": an empty page.
+    data = body["data"] if body["data"] is not None else []
     if not isinstance(data, list):
         raise malformed("a page whose 'data' is not a list")
     if not all(isinstance(row, dict) for row in data):

@@ -987,7 +987,6 @@ async def test_a_failing_later_page_fails_the_fetch_with_its_page(
         b"[]",
         b"null",
         b'{"metadata": {"totalCount": 1}}',
-        b'{"data": null}',
         b'{"data": {"jobId": "J1"}}',
         b'{"data": [1, 2]}',
         b'{"data": [{"jobId": "J1"}, "J2"]}',

@@ -71,7 +71,9 @@ def test_count_or_none_reads_numbers_and_digit_strings(n: int) -> None:
 @given(json_values)
 def test_parse_page_either_parses_or_is_malformed(value: Any) -> None:
     content = json.dumps({"data": value, "metadata": value}).encode()
-    if isinstance(value, list) and all(isinstance(row, dict) for row in value):
+    if value is None:
+        assert parse_page(content).data == []
+    elif isinstance(value, list) and all(isinstance(row, dict) for row in value):
         assert parse_page(content).data == value
     else:
         with pytest.raises(UpstreamMalformed) as caught:
@@ -102,6 +104,12 @@ def test_parse_page_without_usable_metadata(metadata: Any) -> None:
 
     assert page.metadata.total_count is None
     assert page.metadata.page_size is None
+
+
+def test_null_data_is_an_empty_page_and_missing_data_is_malformed() -> None:
+    assert parse_page(b'{"data": null, "metadata": {"totalCount": 0}}').data == []
+    with pytest.raises(UpstreamMalformed):
+        parse_page(b'{"message": "Internal error"}')
 
 
 def test_deeply_nested_body_is_malformed_not_a_crash() -> None:
