@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from app.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from app.refresh import RefreshOutcome
 
 cli = typer.Typer(
     help="Jobs Gateway: every customer's AvePoint backup jobs in one API.",
@@ -161,9 +164,9 @@ def refresh(
         raise typer.Exit(1)
 
 
-async def _refresh(settings: Settings, customers: list[str]) -> list:  # type: ignore[type-arg]
+async def _refresh(settings: Settings, customers: list[str]) -> list[RefreshOutcome]:
     from app.main import open_services
-    from app.refresh import DiscoveryFailed, RefreshOutcome
+    from app.refresh import DiscoveryFailed
 
     async with open_services(settings) as services:
         refresher = services.refresher
@@ -171,7 +174,6 @@ async def _refresh(settings: Settings, customers: list[str]) -> list:  # type: i
             ids = customers or await refresher.customer_ids()
         except DiscoveryFailed as exc:
             fail(f"the customer list could not be fetched: {exc}")
-        outcomes: list[RefreshOutcome] = []
         with Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -185,17 +187,16 @@ async def _refresh(settings: Settings, customers: list[str]) -> list:  # type: i
             # One line per customer in flight; as many as the upstream is asked at once.
             slots = asyncio.Semaphore(settings.upstream_concurrency)
 
-            async def one(cid: str) -> None:
+            async def one(cid: str) -> RefreshOutcome:
                 async with slots:
                     line = progress.add_task(f"  {cid}", total=None)
                     outcome = await refresher.refresh(cid)
                     progress.remove_task(line)
-                outcomes.append(outcome)
                 progress.advance(overall)
+                return outcome
 
-            await asyncio.gather(*(one(cid) for cid in ids))
-        order = {cid: i for i, cid in enumerate(ids)}
-        return sorted(outcomes, key=lambda o: order.get(o.customer_id, 0))
+            # gather keeps the order of `ids`, whatever order the refreshes finish in.
+            return list(await asyncio.gather(*(one(cid) for cid in ids)))
 
 
 @cli.command()

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import fastapi_offline
@@ -46,14 +47,38 @@ SIMULATOR_URL = "http://simulator.invalid"
 _DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 
 
-def upstream_transport(settings: Settings) -> httpx.AsyncBaseTransport | None:
-    """With DEMO, the built-in simulator in process; otherwise the network."""
-    if not settings.demo:
-        return None
-    from app.simulator import Simulator, SimulatorConfig, create_simulator_app
+@dataclass(frozen=True)
+class Upstream:
+    """Where the upstream is and who we are to it."""
 
-    sim = Simulator(SimulatorConfig(seed=settings.demo_seed, customers=settings.demo_customers))
-    return httpx.ASGITransport(app=create_simulator_app(sim))
+    base_url: str
+    token_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    transport: httpx.AsyncBaseTransport | None  # None: the network
+
+
+def upstream_of(settings: Settings, transport: httpx.AsyncBaseTransport | None) -> Upstream:
+    """The configured AvePoint upstream or, with DEMO, the built-in simulator in process."""
+    if settings.demo:
+        from app.simulator import Simulator, SimulatorConfig, create_simulator_app
+
+        config = SimulatorConfig(seed=settings.demo_seed, customers=settings.demo_customers)
+        return Upstream(
+            base_url=SIMULATOR_URL,
+            token_url=f"{SIMULATOR_URL}/connect/token",
+            client_id=config.client_id,
+            client_secret=config.client_secret,
+            transport=transport or httpx.ASGITransport(app=create_simulator_app(Simulator(config))),
+        )
+    secret = settings.avepoint_client_secret
+    return Upstream(
+        base_url=settings.avepoint_base_url,
+        token_url=settings.avepoint_token_url,
+        client_id=settings.avepoint_client_id or "",
+        client_secret=secret.get_secret_value() if secret else "",
+        transport=transport,
+    )
 
 
 @asynccontextmanager
@@ -70,15 +95,10 @@ async def open_services(
     try:
         await db.migrate(engine)
         sessions = db.session_factory(engine)
-        demo = settings.demo
-        base_url = SIMULATOR_URL if demo else settings.avepoint_base_url
-        token_url = f"{SIMULATOR_URL}/connect/token" if demo else settings.avepoint_token_url
-        client_id = settings.avepoint_client_id or ("demo-client" if demo else "")
-        secret = settings.avepoint_client_secret
-        client_secret = secret.get_secret_value() if secret else ("demo-secret" if demo else "")
+        upstream = upstream_of(settings, transport)
         concurrency = settings.upstream_concurrency
         async with httpx.AsyncClient(
-            transport=transport or upstream_transport(settings),
+            transport=upstream.transport,
             timeout=httpx.Timeout(settings.upstream_timeout_seconds),
             limits=httpx.Limits(
                 max_connections=concurrency + 2, max_keepalive_connections=concurrency
@@ -87,14 +107,14 @@ async def open_services(
         ) as http:
             tokens = TokenProvider(
                 http,
-                token_url=token_url,
-                client_id=client_id,
-                client_secret=client_secret,
+                token_url=upstream.token_url,
+                client_id=upstream.client_id,
+                client_secret=upstream.client_secret,
                 scope=settings.avepoint_scope,
             )
             client = AvePointClient(
                 http,
-                base_url=base_url,
+                base_url=upstream.base_url,
                 tokens=tokens,
                 concurrency=concurrency,
                 metrics=metrics.upstream_request,
@@ -117,7 +137,6 @@ async def open_services(
                     sessions=sessions,
                     refresher=refresher,
                     metrics=metrics,
-                    clock=clock,
                 )
             finally:
                 await refresher.aclose()

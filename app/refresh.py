@@ -17,7 +17,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -73,6 +73,7 @@ class Freshness:
     sources: list[Source]
     forwarded: bool
     ttl: float
+    names: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def cache(self) -> CacheResult:
@@ -112,9 +113,6 @@ class RefreshOutcome:
     error: SourceError | None = None
 
 
-ChangeListener = Callable[[str, list[repo.StatusChange]], Awaitable[None]]
-
-
 @dataclass
 class _Backoff:
     failures: int = 0
@@ -142,7 +140,6 @@ class Refresher:
         self.stale_if_error = stale_if_error_seconds
         self.wait = wait_seconds
         self.clock = clock
-        self.listeners: list[ChangeListener] = []
         self._inflight: dict[str, asyncio.Task[RefreshOutcome]] = {}
         self._backoff: dict[str, _Backoff] = {}
         self._discovery: asyncio.Task[list[str]] | None = None
@@ -260,7 +257,8 @@ class Refresher:
         sources = [
             self._source(cid, states.get(cid), now, waited=cid in tasks) for cid in customer_ids
         ]
-        return Freshness(sources=sources, forwarded=bool(tasks), ttl=self.ttl)
+        names = {cid: state.customer_name for cid, state in states.items()}
+        return Freshness(sources=sources, forwarded=bool(tasks), ttl=self.ttl, names=names)
 
     def _source(
         self, cid: str, state: repo.CustomerState | None, now: datetime, *, waited: bool
@@ -328,9 +326,11 @@ class Refresher:
         started = self.clock()
         try:
             outcome = await self._fetch_and_store(cid, started)
-        except Exception as exc:  # e.g. the database is down: report it, never crash the task
+        except Exception as exc:  # a bug or the database: record it, never crash the task
             log.exception("refresh of customer %s failed", cid)
-            error = SourceError("internal", f"refresh failed: {type(exc).__name__}", None)
+            kind = "database" if isinstance(exc, SQLAlchemyError) else "internal"
+            error = SourceError(kind, f"refresh failed: {type(exc).__name__}", None)
+            await self._record_failure(cid, started, error, None)
             outcome = RefreshOutcome(cid, ok=False, error=error)
         finally:
             self.metrics.refreshes_in_flight.dec()
@@ -338,12 +338,6 @@ class Refresher:
         self.metrics.refreshes.labels("success" if outcome.ok else "error").inc()
         if outcome.ok:
             self._backoff.pop(cid, None)
-            if outcome.changes:
-                for listener in self.listeners:
-                    try:
-                        await listener(cid, outcome.changes)
-                    except Exception:
-                        log.exception("change listener failed for customer %s", cid)
         else:
             backoff = self._backoff.setdefault(cid, _Backoff())
             backoff.failures += 1
@@ -352,18 +346,14 @@ class Refresher:
         return outcome
 
     async def _fetch_and_store(self, cid: str, started: datetime) -> RefreshOutcome:
-        await self._ensure_known([cid])
+        """One walk of the customer's pages, normalized and stored; an upstream failure is
+        recorded as a failed snapshot (the store adds an unknown customer either way)."""
         try:
             fetch = await self.client.fetch_jobs(cid)
         except UpstreamError as exc:
             log.warning("refresh of customer %s failed: %s", cid, exc)
             error = SourceError(exc.kind, exc.message, exc.status)
             await self._record_failure(cid, started, error, exc.request_id)
-            return RefreshOutcome(cid, ok=False, error=error)
-        except Exception as exc:  # a bug must not take the service down with it
-            log.exception("refresh of customer %s failed unexpectedly", cid)
-            error = SourceError("internal", f"unexpected {type(exc).__name__}", None)
-            await self._record_failure(cid, started, error, None)
             return RefreshOutcome(cid, ok=False, error=error)
         jobs: list[NormalizedJob] = []
         skipped = 0
@@ -383,17 +373,15 @@ class Refresher:
             rows_skipped=skipped,
             request_id=fetch.request_ids[-1] if fetch.request_ids else None,
         )
-        try:
-            async with self.sessions() as session:
-                changes = await repo.record_success(session, snapshot, jobs)
-        except Exception as exc:  # the last good snapshot stays; the failure is recorded
-            log.exception("storing the refresh of customer %s failed", cid)
-            kind = "database" if isinstance(exc, SQLAlchemyError) else "internal"
-            error = SourceError(kind, f"could not store the snapshot: {type(exc).__name__}", None)
-            await self._record_failure(cid, started, error, None)
-            return RefreshOutcome(cid, ok=False, error=error)
+        async with self.sessions() as session:
+            changes = await repo.record_success(session, snapshot, jobs)
         return RefreshOutcome(
-            cid, ok=True, jobs=len(jobs), pages=fetch.pages, rows_skipped=skipped, changes=changes
+            cid,
+            ok=True,
+            jobs=len(jobs),
+            pages=fetch.pages,
+            rows_skipped=skipped,
+            changes=changes,
         )
 
     async def _record_failure(
@@ -412,7 +400,7 @@ class Refresher:
         try:
             async with self.sessions() as session:
                 await repo.record_failure(session, snapshot)
-        except SQLAlchemyError:
+        except Exception:  # best effort: the failure is logged either way
             log.exception("could not record the failed refresh of customer %s", cid)
 
     def warm(self) -> None:
@@ -428,11 +416,8 @@ class Refresher:
 
         self._spawn(run())
 
-    def _spawn(self, coro: Awaitable[object]) -> None:
-        async def run() -> object:
-            return await coro
-
-        task: asyncio.Task[object] = asyncio.create_task(run())
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task: asyncio.Task[object] = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_log_failure)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app.api import schemas
 from app.api.caching import conditional_json
-from app.api.deps import Authorized, RefresherDep, SafeParams, ServicesDep
+from app.api.deps import Authorized, RefresherDep, SafeParams, SessionDep
 from app.api.jobs import scope, source_out
 from app.api.params import decode_cursor, encode_cursor, fingerprint
 from app.store import repo
@@ -26,7 +26,7 @@ router = APIRouter(tags=["customers"], dependencies=[Authorized, SafeParams])
 async def list_customers(
     request: Request,
     refresher: RefresherDep,
-    svc: ServicesDep,
+    session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=2000)] = None,
     max_age: Annotated[int | None, Query(ge=0, le=10_000_000)] = None,
@@ -38,14 +38,12 @@ async def list_customers(
         ids = [cid for cid in ids if cid > str(after)]
     page, more = ids[:limit], len(ids) > limit
     freshness = await refresher.ensure(page, max_age=max_age)
-    async with svc.sessions() as session:
-        states = await repo.customer_states(session, page)
-        counts = await repo.status_counts(session, freshness.servable)
+    counts = await repo.status_counts(session, freshness.servable)
     sources = {s.customer_id: s for s in freshness.sources}
     items = [
         {
             "customer_id": cid,
-            "customer_name": states[cid].customer_name if cid in states else None,
+            "customer_name": freshness.names.get(cid),
             "source": source_out(sources[cid]),
             "counts": counts.get(cid, {}),
         }
@@ -53,11 +51,6 @@ async def list_customers(
     ]
     body = {
         "items": items,
-        "next_cursor": encode_cursor(
-            [page[-1]],
-            fp,
-        )
-        if more and page
-        else None,
+        "next_cursor": encode_cursor([page[-1]], fp) if more and page else None,
     }
     return conditional_json(request, body, freshness)

@@ -12,7 +12,6 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.api.errors import InvalidParameter, Unauthorized
-from app.clock import Clock
 from app.config import Settings
 from app.metrics import Metrics
 from app.refresh import Refresher
@@ -27,7 +26,6 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     refresher: Refresher
     metrics: Metrics
-    clock: Clock
 
 
 def services(request: Request) -> Services:

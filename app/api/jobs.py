@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from app import catalog
 from app.api import schemas
 from app.api.caching import conditional_json
-from app.api.deps import Authorized, RefresherDep, SafeParams, ServicesDep
+from app.api.deps import Authorized, RefresherDep, SafeParams, SessionDep
 from app.api.errors import InvalidParameter, NotFound, Unavailable
 from app.api.params import (
     Rfc3339,
@@ -21,6 +21,7 @@ from app.api.params import (
     shorten,
     split_values,
 )
+from app.clock import iso
 from app.refresh import DiscoveryFailed, Freshness, Refresher, Source
 from app.store import repo
 
@@ -31,20 +32,6 @@ Sort = Literal[
 ]
 
 _MANY = "Repeatable or comma-separated names (see GET /enums)."
-
-
-_ZERO = timedelta(0)
-
-
-def iso(value: datetime | None) -> str | None:
-    """The API's time format: UTC to the second, `YYYY-MM-DDTHH:MM:SSZ`."""
-    if value is None:
-        return None
-    offset = value.utcoffset()
-    if offset is not None and offset != _ZERO:
-        value = value.astimezone(UTC)
-    # isoformat, unlike strftime("%Y"), pads years before 1000 to four digits.
-    return value.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def job_out(row: repo.JobRow) -> dict[str, Any]:
@@ -135,15 +122,18 @@ def _aware(name: str, value: datetime | None) -> datetime | None:
 async def list_jobs(
     request: Request,
     refresher: RefresherDep,
-    svc: ServicesDep,
+    session: SessionDep,
     status: Annotated[
-        list[str] | None, Query(description=_MANY, examples=["failed,failed_to_start"])
+        list[str] | None,
+        Query(description=_MANY, examples=["failed,failed_to_start"]),
     ] = None,
     job_type: Annotated[
-        list[str] | None, Query(description=_MANY, examples=["microsoft_365"])
+        list[str] | None,
+        Query(description=_MANY, examples=["microsoft_365"]),
     ] = None,
     module: Annotated[
-        list[str] | None, Query(description=_MANY, examples=["exchange_online"])
+        list[str] | None,
+        Query(description=_MANY, examples=["exchange_online"]),
     ] = None,
     customer_id: Annotated[
         list[str] | None, Query(description="Repeatable or comma-separated ids.")
@@ -212,11 +202,10 @@ async def list_jobs(
         limit=limit,
         after=tuple(position) if position else None,
     )
-    async with svc.sessions() as session:
-        try:
-            rows = await repo.query_jobs(session, query)
-        except ValueError:
-            raise InvalidParameter("cursor: not a cursor this endpoint issued") from None
+    try:
+        rows = await repo.query_jobs(session, query)
+    except repo.InvalidCursor:
+        raise InvalidParameter("cursor: not a cursor this endpoint issued") from None
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
@@ -241,16 +230,15 @@ async def get_job(
     customer_id: str,
     job_id: str,
     refresher: RefresherDep,
-    svc: ServicesDep,
+    session: SessionDep,
     max_age: Annotated[int | None, Query(ge=0, le=10_000_000)] = None,
 ) -> Response:
     known = await scope(refresher, None)
     if customer_id not in known:
         raise NotFound(f"no customer {shorten(customer_id)!r} (see GET /customers)")
     freshness: Freshness = await refresher.ensure([customer_id], max_age=max_age)
-    async with svc.sessions() as session:
-        row = await repo.get_job(session, customer_id, job_id)
-        history = await repo.job_history(session, customer_id, job_id) if row else []
+    row = await repo.get_job(session, customer_id, job_id)
+    history = await repo.job_history(session, customer_id, job_id) if row else []
     if row is None:
         raise NotFound(f"no job {shorten(job_id)!r} for customer {customer_id!r}")
     detail = job_out(row) | {

@@ -7,15 +7,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from app.clock import to_second
+from app.clock import iso
 
 UtcTime = Annotated[
     datetime,
-    PlainSerializer(
-        lambda v: to_second(v).isoformat().replace("+00:00", "Z"),
-        return_type=str,
-        when_used="json",
-    ),
+    PlainSerializer(iso, return_type=str, when_used="json"),
     Field(json_schema_extra={"example": "2025-09-11T03:21:16Z"}),
 ]
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.clock import to_second
 from app.simulator.data import (
     Customer,
     History,
@@ -62,7 +63,7 @@ class Simulator:
 
     def now(self) -> datetime:
         """The simulator's clock, as aware UTC to the second (the wire's resolution)."""
-        return _to_second(self.clock())
+        return to_second(self.clock())
 
     def _customer_table(self) -> dict[str, Customer]:
         key = (self.config.seed, self.config.customers)
@@ -96,7 +97,7 @@ class Simulator:
         """Like `jobs`, but the shared, cached rows: read them, never change them."""
         self._customer_table()  # (re)built for the current config
         history = self._histories[customer_id]
-        moment = self.now() if now is None else _to_second(now)
+        moment = self.now() if now is None else to_second(now)
         key = (self.config.jobs_per_customer, self.config.history_days, moment)
         cached = self._rows.get(customer_id)
         if cached is not None and cached[0] == key:
@@ -174,9 +175,3 @@ class Simulator:
         kind = MALFORMED_ORDER[self._malformed_seen[customer_id] % len(MALFORMED_ORDER)]
         self._malformed_seen[customer_id] += 1
         return kind
-
-
-def _to_second(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)  # naive means UTC, as on the wire
-    return moment.astimezone(UTC).replace(microsecond=0)

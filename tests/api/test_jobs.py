@@ -315,7 +315,7 @@ async def test_concurrent_requests_share_one_walk_per_customer(
 
 
 def test_times_are_utc_to_the_second_with_a_four_digit_year() -> None:
-    from app.api.jobs import iso
+    from app.clock import iso
 
     assert iso(datetime(1, 1, 1, tzinfo=UTC)) == "0001-01-01T00:00:00Z"
     assert iso(datetime(2025, 9, 11, 5, 21, 16, 999_999, tzinfo=UTC)) == "2025-09-11T05:21:16Z"
