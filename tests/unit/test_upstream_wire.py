@@ -74,7 +74,8 @@ def test_parse_page_either_parses_or_is_malformed(value: Any) -> None:
     if value is None:
         assert parse_page(content).data == []
     elif isinstance(value, list) and all(isinstance(row, dict) for row in value):
-        assert parse_page(content).data == value
+        # Compared as JSON: NaN, which JSON round-trips, is never equal to itself.
+        assert json.dumps(parse_page(content).data) == json.dumps(value)
     else:
         with pytest.raises(UpstreamMalformed) as caught:
             parse_page(content, customer_id="c1", page=1)
