@@ -111,6 +111,7 @@ class RefreshOutcome:
     rows_skipped: int = 0
     changes: list[repo.StatusChange] = field(default_factory=list)
     error: SourceError | None = None
+    stored_at: datetime | None = None
 
 
 @dataclass
@@ -142,6 +143,8 @@ class Refresher:
         self.clock = clock
         self._inflight: dict[str, asyncio.Task[RefreshOutcome]] = {}
         self._backoff: dict[str, _Backoff] = {}
+        # When each customer's last successful refresh was stored (by this process).
+        self._stored_at: dict[str, datetime] = {}
         self._discovery: asyncio.Task[list[str]] | None = None
         self._discovered: list[str] | None = None
         self._discovered_at: datetime | None = None
@@ -238,9 +241,15 @@ class Refresher:
         async with self.sessions() as session:
             states = await repo.customer_states(session, customer_ids)
         tasks: dict[str, asyncio.Task[RefreshOutcome]] = {}
+        reread = False
         for cid in customer_ids:
             state = states.get(cid)
             last = state.last_success_at if state else None
+            stored = self._stored_at.get(cid)
+            if stored is not None and (last is None or stored > last):
+                # A refresh finished after the states above were read: it counts, or the
+                # request would start a second walk of a customer just refreshed.
+                last, reread = stored, True
             if last is not None and limit > 0 and _age(now, last) < limit:
                 self.metrics.cache.labels("hit").inc()
                 continue
@@ -251,6 +260,7 @@ class Refresher:
             tasks[cid] = self.start(cid)
         if tasks:
             await asyncio.wait(tasks.values(), timeout=self.wait)
+        if tasks or reread:
             async with self.sessions() as session:
                 states = await repo.customer_states(session, customer_ids)
         now = self.clock()
@@ -336,8 +346,9 @@ class Refresher:
             self.metrics.refreshes_in_flight.dec()
             self.metrics.refresh_latency.observe(time.perf_counter() - began)
         self.metrics.refreshes.labels("success" if outcome.ok else "error").inc()
-        if outcome.ok:
+        if outcome.stored_at is not None:
             self._backoff.pop(cid, None)
+            self._stored_at[cid] = outcome.stored_at
         else:
             backoff = self._backoff.setdefault(cid, _Backoff())
             backoff.failures += 1
@@ -382,6 +393,7 @@ class Refresher:
             pages=fetch.pages,
             rows_skipped=skipped,
             changes=changes,
+            stored_at=snapshot.finished_at,
         )
 
     async def _record_failure(

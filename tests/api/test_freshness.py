@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Any
 
 import httpx
+import pytest
 
 from app.api import schemas
 from app.simulator import Simulator, create_simulator_app
+from app.store import repo
 from tests.api.conftest import Gateway, Sleeps
 from tests.api.test_jobs import all_items
 from tests.clock import FakeClock
@@ -327,3 +330,29 @@ async def test_customers_answer_304_while_only_the_age_changes(
     clock.advance(5)
     again = await api.get("/customers", headers={"If-None-Match": first.headers["etag"]})
     assert again.status_code == 304
+
+
+async def test_a_refresh_that_finishes_between_read_and_decision_is_not_repeated(
+    gateway: Gateway, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race behind single flight: a request read the store just before another
+    request's refresh was written, and decides after that refresh has finished."""
+    cid = sim.customer_ids()[0]
+    real = repo.customer_states
+    reads: list[dict[str, repo.CustomerState]] = []
+
+    async def states_read_too_early(
+        session: Any, customer_ids: Any = None
+    ) -> dict[str, repo.CustomerState]:
+        result = await real(session, customer_ids)
+        reads.append(result)
+        # The third read (the second request's) sees the store as the first read did.
+        return reads[0] if len(reads) == 3 else result
+
+    async with gateway(customer_ids=cid) as api:
+        monkeypatch.setattr(repo, "customer_states", states_read_too_early)
+        await api.get("/jobs")
+        body = (await api.get("/jobs")).json()
+    assert len(reads) >= 3
+    assert sim.stats.walks[cid] == 1
+    assert states(body) == {cid: "fresh"}
