@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.openapi.models import Example
 
 from app import catalog
 from app.api import schemas
@@ -32,6 +33,13 @@ Sort = Literal[
 ]
 
 _MANY = "Repeatable or comma-separated names (see GET /enums)."
+
+
+def _examples(*names: str) -> dict[str, Example]:
+    """Swagger UI's choices for an enum filter: each name alone, and all of them at once."""
+    choices: dict[str, Example] = {n: {"summary": n, "value": [n]} for n in names}
+    choices["several"] = {"summary": " or ".join(names), "value": list(names)}
+    return choices
 
 
 def job_out(row: repo.JobRow) -> dict[str, Any]:
@@ -125,15 +133,15 @@ async def list_jobs(
     session: SessionDep,
     status: Annotated[
         list[str] | None,
-        Query(description=_MANY, examples=["failed,failed_to_start"]),
+        Query(description=_MANY, openapi_examples=_examples("failed", "failed_to_start")),
     ] = None,
     job_type: Annotated[
         list[str] | None,
-        Query(description=_MANY, examples=["microsoft_365"]),
+        Query(description=_MANY, openapi_examples=_examples("microsoft_365", "google_workspace")),
     ] = None,
     module: Annotated[
         list[str] | None,
-        Query(description=_MANY, examples=["exchange_online"]),
+        Query(description=_MANY, openapi_examples=_examples("exchange_online", "onedrive")),
     ] = None,
     customer_id: Annotated[
         list[str] | None, Query(description="Repeatable or comma-separated ids.")
