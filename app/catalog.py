@@ -1,9 +1,10 @@
 """The enum catalogs of the AvePoint jobs page: code -> name and label.
 
-Names are lower-case slugs of the page's labels (`Finished with exception` ->
-`finished_with_exception`, `IaaS + PaaS` -> `iaas_paas`). A code the catalog does not know
-maps to the name `unknown` and keeps its code: the upstream's lists grow without notice, and
-an unknown code must never break a response.
+Names are lower-case slugs of the upstream's latest labels (`Finished with exception` ->
+`finished_with_exception`, `IaaS + PaaS` -> `iaas_paas`), one name per code and one code per
+name. A name the page used before a rename stays accepted by filters as an alias of that one
+code. A code the catalog does not know maps to the name `unknown` and keeps its code: the
+upstream's lists grow without notice, and an unknown code must never break a response.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ class Catalog:
         for e in self.entries:
             for n in (e.name, *e.aliases):
                 by_name.setdefault(n, set()).add(e.code)
+        if len(self._by_code) != len(self.entries):
+            raise ValueError(f"{kind}: a code is listed twice")
+        ambiguous = sorted(n for n, c in by_name.items() if len(c) > 1 or n == UNKNOWN)
+        if ambiguous:
+            raise ValueError(f"{kind}: names that do not name exactly one code: {ambiguous}")
         self._codes_by_name = {n: frozenset(c) for n, c in by_name.items()}
 
     def name(self, code: int | None) -> str:
@@ -93,9 +99,13 @@ JOB_TYPE = _catalog(
     ],
 )
 
-# The page's module table, then the codes the upstream's change log added later. The change
-# log also renamed 309 (Teams Chat) and 362 (Native Azure SQL Backup Monitoring); the contract
-# fixes names as slugs of the page's labels, so the new names are accepted as filter aliases.
+# The page's module table, then the codes the upstream's change log added later (367..371).
+# The change log also renamed two modules, and names follow the latest labels:
+# - 309: the page's "Archiver" is now "Teams Chat" (`teams_chat`). `archiver` stays module 8
+#   alone: as the page's name of 309 it also named 8, so it is no alias of 309.
+# - 362: the page's "Azure SQL" is now "Native Azure SQL Backup Monitoring"
+#   (`native_azure_sql_backup_monitoring`); `azure_sql` names 362 alone and stays its alias.
+# Stored rows carry the name too: migration 0003 renamed the ones stored under the old names.
 MODULE = _catalog(
     "module",
     [
@@ -117,7 +127,7 @@ MODULE = _catalog(
         (306, "Project Online"),
         (307, "Exchange Online Public Folder"),
         (308, "Microsoft Teams"),
-        (309, "Archiver"),
+        (309, "Teams Chat"),
         (310, "Power BI"),
         (311, "Power Automate"),
         (312, "Power Apps"),
@@ -128,7 +138,7 @@ MODULE = _catalog(
         (359, "Storage"),
         (360, "Admin Portal Settings"),
         (361, "Amazon EC2"),
-        (362, "Azure SQL"),
+        (362, "Native Azure SQL Backup Monitoring"),
         (363, "Dev Ops"),
         (364, "Microsoft Entra ID B2C"),
         (365, "Azure SQL Backup"),
@@ -151,7 +161,7 @@ MODULE = _catalog(
         (550, "Dynamics CRM Backup"),
         (551, "Dynamics Unified Operations Backup"),
     ],
-    aliases={309: ("teams_chat",), 362: ("native_azure_sql_backup_monitoring",)},
+    aliases={362: ("azure_sql",)},
 )
 
 STATUS = _catalog(

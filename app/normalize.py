@@ -3,11 +3,18 @@
 The upstream sends every field but the three codes as a string, any of which may be
 `"N/A"`, empty or something never seen before. Nothing here raises on a bad value: a value
 that cannot be read becomes `None`, and only a row without a usable `jobId` is dropped
-(`normalize_row` returns `None`, and the caller counts it).
+(`normalize_row` returns `None`, and the caller counts it). Every string kept (typed fields
+and the raw row, keys included) is one a database can store: no NUL, and no lone surrogate
+(`json.loads` makes one of `"\\ud800"`; UTF-8 cannot encode it), which becomes U+FFFD.
+
+This runs for every field of every row of every refresh, so the common values take fast
+paths (plain digits, ISO `...Z` times, repeated durations and sizes), each of which gives
+exactly what the general path would.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -22,7 +29,9 @@ MAX_COUNT = 2**31 - 1
 MAX_DURATION_SECONDS = 10 * 366 * 86400
 MAX_SIZE_BYTES = 2**63 - 1
 
-_MISSING = {"", "n/a", "na", "none", "null", "-", "--"}
+_MISSING = frozenset({"", "n/a", "na", "none", "null", "-", "--"})
+# Lower-casing never shortens a string, so anything longer cannot be a missing marker.
+_MISSING_MAX_LEN = max(map(len, _MISSING))
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)", re.IGNORECASE)
 _DURATION_WHOLE = re.compile(r"(?:\s*\d+(?:\.\d+)?\s*[dhms]\s*)+", re.IGNORECASE)
@@ -30,6 +39,15 @@ _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)?\s*", re.IGNORECASE)
 _SIZE_POWER = {"": 0, "b": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+_CODE = re.compile(r"-?\d{1,12}")
+_GROUPED_COUNT = re.compile(r"\d{1,3}(,\d{3})+")
+_PLAIN_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+# Parsed durations and sizes are cached by their text: a few hundred values repeat across
+# 100k rows. Long strings are not cached, so the cache stays small whatever is sent.
+_CACHE_SIZE = 4096
+_CACHED_MAX_LEN = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,41 +85,72 @@ class NormalizedJob:
         return catalog.STATUS.name(self.status_code)
 
 
+def clean(value: str) -> str:
+    """`value` as a database stores it: NUL removed, lone surrogates -> U+FFFD.
+
+    A high + low surrogate pair becomes the character it encodes. Plain text (ASCII, or any
+    text UTF-8 can encode) comes back as it is, cheaply.
+    """
+    if value.isascii():
+        return value.replace("\x00", "") if "\x00" in value else value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # Only surrogates fail: UTF-16 pairs them up where it can and replaces the rest.
+        value = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return value.replace("\x00", "") if "\x00" in value else value
+
+
+def _text_of_str(value: str) -> str | None:
+    stripped = clean(value).strip()
+    if len(stripped) <= _MISSING_MAX_LEN and stripped.lower() in _MISSING:
+        return None
+    return stripped
+
+
 def text(value: Any) -> str | None:
     """A string field, or None for N/A, empty and non-strings."""
+    if isinstance(value, str):
+        return _text_of_str(value)
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        value = str(value)
-    if not isinstance(value, str):
+        return _text_of_str(str(value))
+    return None
+
+
+def _integer(value: Any, grouped: bool) -> int | None:
+    """An int, an integral float, or a string of digits (`1,234` too when `grouped`)."""
+    if isinstance(value, bool):
         return None
-    stripped = value.replace("\x00", "").strip()
-    return None if stripped.lower() in _MISSING else stripped
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    s = text(value)
+    if s is None:
+        return None
+    if _CODE.fullmatch(s):
+        return int(s)
+    if grouped and _GROUPED_COUNT.fullmatch(s):
+        return int(s.replace(",", ""))
+    return None
 
 
 def parse_code(value: Any) -> int | None:
     """An enum code: an int, or a string of digits; anything else (or out of range) None."""
-    code: int | None = None
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        code = value
-    elif isinstance(value, float) and value.is_integer():
-        code = int(value)
-    else:
-        s = text(value)
-        if s is not None and re.fullmatch(r"-?\d{1,12}", s):
-            code = int(s)
+    if type(value) is int:
+        return value if -MAX_COUNT <= value <= MAX_COUNT else None
+    code = _integer(value, grouped=False)
     return code if code is not None and -MAX_COUNT <= code <= MAX_COUNT else None
 
 
 def parse_count(value: Any) -> int | None:
     """`"2323"` -> 2323; `"N/A"`, `""`, negatives and garbage -> None."""
-    code = parse_code(value)
-    if code is None:
-        s = text(value)
-        if s is not None and re.fullmatch(r"\d{1,3}(,\d{3})+", s):
-            code = int(s.replace(",", ""))
+    if type(value) is str and len(value) <= 12 and value.isascii() and value.isdigit():
+        code: int | None = int(value)  # the common case: plain ASCII digits
+    else:
+        code = _integer(value, grouped=True)
     return code if code is not None and 0 <= code <= MAX_COUNT else None
 
 
@@ -116,10 +165,20 @@ def parse_duration(value: Any) -> int | None:
     """
     if isinstance(value, int | float) and not isinstance(value, bool):
         return _bounded(value, MAX_DURATION_SECONDS)
-    s = text(value)
+    if type(value) is str and len(value) <= _CACHED_MAX_LEN:
+        return _duration_of_str(value)
+    return _duration_of_text(text(value))
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _duration_of_str(value: str) -> int | None:
+    return _duration_of_text(_text_of_str(value))
+
+
+def _duration_of_text(s: str | None) -> int | None:
     if s is None:
         return None
-    if re.fullmatch(r"\d+(?:\.\d+)?", s):
+    if _PLAIN_NUMBER.fullmatch(s):
         return _bounded(float(s), MAX_DURATION_SECONDS)
     if not _DURATION_WHOLE.fullmatch(s):
         return None
@@ -131,7 +190,17 @@ def parse_size(value: Any) -> int | None:
     """`"0.84 GB"` -> 901943132 bytes (1 KB = 1024 B); N/A and garbage -> None."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value if 0 <= value <= MAX_SIZE_BYTES else None
-    s = text(value)
+    if type(value) is str and len(value) <= _CACHED_MAX_LEN:
+        return _size_of_str(value)
+    return _size_of_text(text(value))
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _size_of_str(value: str) -> int | None:
+    return _size_of_text(_text_of_str(value))
+
+
+def _size_of_text(s: str | None) -> int | None:
     if s is None:
         return None
     m = _SIZE.fullmatch(s)
@@ -155,6 +224,10 @@ _TIME_FORMATS = (
 
 def parse_timestamp(value: Any) -> datetime | None:
     """ISO 8601 (naive means UTC) or the other shapes seen upstream -> aware UTC, to the second."""
+    if type(value) is str and len(value) == 20 and value[10] == "T" and value[19] == "Z":
+        fast = _plain_utc(value)
+        if fast is not None:
+            return fast
     s = text(value)
     if s is None:
         return None
@@ -178,18 +251,59 @@ def parse_timestamp(value: Any) -> datetime | None:
         return None
 
 
+def _plain_utc(value: str) -> datetime | None:
+    """The upstream's own shape, `2025-09-11T03:21:16Z`, is UTC to the second already. A
+    string of this shape that parses has no NUL, no outer space and no `z` to fix, so the
+    general path would give the same; anything else is left to it (None)."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is UTC and not parsed.microsecond else None
+
+
 def storable(value: Any) -> Any:
-    """A JSON value every database keeps: no NUL character in a string (PostgreSQL refuses
-    them) and no infinite number; one bad upstream value must not fail a customer's refresh."""
+    """A JSON value every database keeps: strings (keys too) as `clean` gives them (no NUL,
+    which PostgreSQL refuses, no lone surrogate, which UTF-8 cannot encode) and no infinite
+    number; one bad upstream value must not fail a customer's refresh."""
+    kind = type(value)
+    if kind is str:
+        return clean(value)
+    if kind is int or value is None or kind is bool:
+        return value
     if isinstance(value, str):
-        return value.replace("\x00", "")
+        return clean(value)
     if isinstance(value, dict):
-        return {storable(k): storable(v) for k, v in value.items()}
+        return _storable_items(value)
     if isinstance(value, list):
         return [storable(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no Infinity or NaN; Python reads 1e400 as inf
     return value
+
+
+def _storable_items(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
+    """`storable` of a mapping, as a new dict. Most rows are ASCII strings and integers
+    only: those are checked in one pass and copied as they are."""
+    copy = dict(mapping)
+    try:
+        keys = "".join(copy)
+    except TypeError:  # a key that is no string
+        return _storable_dict(copy)
+    if not keys.isascii() or "\x00" in keys:
+        return _storable_dict(copy)
+    for value in copy.values():
+        kind = type(value)
+        if kind is str:
+            if not value.isascii() or "\x00" in value:
+                return _storable_dict(copy)
+        elif kind is not int and value is not None:
+            return _storable_dict(copy)
+    return copy
+
+
+def _storable_dict(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
+    return {storable(k): storable(v) for k, v in mapping.items()}
 
 
 def job_id_of(row: Mapping[str, Any]) -> str | None:
@@ -219,5 +333,5 @@ def normalize_row(customer_id: str, row: Mapping[str, Any]) -> NormalizedJob | N
         end_time=parse_timestamp(row.get("endTime")),
         duration_seconds=parse_duration(row.get("jobDuration")),
         last_modified=parse_timestamp(row.get("lastModifyTime")),
-        raw=storable(dict(row)),
+        raw=_storable_items(row),
     )

@@ -1,4 +1,4 @@
-"""The catalogs: every code of the page's tables has its slug name, unknown codes are kept."""
+"""The catalogs: every code has one slug name of its latest label, unknown codes are kept."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ MODULES = {
     306: "project_online",
     307: "exchange_online_public_folder",
     308: "microsoft_teams",
-    309: "archiver",
+    309: "teams_chat",  # renamed by the change log; the page called it "Archiver"
     310: "power_bi",
     311: "power_automate",
     312: "power_apps",
@@ -64,7 +64,7 @@ MODULES = {
     359: "storage",
     360: "admin_portal_settings",
     361: "amazon_ec2",
-    362: "azure_sql",
+    362: "native_azure_sql_backup_monitoring",  # the page called it "Azure SQL"
     363: "dev_ops",
     364: "microsoft_entra_id_b2c",
     365: "azure_sql_backup",
@@ -118,10 +118,51 @@ def test_labels_are_the_pages_labels() -> None:
     assert catalog.MODULE.label(364) == "Microsoft Entra ID B2C"
 
 
-def test_renamed_modules_are_accepted_by_their_new_names() -> None:
+def test_renamed_modules_are_named_by_their_latest_labels() -> None:
+    assert catalog.MODULE.name(309) == "teams_chat"
+    assert catalog.MODULE.label(309) == "Teams Chat"
+    assert catalog.MODULE.name(362) == "native_azure_sql_backup_monitoring"
+    assert catalog.MODULE.label(362) == "Native Azure SQL Backup Monitoring"
     assert catalog.MODULE.codes("teams_chat") == {309}
     assert catalog.MODULE.codes("native_azure_sql_backup_monitoring") == {362}
-    assert "teams_chat" in catalog.MODULE.names()
+
+
+def test_archiver_is_module_8_alone() -> None:
+    assert catalog.MODULE.codes("archiver") == {8}
+    assert catalog.MODULE.name(8) == "archiver"
+
+
+def test_old_names_naming_one_code_are_aliases() -> None:
+    assert catalog.MODULE.codes("azure_sql") == {362}
+    assert catalog.MODULE.is_name("azure_sql")
+    assert "azure_sql" in catalog.MODULE.names()
+    entry = next(e for e in catalog.MODULE.entries if e.code == 362)
+    assert entry.aliases == ("azure_sql",)
+    # Primary names are no one's alias: every other entry has none.
+    assert [e.code for e in catalog.MODULE.entries if e.aliases] == [362]
+
+
+@pytest.mark.parametrize("cat", [catalog.JOB_TYPE, catalog.STATUS, catalog.MODULE])
+def test_no_name_maps_to_two_codes(cat: catalog.Catalog) -> None:
+    names = [n for e in cat.entries for n in (e.name, *e.aliases)]
+    assert len(names) == len(set(names))
+    assert len({e.code for e in cat.entries}) == len(cat.entries)
+    for name in cat.names():
+        assert cat.is_name(name)
+        assert len(cat.codes(name)) == (0 if name == "unknown" else 1), name
+    assert cat.names()[-1] == "unknown"
+    assert cat.known_codes() == {e.code for e in cat.entries}
+
+
+def test_a_catalog_refuses_a_name_for_two_codes() -> None:
+    with pytest.raises(ValueError, match="archiver"):
+        catalog.Catalog(
+            "m", [catalog.Entry(8, "archiver", "A"), catalog.Entry(309, "archiver", "A")]
+        )
+    with pytest.raises(ValueError, match="old"):
+        catalog.Catalog(
+            "m", [catalog.Entry(1, "a", "A", ("old",)), catalog.Entry(2, "b", "B", ("old",))]
+        )
 
 
 @pytest.mark.parametrize(
