@@ -9,6 +9,11 @@ a bad parameter gets a 400 problem document, a 401 has an empty body and a
 An API request is checked in this order: latency, bearer token (401), rate limit (429) and
 random unavailability (503), parameters (400), then the customer: forbidden (403), failing
 (500), unknown (404), malformed page, and finally its page.
+
+Pages are written as System.Text.Json writes them by default: anything outside ASCII
+escaped, so the odd-text customers' lone surrogate goes out as the six characters
+`\\ud800`, and their infinite count as the JSON number `1e400`. With `low_total_count` a
+page's `metadata.totalCount` under-reports (see `reported_total`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import base64
 import binascii
 import json
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -30,7 +36,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.simulator.data import MAX_PAGE_SIZE
+from app.simulator.data import MAX_PAGE_SIZE, reported_total
 from app.simulator.faults import (
     ENDPOINT_CUSTOMERS,
     ENDPOINT_JOBS,
@@ -164,7 +170,7 @@ def create_simulator_app(sim: Simulator) -> Starlette:
         everyone = sim.customers()
         if wanted is not None:
             everyone = [c for c in everyone if c["id"] in frozenset(wanted)]
-        return _page(everyone, page_index, page_size)
+        return _page(everyone, page_index, page_size, low_total=sim.config.low_total_count)
 
     async def jobs(request: Request) -> Response:
         refused = refusal(request, ENDPOINT_JOBS)
@@ -193,7 +199,7 @@ def create_simulator_app(sim: Simulator) -> Starlette:
         ]
         if fault is Fault.MALFORMED:
             return _malformed(sim.next_malformed(customer_id), rows, page_index, page_size)
-        return _page(rows, page_index, page_size)
+        return _page(rows, page_index, page_size, low_total=sim.config.low_total_count)
 
     routes = [
         Route(TOKEN_PATH, counted(ENDPOINT_TOKEN, token, api=False), methods=["POST"]),
@@ -302,14 +308,49 @@ def _basic_credentials(header: str | None) -> tuple[str, str] | None:
 # --- responses ----------------------------------------------------------------------------
 
 
-def _page(rows: list[dict[str, Any]], page_index: int, page_size: int) -> JSONResponse:
+def _page(
+    rows: list[dict[str, Any]], page_index: int, page_size: int, *, low_total: bool = False
+) -> Response:
     start = (page_index - 1) * page_size
-    return JSONResponse(
-        {
-            "data": rows[start : start + page_size],
-            "metadata": {"pageIndex": page_index, "pageSize": page_size, "totalCount": len(rows)},
-        }
+    total = reported_total(len(rows), page_size, low=low_total)
+    return Response(
+        _wire_json(
+            {
+                "data": rows[start : start + page_size],
+                "metadata": {"pageIndex": page_index, "pageSize": page_size, "totalCount": total},
+            }
+        ),
+        media_type="application/json",
     )
+
+
+def _wire_json(content: Any) -> bytes:
+    """Compact JSON with everything outside ASCII escaped (a lone surrogate included, which
+    UTF-8 could not carry); an infinite number is written as 1e400 (or -1e400)."""
+    try:
+        text = _dumps(content)
+    except ValueError:  # an infinite float: JSON has no Infinity, but 1e400 reads as one
+        marker = f"simulator-huge-number-{uuid.uuid4().hex}"
+        text = (
+            _dumps(_mark_infinities(content, marker))
+            .replace(json.dumps(marker), "1e400")
+            .replace(json.dumps("-" + marker), "-1e400")
+        )
+    return text.encode("ascii")
+
+
+def _dumps(content: Any) -> str:
+    return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+
+def _mark_infinities(value: Any, marker: str) -> Any:
+    if isinstance(value, float) and math.isinf(value):
+        return marker if value > 0 else "-" + marker
+    if isinstance(value, dict):
+        return {key: _mark_infinities(item, marker) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_mark_infinities(item, marker) for item in value]
+    return value
 
 
 def _malformed(

@@ -80,6 +80,13 @@ class SimulatorConfig:
     rate_limit_every: int = 0  # every Nth jobs request gets 429 + Retry-After: 1; 0 = off
     malformed_customers: frozenset[str] = frozenset()  # 200 with a body that is no page
     forbidden_customers: frozenset[str] = frozenset()  # 403: outside the app's scope
+    # metadata.totalCount under-reports (half the real count, never less than page 1
+    # holds), on the jobs and customers endpoints: only a walk that goes on past a full
+    # last promised page to a short or empty one sees every row.
+    low_total_count: bool = False
+    # These customers' job rows carry odd text in `name` (a lone surrogate, a NUL, an
+    # emoji, Arabic and Hebrew), and one row a `totalCount` of the JSON number 1e400.
+    odd_text_customers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +242,50 @@ def placeholder_row() -> dict[str, Any]:
         duration=NA,
         modified=NA,
     )
+
+
+# --- rough edges ---------------------------------------------------------------------------
+
+# Names the odd-text customers' rows carry, in turn. Sent JSON-escaped (as the upstream's
+# System.Text.Json does with anything outside ASCII), so the lone surrogate arrives as the
+# text \ud800, which json.loads reads as a lone surrogate that UTF-8 cannot encode.
+ODD_NAMES = (
+    "\ud800",  # a lone (high) surrogate
+    "Nightly\u0000backup",  # a NUL inside
+    "Mailboxes \U0001f4be\u2705",  # emoji outside the BMP and inside it
+    # Arabic, right to left: "daily backup"
+    "\u0646\u0633\u062e \u0627\u062d\u062a\u064a\u0627\u0637\u064a \u064a\u0648\u0645\u064a",
+    # Hebrew, right to left, with a right-to-left mark: "daily backup (Teams)"
+    "\u05d2\u05d9\u05d1\u05d5\u05d9 \u05d9\u05d5\u05de\u05d9 \u200f(Teams)",
+)
+# The JSON number 1e400: json.loads reads it as float("inf"); the app writes it back as
+# 1e400, since JSON has no Infinity.
+HUGE_COUNT = math.inf
+
+
+def with_odd_text(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of `rows` whose names are `ODD_NAMES` in turn (the placeholder row aside),
+    and whose first such row has a `totalCount` of 1e400. `rows` is left as it was."""
+    odd: list[dict[str, Any]] = []
+    turn = 0
+    for row in rows:
+        if row["jobId"] == NA:
+            odd.append(row)
+            continue
+        changed = dict(row, name=ODD_NAMES[turn % len(ODD_NAMES)])
+        if turn == 0:
+            changed["totalCount"] = HUGE_COUNT
+        odd.append(changed)
+        turn += 1
+    return odd
+
+
+def reported_total(count: int, page_size: int, *, low: bool) -> int:
+    """The `metadata.totalCount` of a listing of `count` rows: `count`, or with `low` half
+    of it, never less than a first page of `page_size` holds."""
+    if not low:
+        return count
+    return max(count // 2, min(count, page_size))
 
 
 # --- wire formats -------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from app.simulator.data import (
     customer_job_status,
     customer_wire,
     seeded_rng,
+    with_odd_text,
 )
 from app.simulator.faults import (
     ENDPOINT_JOBS,
@@ -57,7 +58,9 @@ class Simulator:
         self._histories: dict[str, History] = {}
         # The rows last built per customer, with what they were built for: a walk's pages
         # arrive within a second and share one build.
-        self._rows: dict[str, tuple[tuple[int | None, int, datetime], list[dict[str, Any]]]] = {}
+        self._rows: dict[
+            str, tuple[tuple[int | None, int, datetime, bool], list[dict[str, Any]]]
+        ] = {}
 
     # --- data -------------------------------------------------------------------------
 
@@ -98,11 +101,14 @@ class Simulator:
         self._customer_table()  # (re)built for the current config
         history = self._histories[customer_id]
         moment = self.now() if now is None else to_second(now)
-        key = (self.config.jobs_per_customer, self.config.history_days, moment)
+        odd = customer_id in self.config.odd_text_customers
+        key = (self.config.jobs_per_customer, self.config.history_days, moment, odd)
         cached = self._rows.get(customer_id)
         if cached is not None and cached[0] == key:
             return cached[1]
         rows = history.rows(self.config, moment)
+        if odd:
+            rows = with_odd_text(rows)
         self._rows[customer_id] = (key, rows)
         return rows
 

@@ -14,10 +14,18 @@ when Retry-After asks for more than the time left. Other statuses (400, 401 afte
 renewal, 403, 404, ...) and malformed bodies are not retried. The semaphore is released
 before any retry sleep.
 
-A job walk fetches page 1, then the pages `metadata.totalCount` promises concurrently; an
-empty page ends it. Without a usable totalCount it walks on one page at a time until an
-empty or short page. Every failure is an `UpstreamError` naming the customer, page, status
-and request id.
+A job walk fetches page 1, then the pages `metadata.totalCount` promises concurrently
+(at most `PREFETCH_PAGES` tasks ahead); an empty page ends it. totalCount only plans the
+concurrent part: the walk ends where the data ends, on a short or empty page. When the
+last promised page is full (totalCount was too low) it asks for the next page, and the
+next, one at a time until a short or empty one; without a usable totalCount it walks that
+way from page 2. Either way at most `MAX_PAGES` pages. Pages are yielded in page order,
+as the upstream sent them; `fetch_jobs` drops the jobs that show up on two pages. The
+customer list also ends on a short or empty page, walked one page at a time.
+
+Every failure is an `UpstreamError` naming the customer, page, status and request id; a
+429 or 5xx that came with Retry-After keeps those seconds in `retry_after`, also when the
+client gave up because the wait was longer than its budget.
 """
 
 from __future__ import annotations
@@ -231,8 +239,9 @@ class AvePointClient:
                 )
             metadata = answer.envelope.metadata
             size = usable_page_size(metadata.page_size, self.PAGE_SIZE)
-            total = metadata.total_count
-            if len(rows) < size or (total is not None and index * size >= total):
+            # A short or empty page ends the list, whatever totalCount says: a too-low
+            # one would lose customers, and an exact one costs one empty page at most.
+            if len(rows) < size:
                 break
         else:
             logger.warning("AvePoint customer list stopped after %d pages", self.MAX_PAGES)
@@ -277,7 +286,11 @@ class AvePointClient:
         job_type: int | None = None,
         job_module: int | None = None,
     ) -> AsyncIterator[JobsPage]:
-        """A customer's job pages in page order, ending with the first empty one."""
+        """A customer's job pages in page order, ending with the first short or empty one.
+
+        Pages are yielded as the upstream sent them: a job that shows up on two pages is
+        in both (`unique_jobs` drops the repeat, as `fetch_jobs` does).
+        """
         body = jobs_filter(job_type, job_module)
         first = await self._jobs_page(customer_id, 1, body)
         yield first
@@ -285,6 +298,9 @@ class AvePointClient:
             return
         size = usable_page_size(first.page_size, self.PAGE_SIZE)
         total = first.total_count
+        last = first
+        planned: int | None = None
+        # A totalCount smaller than page 1 holds (or missing, or "N/A") plans nothing.
         if total is not None and total >= len(first.rows):
             planned = min(math.ceil(total / size), self.MAX_PAGES)
             pages = self._concurrent_pages(customer_id, body, range(2, planned + 1))
@@ -293,16 +309,26 @@ class AvePointClient:
             async with aclosing(pages):
                 async for page in pages:
                     yield page
-            return
-        # No usable totalCount (missing, "N/A", or fewer than page 1 holds): one page at
-        # a time until an empty or short one.
-        previous = first
-        for index in range(2, self.MAX_PAGES + 1):
-            if len(previous.rows) < size:
+                    last = page
+            if not last.rows:
                 return
-            previous = await self._jobs_page(customer_id, index, body)
-            yield previous
-        if len(previous.rows) >= size:
+        # Past what totalCount promised (a full last page: it may have been too low), or
+        # without it: one page at a time until a short or empty one. Asking ahead would
+        # cost a request past the end on every walk whose totalCount was right.
+        for index in range(last.page + 1, self.MAX_PAGES + 1):
+            if len(last.rows) < size:
+                return
+            last = await self._jobs_page(customer_id, index, body)
+            if planned is not None and index == planned + 1 and last.rows:
+                logger.info(
+                    "AvePoint customer %s: totalCount said %d but page %d has jobs; "
+                    "walking on to a short or empty page",
+                    customer_id,
+                    total,
+                    index,
+                )
+            yield last
+        if len(last.rows) >= size:
             logger.warning(
                 "AvePoint customer %s: job walk stopped after %d pages", customer_id, self.MAX_PAGES
             )

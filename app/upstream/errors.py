@@ -9,7 +9,9 @@
      └── UpstreamMalformed             kind "malformed": a body that is not the envelope
 
 Every error names the customer, page, upstream status and upstream request id it is about
-(each may be None), and says in `message` what happened in one sentence. Messages are built
+(each may be None), and says in `message` what happened in one sentence. An error whose
+answer carried Retry-After keeps those seconds in `retry_after` (also after the client gave
+up on them); `retry_at(now)` turns them into the moment to ask again. Messages are built
 from those fields, fixed wording and at most an exception class name or an OAuth error
 code; never from bodies, headers, tokens or secrets.
 """
@@ -17,6 +19,8 @@ code; never from bodies, headers, tokens or secrets.
 from __future__ import annotations
 
 import functools
+import math
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Self
 
 
@@ -81,9 +85,27 @@ class UpstreamError(Exception):
         return type(self)(self.summary if summary is None else summary, **self._fields() | changes)
 
     def gave_up(self, attempts: int, reason: str | None = None) -> Self:
-        """The same failure, told as the last of `attempts` tries (and why we stopped)."""
+        """The same failure, told as the last of `attempts` tries (and why we stopped).
+
+        Every field but the message and the attempts is kept, `retry_after` included: a
+        caller that gave up on a long Retry-After still knows how long it asked for.
+        """
         summary = self.summary if reason is None else f"{self.summary}; {reason}"
         return self.replace(summary, attempts=attempts)
+
+    def retry_at(self, now: datetime) -> datetime | None:
+        """When the upstream said it may be asked again: `now` plus its Retry-After.
+
+        None when it sent no (usable) Retry-After; `now` is when the answer came, or as
+        near to it as the caller knows.
+        """
+        seconds = self.retry_after
+        if seconds is None or not math.isfinite(seconds) or seconds < 0:
+            return None
+        try:
+            return now + timedelta(seconds=seconds)
+        except OverflowError:
+            return None
 
     def copy(self) -> Self:
         """A fresh instance with the same fields, to raise in another task."""

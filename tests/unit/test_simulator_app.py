@@ -446,6 +446,55 @@ async def test_malformed_customers_answer_broken_pages_in_turn(
     assert (await authed.post(jobs_path(sim.customer_ids()[0]))).json()["data"]
 
 
+async def test_low_total_count_under_reports_yet_the_pages_hold_every_row(
+    authed: httpx.AsyncClient, sim: Simulator
+) -> None:
+    reconfigure(sim, jobs_per_customer=450, low_total_count=True)
+    customer_id = sim.customer_ids()[0]
+    params = {"pageIndex": 1, "pageSize": 100}
+
+    first = (await authed.post(jobs_path(customer_id), params=params)).json()
+    customers = (await authed.post(CUSTOMERS, params=params)).json()
+
+    assert first["metadata"] == {"pageIndex": 1, "pageSize": 100, "totalCount": 225}
+    assert await walk(authed, customer_id, 100) == sim.jobs(customer_id)  # 5 pages, not 3
+    # Never less than page 1 holds: 4 customers on one page still say 4.
+    assert customers["metadata"]["totalCount"] == 4
+    reconfigure(sim, low_total_count=False)
+    first = (await authed.post(jobs_path(customer_id), params=params)).json()
+    assert first["metadata"]["totalCount"] == 450
+
+
+async def test_odd_text_customers_send_escaped_odd_names_and_1e400(
+    authed: httpx.AsyncClient, sim: Simulator
+) -> None:
+    odd_id, plain_id = sim.customer_ids()[:2]
+    reconfigure(sim, odd_text_customers=frozenset({odd_id}))
+    params = {"pageIndex": 1, "pageSize": 100}
+
+    response = await authed.post(jobs_path(odd_id), params=params)
+    plain = await authed.post(jobs_path(plain_id), params=params)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    body = response.content
+    assert body.isascii()
+    assert b'"name":"\\ud800"' in body  # the six characters \ud800, not UTF-8 bytes
+    assert b'"name":"Nightly\\u0000backup"' in body
+    assert b'"totalCount":1e400,' in body
+    assert b"Infinity" not in body
+    rows = json.loads(body)["data"]
+    assert rows == sim.jobs(odd_id)[:100]
+    names = [row["name"] for row in rows]
+    assert "\ud800" in names
+    assert any("\x00" in name for name in names)
+    assert rows[1]["totalCount"] == float("inf")
+    assert b"1e400" not in plain.content
+    assert b"\\ud800" not in plain.content
+    # Every job still has its id, so a walk sees them all.
+    assert await walk(authed, odd_id, 100) == sim.jobs(odd_id)
+
+
 async def test_latency_delays_api_responses(authed: httpx.AsyncClient, sim: Simulator) -> None:
     reconfigure(sim, latency_seconds=0.05)
     started = time.perf_counter()

@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 from app import catalog
 from app.normalize import normalize_row, parse_duration, parse_size, parse_timestamp
 from app.simulator import Simulator, SimulatorConfig
-from app.simulator.data import NA, format_duration, format_size
+from app.simulator.data import (
+    NA,
+    ODD_NAMES,
+    format_duration,
+    format_size,
+    reported_total,
+    with_odd_text,
+)
 
 NOW = datetime(2025, 9, 11, 12, 0, tzinfo=UTC)
 ROW_KEYS = [
@@ -235,6 +242,61 @@ def test_the_data_has_the_variety_seen_live() -> None:
     assert any(re.fullmatch(r"\d+h\d+m\d+s", d) for d in durations)
     assert any(r["name"] != NA for r in rows)
     assert {r["jobType"] for r in rows} == set(VALID_PAIRS)
+
+
+# --- rough edges --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("count", "page_size", "low", "reported"),
+    [
+        (450, 100, False, 450),
+        (450, 100, True, 225),
+        (150, 100, True, 100),  # never less than page 1 holds
+        (60, 100, True, 60),
+        (7, 5, True, 5),
+        (1, 100, True, 1),
+        (0, 100, True, 0),
+    ],
+)
+def test_reported_total(count: int, page_size: int, low: bool, reported: int) -> None:
+    assert reported_total(count, page_size, low=low) == reported
+
+
+def test_odd_text_rows_carry_odd_names_and_a_huge_count() -> None:
+    sim = make_sim(SimulatorConfig(customers=1, jobs_per_customer=12))
+    rows = sim.jobs(sim.customer_ids()[0])
+    before = [dict(row) for row in rows]
+
+    odd = with_odd_text(rows)
+
+    assert rows == before  # the shared rows are left alone
+    assert odd[0] == rows[0]  # the placeholder stays all N/A
+    assert [row["name"] for row in odd[1:]] == [ODD_NAMES[i % len(ODD_NAMES)] for i in range(11)]
+    assert [row["jobId"] for row in odd] == [row["jobId"] for row in rows]
+    assert odd[1]["totalCount"] == float("inf")
+    assert all(row["totalCount"] != float("inf") for row in odd[2:])
+    names = "".join(ODD_NAMES)
+    assert "\ud800" in names  # a lone surrogate
+    assert "\x00" in names
+    assert any(ord(ch) > 0xFFFF for ch in names)  # an emoji outside the BMP
+    assert any("\u0600" <= ch <= "\u06ff" for ch in names)  # Arabic
+    assert any("\u0590" <= ch <= "\u05ff" for ch in names)  # Hebrew
+
+
+def test_odd_text_customers_only_and_only_while_configured() -> None:
+    sim = make_sim(SimulatorConfig(customers=3))
+    odd_id, plain_id, _ = sim.customer_ids()
+    plain_before = sim.jobs(plain_id)
+    sim.config = SimulatorConfig(customers=3, odd_text_customers=frozenset({odd_id}))
+
+    odd_rows = sim.jobs(odd_id)
+
+    assert odd_rows[1]["name"] == ODD_NAMES[0]
+    assert odd_rows[1]["totalCount"] == float("inf")
+    assert sim.jobs(plain_id) == plain_before
+    sim.config = SimulatorConfig(customers=3)
+    assert all(row["name"] not in ODD_NAMES for row in sim.jobs(odd_id))
 
 
 # --- time ---------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ import pickle
 import traceback
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -24,6 +25,7 @@ import respx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.simulator import Simulator, SimulatorConfig, create_simulator_app
 from app.upstream import (
     AvePointClient,
     RetryPolicy,
@@ -497,6 +499,153 @@ async def test_iter_job_pages_yields_pages_in_order(upstream: FakeUpstream, buil
     assert pages[3].request_id == "rid-c1-4"
 
 
+async def test_total_count_too_low_walks_on_to_the_short_page(
+    upstream: FakeUpstream, build: Build
+) -> None:
+    upstream.jobs["c1"] = [job(n) for n in range(450)]  # pages of 100/100/100/100/50
+    upstream.totals["c1"] = 150  # promises two pages
+
+    fetch = await build().fetch_jobs("c1")
+
+    assert [row["jobId"] for row in fetch.rows] == [f"J{n:05d}" for n in range(450)]
+    assert fetch.pages == 5
+    # Pages 1 and 2 as promised, then one at a time; the short page 5 ends it (no page 6).
+    assert upstream.pages_of("c1") == [1, 2, 3, 4, 5]
+    assert fetch.request_ids == [f"rid-c1-{page}" for page in range(1, 6)]
+
+
+async def test_exact_total_with_a_full_last_page_asks_for_one_more(
+    upstream: FakeUpstream, build: Build
+) -> None:
+    upstream.jobs["c1"] = [job(n) for n in range(200)]
+    upstream.totals["c1"] = 200
+
+    pages = [page async for page in build().iter_job_pages("c1")]
+
+    assert [(page.page, len(page.rows)) for page in pages] == [(1, 100), (2, 100), (3, 0)]
+    assert upstream.pages_of("c1") == [1, 2, 3]
+
+
+async def test_exact_total_with_a_short_last_page_asks_no_more(
+    upstream: FakeUpstream, build: Build
+) -> None:
+    upstream.jobs["c1"] = [job(n) for n in range(250)]
+    upstream.totals["c1"] = 250
+
+    fetch = await build().fetch_jobs("c1")
+
+    assert len(fetch.rows) == 250
+    assert sorted(upstream.pages_of("c1")) == [1, 2, 3]
+
+
+async def test_total_count_too_high_ends_on_the_empty_page(
+    upstream: FakeUpstream, build: Build
+) -> None:
+    upstream.jobs["c1"] = [job(n) for n in range(200)]
+    upstream.totals["c1"] = 500  # promises five pages; page 3 is empty
+
+    pages = [page async for page in build().iter_job_pages("c1")]
+    fetch = await build().fetch_jobs("c1")
+
+    assert [page.page for page in pages] == [1, 2, 3]
+    assert pages[-1].rows == []
+    assert [row["jobId"] for row in fetch.rows] == [f"J{n:05d}" for n in range(200)]
+    assert fetch.pages == 3
+    # Pages 4 and 5 were asked for concurrently at most, never past what was promised,
+    # and nothing is left running.
+    assert set(upstream.pages_of("c1")) <= {1, 2, 3, 4, 5}
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_jobs_repeated_past_the_promised_pages_count_once(
+    upstream: FakeUpstream, build: Build
+) -> None:
+    rows = [job(n) for n in range(350)]
+    rows[150] = job(7, status=3)  # page 2 repeats a job of page 1
+    rows[320] = job(250, status=3)  # page 4, past the promise, repeats one of page 3
+    upstream.jobs["c1"] = rows
+    upstream.totals["c1"] = 100  # promises one page
+
+    pages = [page async for page in build().iter_job_pages("c1")]
+    fetch = await build().fetch_jobs("c1")
+
+    # The pages carry the repeats as sent; fetch_jobs drops them, the first one seen wins.
+    assert sum(len(page.rows) for page in pages) == 350
+    ids = [row["jobId"] for row in fetch.rows]
+    assert len(ids) == 348
+    assert len(set(ids)) == 348
+    assert fetch.rows[7] == job(7)
+    assert fetch.rows[249] == job(250)
+    assert fetch.pages == 4
+
+
+async def test_walk_past_the_promise_is_capped(
+    upstream: FakeUpstream, build: Build, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream.jobs["c1"] = [job(n) for n in range(100 * 7)]
+    upstream.totals["c1"] = 200
+    client = build()
+    client.MAX_PAGES = 4  # type: ignore[misc]
+
+    fetch = await client.fetch_jobs("c1")
+
+    assert fetch.pages == 4
+    assert upstream.pages_of("c1") == [1, 2, 3, 4]
+    assert "stopped after 4 pages" in caplog.text
+
+
+@asynccontextmanager
+async def simulator_client(sim: Simulator) -> AsyncIterator[AvePointClient]:
+    """A real client (real sleeps and clock) in front of the simulator, in process."""
+    transport = httpx.ASGITransport(app=create_simulator_app(sim))
+    async with httpx.AsyncClient(transport=transport, base_url="http://upstream") as http:
+        tokens = TokenProvider(
+            http,
+            token_url="http://upstream/connect/token",
+            client_id=sim.config.client_id,
+            client_secret=sim.config.client_secret,
+            scope="elements.jobs.read.all elements.customers.read.all",
+        )
+        yield AvePointClient(http, base_url="http://upstream", tokens=tokens, concurrency=4)
+
+
+SIM_NOW = datetime(2025, 9, 11, 12, 0, tzinfo=UTC)
+
+
+async def test_low_total_count_simulator_customer_gives_every_job() -> None:
+    config = SimulatorConfig(customers=2, jobs_per_customer=450, low_total_count=True)
+    sim = Simulator(config, clock=lambda: SIM_NOW)
+    customer_id = sim.customer_ids()[1]
+
+    async with simulator_client(sim) as client:
+        fetch = await client.fetch_jobs(customer_id)
+
+    # totalCount said 225 (three pages); the walk went on to the short page 5.
+    assert sorted(r.page_index or 0 for r in sim.stats.log if r.endpoint == "jobs") == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
+    assert fetch.rows == sim.jobs(customer_id)
+    assert len(fetch.rows) == 450
+    assert fetch.pages == 5
+    assert sim.stats.jobs_requests == {customer_id: 5}
+
+
+async def test_low_total_count_simulator_customer_list_is_whole() -> None:
+    config = SimulatorConfig(customers=150, jobs_per_customer=1, low_total_count=True)
+    sim = Simulator(config, clock=lambda: SIM_NOW)
+
+    async with simulator_client(sim) as client:
+        customers = await client.list_customers()
+
+    # totalCount says 100 of 150: page 1 is full, so page 2 is asked for.
+    assert [c.id for c in customers] == sim.customer_ids()
+    assert sim.stats.requests["customers"] == 2
+
+
 @settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -522,11 +671,9 @@ def test_any_listing_gives_each_job_once(ids: list[int], total: int | str | None
 
     rows = asyncio.run(run())
 
-    covered = ids
-    if isinstance(total, int) and total >= min(len(ids), 100):
-        # A totalCount that page 1 does not contradict plans the walk, also when it is low.
-        covered = ids[: max(-(-total // 100), 1) * 100]
-    assert [row["jobId"] for row in rows] == list(dict.fromkeys(f"J{n:05d}" for n in covered))
+    # totalCount only plans the concurrent part: too low, too high or absent, the walk
+    # ends where the data ends.
+    assert [row["jobId"] for row in rows] == list(dict.fromkeys(f"J{n:05d}" for n in ids))
 
 
 # -- customers ------------------------------------------------------------------------
@@ -620,8 +767,8 @@ async def test_semaphore_is_free_while_sleeping_between_retries(
 async def test_every_request_carries_the_bearer_token_fetched_once(
     upstream: FakeUpstream, build: Build
 ) -> None:
-    upstream.jobs["c1"] = [job(n) for n in range(300)]
-    upstream.jobs["c2"] = [job(n) for n in range(300)]
+    upstream.jobs["c1"] = [job(n) for n in range(250)]
+    upstream.jobs["c2"] = [job(n) for n in range(250)]
     client = build()
 
     await asyncio.gather(client.fetch_jobs("c1"), client.fetch_jobs("c2"))
@@ -653,10 +800,10 @@ async def test_401_renews_the_token_once_and_repeats(
 async def test_many_pages_refused_at_once_share_one_renewal(
     upstream: FakeUpstream, build: Build, tokens: TokenProvider
 ) -> None:
-    upstream.jobs["c1"] = [job(n) for n in range(500)]
+    upstream.jobs["c1"] = [job(n) for n in range(450)]  # page 5 is short: the walk ends there
     upstream.accepted = {"token-1"}
     await tokens.token()
-    upstream.script("c1", 1, respond(200, {"data": [job(0)], "metadata": {"totalCount": 500}}))
+    upstream.script("c1", 1, respond(200, {"data": [job(0)], "metadata": {"totalCount": 450}}))
     for page in range(2, 6):
         upstream.script("c1", page, respond(401))
     upstream.accepted = {"token-2"}
@@ -856,6 +1003,45 @@ async def test_retry_after_beyond_the_budget_gives_up_at_once(
     assert "Retry-After" in str(caught.value)
     assert caught.value.retry_after == 500
     assert caught.value.request_id == "rl-1"
+
+
+async def test_retry_after_of_an_hour_gives_up_at_once_and_keeps_the_wait(
+    upstream: FakeUpstream, build: Build
+) -> None:
+    upstream.script("c1", 1, respond(429, retry_after="3600", request_id="rl-2"))
+
+    with pytest.raises(UpstreamRateLimited) as caught:
+        await build().fetch_jobs("c1")
+
+    assert len(upstream.calls) == 1
+    assert build.time.sleeps == []
+    error = caught.value
+    assert error.retry_after == 3600
+    assert error.attempts == 1
+    now = datetime(2026, 11, 29, 8, 0, 0, tzinfo=UTC)
+    assert error.retry_at(now) == now + timedelta(hours=1)
+    # The wait survives the copies made to raise it elsewhere.
+    assert error.copy().retry_after == 3600
+    assert pickle.loads(pickle.dumps(error)).retry_after == 3600
+
+
+async def test_final_503_keeps_its_retry_after(upstream: FakeUpstream, build: Build) -> None:
+    upstream.script("c1", 1, respond(503, retry_after="2"), respond(503, retry_after="5"))
+
+    with pytest.raises(UpstreamStatusError) as caught:
+        await build(retry=RetryPolicy(attempts=2)).fetch_jobs("c1")
+
+    assert build.time.sleeps == [2.0]
+    assert caught.value.attempts == 2
+    assert caught.value.retry_after == 5
+
+
+def test_retry_at_without_a_usable_retry_after_is_none() -> None:
+    now = datetime(2026, 11, 29, 8, 0, 0, tzinfo=UTC)
+    assert UpstreamStatusError("x", status=503).retry_at(now) is None
+    assert UpstreamStatusError("x", retry_after=float("inf")).retry_at(now) is None
+    assert UpstreamStatusError("x", retry_after=1e15).retry_at(now) is None  # past year 9999
+    assert UpstreamStatusError("x", retry_after=0).retry_at(now) == now
 
 
 async def test_total_time_is_bounded(upstream: FakeUpstream, build: Build) -> None:
