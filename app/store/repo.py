@@ -15,7 +15,7 @@ ascending, last when descending.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, cast, get_args
@@ -38,6 +38,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import catalog
 from app.normalize import NormalizedJob
+from app.store.ingest import (
+    IngestResult,
+    Outcome,
+    SnapshotRecord,
+    StatusChange,
+    chunks,
+    ensure_customer,
+    insert_for,
+    open_ingest,
+    snapshot_values,
+)
 from app.store.tables import (
     SORT_MIN_DURATION,
     SORT_MIN_TIME,
@@ -53,7 +64,6 @@ SNAPSHOTS = cast(Table, Snapshot.__table__)
 JOBS = cast(Table, Job.__table__)
 HISTORY = cast(Table, JobStatusHistory.__table__)
 
-Outcome = Literal["success", "error"]
 JobSort = Literal[
     "start_time", "-start_time", "last_modified", "-last_modified", "duration", "-duration"
 ]
@@ -65,51 +75,9 @@ Keyset = tuple[str | int | datetime, str, str]
 """A row's position in a sort: (sort key, customer_id, job_id). `keyset_of` gives the sort key
 as an ISO 8601 string (times) or an int (durations); `query_jobs` also takes datetimes."""
 
-# Bound parameters per statement, under SQLite's (32766) and asyncpg's (32767) limits, and a
-# cap on rows per round trip.
-_MAX_PARAMETERS = 30_000
-_MAX_ROWS_PER_STATEMENT = 1_000
-
 
 class InvalidCursor(ValueError):
     """`JobQuery.after` does not describe a position in the requested sort."""
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotRecord:
-    """One refresh attempt of one customer."""
-
-    customer_id: str
-    started_at: datetime
-    finished_at: datetime
-    outcome: Outcome
-    pages: int = 0
-    jobs_seen: int = 0
-    rows_skipped: int = 0
-    error_kind: str | None = None
-    error_message: str | None = None
-    upstream_status: int | None = None
-    request_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StatusChange:
-    """A job first seen (`created`, `previous` None) or a job whose status code changed."""
-
-    customer_id: str
-    job_id: str
-    previous: int | None
-    current: int | None
-    at: datetime
-    created: bool
-
-    @property
-    def status(self) -> str:
-        return catalog.STATUS.name(self.current)
-
-    @property
-    def previous_status(self) -> str | None:
-        return None if self.created else catalog.STATUS.name(self.previous)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,10 +163,11 @@ class JobQuery:
     """The filters, order and page of a job listing.
 
     A filter that is None does not filter; an empty sequence matches nothing. Names are
-    catalog names (aliases and `unknown` included). `start_after` and `modified_since` are
-    inclusive, `start_before` exclusive; a job without the time never matches them. `q` is a
-    case-insensitive substring of the name (`%` and `_` match themselves; empty means no
-    filter). `after` is the `keyset_of` the last row of the previous page.
+    catalog names (aliases and `unknown` included). `start_after` and `start_before` are
+    exclusive (strictly after, strictly before), `modified_since` inclusive; a job without
+    the time never matches them. `q` is a case-insensitive substring of the name (`%` and `_`
+    match themselves; empty means no filter). `after` is the `keyset_of` the last row of the
+    previous page.
     """
 
     customer_ids: Sequence[str] | None = None
@@ -218,18 +187,7 @@ class JobQuery:
 
 
 def _insert(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(table)
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"the store supports SQLite and PostgreSQL, not {dialect}")
-
-
-def _chunks(rows: Sequence[dict[str, Any]], columns: int) -> Iterator[Sequence[dict[str, Any]]]:
-    size = max(1, min(_MAX_ROWS_PER_STATEMENT, _MAX_PARAMETERS // max(1, columns)))
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
+    return insert_for(session.get_bind().dialect.name, table)
 
 
 async def upsert_customers(
@@ -257,168 +215,54 @@ async def upsert_customers(
             CUSTOMERS.c.name.is_distinct_from(stmt.excluded.name),
         ),
     )
-    for chunk in _chunks(rows, 4):
+    for chunk in chunks(rows, 4):
         await session.execute(stmt, list(chunk))
-
-
-async def _ensure_customer(session: AsyncSession, customer_id: str, at: datetime) -> None:
-    stmt = _insert(session, CUSTOMERS).values(
-        id=customer_id, name=None, created_at=at, updated_at=at
-    )
-    await session.execute(stmt.on_conflict_do_nothing(index_elements=[CUSTOMERS.c.id]))
-
-
-def _snapshot_values(snapshot: SnapshotRecord) -> dict[str, Any]:
-    return {
-        "customer_id": snapshot.customer_id,
-        "started_at": snapshot.started_at,
-        "finished_at": snapshot.finished_at,
-        "outcome": snapshot.outcome,
-        "pages": snapshot.pages,
-        "jobs_seen": snapshot.jobs_seen,
-        "rows_skipped": snapshot.rows_skipped,
-        "error_kind": snapshot.error_kind,
-        "error_message": snapshot.error_message,
-        "upstream_status": snapshot.upstream_status,
-        "request_id": snapshot.request_id,
-    }
-
-
-def _job_values(job: NormalizedJob, at: datetime) -> dict[str, Any]:
-    return {
-        "customer_id": job.customer_id,
-        "job_id": job.job_id,
-        "name": job.name,
-        "job_type_code": job.job_type_code,
-        "module_code": job.module_code,
-        "status_code": job.status_code,
-        "job_type": job.job_type,
-        "module": job.module,
-        "status": job.status,
-        "total_count": job.total_count,
-        "failed_count": job.failed_count,
-        "successful_count": job.successful_count,
-        "skipped_count": job.skipped_count,
-        "warning_count": job.warning_count,
-        "backup_size_bytes": job.backup_size_bytes,
-        "start_time": job.start_time,
-        "end_time": job.end_time,
-        "last_modified": job.last_modified,
-        "duration_seconds": job.duration_seconds,
-        "first_seen_at": at,
-        "last_seen_at": at,
-        "raw": job.raw,
-        "sort_start": job.start_time or SORT_MIN_TIME,
-        "sort_modified": job.last_modified or SORT_MIN_TIME,
-        "sort_duration": (
-            SORT_MIN_DURATION if job.duration_seconds is None else job.duration_seconds
-        ),
-    }
-
-
-# Kept from the first sighting; everything else follows the newest snapshot.
-_JOB_KEEP = frozenset({"customer_id", "job_id", "first_seen_at"})
 
 
 async def record_success(
     session: AsyncSession, snapshot: SnapshotRecord, jobs: Sequence[NormalizedJob]
 ) -> list[StatusChange]:
-    """Store a successful refresh of one customer, in one transaction, and commit.
+    """Store a successful refresh of one customer from jobs in hand, in one transaction, and
+    commit (the refresher streams pages through `ingest` instead; this is the same merge).
 
-    Upserts every job (a job id seen twice counts once, the last wins), adds a history row
-    for each new job and each changed status code, and the snapshot row. Jobs the snapshot
-    does not mention are left as they were. `last_seen_at` of every job given is
-    `snapshot.finished_at`. Returns the changes, new jobs included (`created=True`).
+    Writes the jobs that are new or changed (a job id seen twice counts once, the last
+    wins), a history row for each new job and each changed status code, and the snapshot.
+    Jobs the snapshot does not mention, and jobs that did not change, are left as they were.
+    Returns the changes, new jobs included (`created=True`).
     """
     if snapshot.outcome != "success":
         raise ValueError(f"record_success needs outcome 'success', got {snapshot.outcome!r}")
-    customer_id = snapshot.customer_id
-    latest: dict[str, NormalizedJob] = {}
-    for job in jobs:
-        if job.customer_id != customer_id:
-            raise ValueError(
-                f"job {job.job_id!r} belongs to {job.customer_id!r}, not {customer_id!r}"
-            )
-        latest[job.job_id] = job
-    at = snapshot.finished_at
     try:
-        await _ensure_customer(session, customer_id, at)
-        known = await session.execute(
-            select(JOBS.c.job_id, JOBS.c.status_code).where(JOBS.c.customer_id == customer_id)
-        )
-        previous: dict[str, int | None] = {job_id: code for job_id, code in known.all()}
-
-        changes: list[StatusChange] = []
-        for job in latest.values():
-            if job.job_id not in previous:
-                changes.append(
-                    StatusChange(customer_id, job.job_id, None, job.status_code, at, created=True)
-                )
-            elif previous[job.job_id] != job.status_code:
-                changes.append(
-                    StatusChange(
-                        customer_id,
-                        job.job_id,
-                        previous[job.job_id],
-                        job.status_code,
-                        at,
-                        created=False,
-                    )
-                )
-
-        if latest:
-            rows = [_job_values(job, at) for job in latest.values()]
-            upsert = _insert(session, JOBS)
-            upsert = upsert.on_conflict_do_update(
-                index_elements=[JOBS.c.customer_id, JOBS.c.job_id],
-                set_={c.name: upsert.excluded[c.name] for c in JOBS.c if c.name not in _JOB_KEEP},
-            )
-            for chunk in _chunks(rows, len(JOBS.c)):
-                await session.execute(upsert, list(chunk))
-
-        if changes:
-            history = [
-                {
-                    "customer_id": change.customer_id,
-                    "job_id": change.job_id,
-                    "status_code": change.current,
-                    "status": change.status,
-                    "previous_status_code": change.previous,
-                    "changed_at": change.at,
-                }
-                for change in changes
-            ]
-            for chunk in _chunks(history, len(HISTORY.c)):
-                await session.execute(HISTORY.insert(), list(chunk))
-
-        # Jobs are never deleted, so the stored ones are those known before plus those new.
-        job_count = len(previous.keys() | latest.keys())
-        await session.execute(
-            CUSTOMERS.update().where(CUSTOMERS.c.id == customer_id).values(job_count=job_count)
-        )
-
-        await session.execute(SNAPSHOTS.insert().values(_snapshot_values(snapshot)))
+        ingest = await open_ingest(session, snapshot.customer_id)
+        ingest.add_jobs(jobs)
+        result = await ingest.merge(session, snapshot)
         await session.commit()
     except Exception:
         await session.rollback()
         raise
-    return changes
+    return result.changes
 
 
 async def record_failure(session: AsyncSession, snapshot: SnapshotRecord) -> None:
-    """Store a failed refresh: only the snapshot row (and the customer, if new); commits.
+    """Store a failed refresh: only the snapshot row (and the customer, if new).
 
-    No job is touched, so the last good snapshot keeps being served.
+    No job is touched, so the last good snapshot keeps being served. Commits.
     """
     if snapshot.outcome != "error":
         raise ValueError(f"record_failure needs outcome 'error', got {snapshot.outcome!r}")
     try:
-        await _ensure_customer(session, snapshot.customer_id, snapshot.finished_at)
-        await session.execute(SNAPSHOTS.insert().values(_snapshot_values(snapshot)))
+        await add_failure(session, snapshot)
         await session.commit()
     except Exception:
         await session.rollback()
         raise
+
+
+async def add_failure(session: AsyncSession, snapshot: SnapshotRecord) -> None:
+    """`record_failure` inside a transaction the caller holds."""
+    dialect = session.get_bind().dialect.name
+    await ensure_customer(session, dialect, snapshot.customer_id, snapshot.finished_at)
+    await session.execute(SNAPSHOTS.insert().values(snapshot_values(snapshot)))
 
 
 # -- reads -----------------------------------------------------------------------------------
@@ -601,7 +445,7 @@ async def query_jobs(session: AsyncSession, q: JobQuery) -> list[JobRow]:
     # jobs without the time out even for a bound at the sort minimum.
     if q.start_after is not None:
         conditions += [
-            j.c.sort_start >= _aware(q.start_after, "start_after"),
+            j.c.sort_start > _aware(q.start_after, "start_after"),
             j.c.start_time.is_not(None),
         ]
     if q.start_before is not None:
@@ -708,6 +552,7 @@ __all__ = [
     "CountGroup",
     "CustomerState",
     "HistoryRow",
+    "IngestResult",
     "InvalidCursor",
     "JobQuery",
     "JobRow",
@@ -716,6 +561,7 @@ __all__ = [
     "Outcome",
     "SnapshotRecord",
     "StatusChange",
+    "add_failure",
     "customer_states",
     "get_job",
     "job_history",

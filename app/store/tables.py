@@ -11,6 +11,8 @@ describe it for queries and for the drift test, which fails when the two disagre
   keyset pagination compares plain values on both SQLite and PostgreSQL: a missing time
   sorts as `SORT_MIN_TIME`, a missing duration as `SORT_MIN_DURATION`, i.e. first when
   ascending and last when descending.
+- `job_stage`: a refresh's changed rows while its walk goes on, when too many to hold in
+  memory; merged into `jobs` in the refresh's last transaction, then deleted.
 - `job_status_history`: one row when a job is first seen and one each time its status changes.
 
 Every timestamp is timezone-aware UTC in Python. SQLite has no time zone type, so `UTCDateTime`
@@ -25,6 +27,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -174,6 +177,43 @@ class Job(Base):
     duration_seconds: Mapped[int | None] = mapped_column(BigInteger)
     first_seen_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
+    raw: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    sort_start: Mapped[datetime]
+    sort_modified: Mapped[datetime]
+    sort_duration: Mapped[int] = mapped_column(BigInteger)
+    # A 64-bit hash of the upstream's row: a refresh rewrites only the rows whose hash moved.
+    content_hash: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class JobStage(Base):
+    """A refresh's changed rows, staged while its walk goes on (see `app.store.ingest`)."""
+
+    __tablename__ = "job_stage"
+
+    stage_id: Mapped[str] = mapped_column(String(), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String())
+    staged_at: Mapped[datetime]
+    created: Mapped[bool] = mapped_column(Boolean)
+    previous_status_code: Mapped[int | None] = mapped_column(Integer)
+    content_hash: Mapped[int] = mapped_column(BigInteger)
+    name: Mapped[str | None] = mapped_column(Text)
+    job_type_code: Mapped[int | None] = mapped_column(Integer)
+    module_code: Mapped[int | None] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    job_type: Mapped[str] = mapped_column(String())
+    module: Mapped[str] = mapped_column(String())
+    status: Mapped[str] = mapped_column(String())
+    total_count: Mapped[int | None] = mapped_column(BigInteger)
+    failed_count: Mapped[int | None] = mapped_column(BigInteger)
+    successful_count: Mapped[int | None] = mapped_column(BigInteger)
+    skipped_count: Mapped[int | None] = mapped_column(BigInteger)
+    warning_count: Mapped[int | None] = mapped_column(BigInteger)
+    backup_size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    start_time: Mapped[datetime | None]
+    end_time: Mapped[datetime | None]
+    last_modified: Mapped[datetime | None]
+    duration_seconds: Mapped[int | None] = mapped_column(BigInteger)
     raw: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
     sort_start: Mapped[datetime]
     sort_modified: Mapped[datetime]

@@ -6,14 +6,17 @@ import asyncio
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Column, Connection, Integer, MetaData, inspect, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store import tables
@@ -27,7 +30,14 @@ from app.store.db import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-EXPECTED_TABLES = {"customers", "snapshots", "jobs", "job_status_history", "alembic_version"}
+EXPECTED_TABLES = {
+    "customers",
+    "snapshots",
+    "jobs",
+    "job_stage",  # since 0004
+    "job_status_history",
+    "alembic_version",
+}
 
 
 def _diff(connection: Connection, metadata: MetaData) -> list[object]:
@@ -37,6 +47,13 @@ def _diff(connection: Connection, metadata: MetaData) -> list[object]:
 
 def _table_names(connection: Connection) -> set[str]:
     return set(inspect(connection).get_table_names())
+
+
+def _alembic(connection: Connection, action: str, revision: str) -> None:
+    """`alembic upgrade|downgrade <revision>` on the caller's connection and transaction."""
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    getattr(command, action)(config, revision)
 
 
 async def test_migrate_builds_an_empty_database(database_url: str) -> None:
@@ -81,6 +98,96 @@ async def test_downgrade_to_base_and_back(engine: AsyncEngine) -> None:
     assert not await migrations_current(engine)
     await migrate(engine)
     assert await migrations_current(engine)
+
+
+# The tables as revision 0002 left them, only the columns a row needs: written out, so that
+# later changes to `app.store.tables` cannot change what this test stores at 0002.
+_Timestamp = sa.DateTime(timezone=True)
+CUSTOMERS_0002 = sa.table(
+    "customers",
+    sa.column("id", sa.String()),
+    sa.column("created_at", _Timestamp),
+    sa.column("updated_at", _Timestamp),
+)
+JOBS_0002 = sa.table(
+    "jobs",
+    sa.column("customer_id", sa.String()),
+    sa.column("job_id", sa.String()),
+    sa.column("module_code", sa.Integer()),
+    sa.column("job_type", sa.String()),
+    sa.column("module", sa.String()),
+    sa.column("status", sa.String()),
+    sa.column("first_seen_at", _Timestamp),
+    sa.column("last_seen_at", _Timestamp),
+    sa.column("raw", sa.JSON().with_variant(postgresql.JSONB(), "postgresql")),
+    sa.column("sort_start", _Timestamp),
+    sa.column("sort_modified", _Timestamp),
+    sa.column("sort_duration", sa.Integer()),
+)
+# module_code -> the name stored at 0002, and the name it has from 0003 on.
+STORED_MODULE_NAMES = {
+    8: ("archiver", "archiver"),
+    309: ("archiver", "teams_chat"),
+    362: ("azure_sql", "native_azure_sql_backup_monitoring"),
+    304: ("microsoft_365_groups", "microsoft_365_groups"),
+    999: ("unknown", "unknown"),
+}
+
+
+async def _stored_modules(engine: AsyncEngine) -> dict[int, str]:
+    async with engine.connect() as connection:
+        result = await connection.execute(sa.select(JOBS_0002.c.module_code, JOBS_0002.c.module))
+        return {code: module for code, module in result.all()}
+
+
+async def test_0003_renames_the_stored_module_names(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_alembic, "upgrade", "0002")
+        when = datetime(2025, 9, 11, 3, 0, 0, tzinfo=UTC)
+        async with engine.begin() as connection:
+            await connection.execute(
+                CUSTOMERS_0002.insert().values(id="c1", created_at=when, updated_at=when)
+            )
+            await connection.execute(
+                JOBS_0002.insert(),
+                [
+                    {
+                        "customer_id": "c1",
+                        "job_id": f"j{code}",
+                        "module_code": code,
+                        "job_type": "microsoft_365",
+                        "module": old,
+                        "status": "finished",
+                        "first_seen_at": when,
+                        "last_seen_at": when,
+                        "raw": {"jobId": f"j{code}", "jobModule": code},
+                        "sort_start": when,
+                        "sort_modified": when,
+                        "sort_duration": 0,
+                    }
+                    for code, (old, _) in STORED_MODULE_NAMES.items()
+                ],
+            )
+
+        async with engine.begin() as connection:
+            await connection.run_sync(_alembic, "upgrade", "0003")
+        assert await _stored_modules(engine) == {
+            code: new for code, (_, new) in STORED_MODULE_NAMES.items()
+        }
+
+        async with engine.begin() as connection:
+            await connection.run_sync(_alembic, "downgrade", "0002")
+        assert await _stored_modules(engine) == {
+            code: old for code, (old, _) in STORED_MODULE_NAMES.items()
+        }
+
+        await migrate(engine)  # and on to head from there
+        assert await migrations_current(engine)
+        assert (await _stored_modules(engine))[309] == "teams_chat"
+    finally:
+        await engine.dispose()
 
 
 async def test_migrate_takes_a_url_from_any_working_directory(

@@ -119,7 +119,7 @@ def matches(job: NormalizedJob, q: JobQuery) -> bool:
         return False
     if q.modules is not None and not names_match(catalog.MODULE, q.modules, job.module_code):
         return False
-    if q.start_after is not None and (job.start_time is None or job.start_time < q.start_after):
+    if q.start_after is not None and (job.start_time is None or job.start_time <= q.start_after):
         return False
     if q.start_before is not None and (job.start_time is None or job.start_time >= q.start_before):
         return False
@@ -204,9 +204,10 @@ async def test_every_filter_combination_in_every_sort(loaded: AsyncSession) -> N
         JobQuery(statuses=["unknown"]),
         JobQuery(job_types=["unknown"]),
         JobQuery(modules=["unknown"]),
-        JobQuery(modules=["teams_chat"]),  # an alias: code 309 only, not 8 (also `archiver`)
-        JobQuery(modules=["archiver"]),
+        JobQuery(modules=["teams_chat"]),  # module 309's name, once the page's `archiver`
+        JobQuery(modules=["archiver"]),  # module 8 alone
         JobQuery(job_types=["iaas_paas"], modules=["gmail", "microsoft_365_groups"]),
+        JobQuery(start_after=T),  # strictly after: the jobs that started at T are not
         JobQuery(start_after=T + timedelta(hours=1)),
         JobQuery(start_before=T + timedelta(hours=1)),
         JobQuery(start_after=MIN),
@@ -227,12 +228,30 @@ async def test_single_filters(loaded: AsyncSession, query: JobQuery) -> None:
 
 
 async def test_alias_matches_its_code_only(loaded: AsyncSession) -> None:
+    # One name per code: 309 is `teams_chat`, and `archiver` (the page's old name of 309,
+    # which also named 8) is module 8 alone.
     rows = await repo.query_jobs(loaded, JobQuery(modules=["teams_chat"], limit=1000))
     assert rows
     assert {r.module_code for r in rows} == {309}
-    assert {r.module for r in rows} == {"archiver"}
-    both = await repo.query_jobs(loaded, JobQuery(modules=["archiver"], limit=1000))
-    assert {r.module_code for r in both} == {8, 309}
+    assert {r.module for r in rows} == {"teams_chat"}
+    archiver = await repo.query_jobs(loaded, JobQuery(modules=["archiver"], limit=1000))
+    assert archiver
+    assert {r.module_code for r in archiver} == {8}
+    assert {r.module for r in archiver} == {"archiver"}
+    # `azure_sql`, the page's name of 362, is an alias of 362 only: not of 365
+    # (`azure_sql_backup`), and it is served under 362's current name.
+    extra = [
+        dataclasses.replace(JOBS[0], customer_id="c1", job_id=f"m{code}", module_code=code)
+        for code in (362, 365)
+    ]
+    await repo.record_success(loaded, snapshot("c1", FETCHED), extra)
+    alias = await repo.query_jobs(loaded, JobQuery(modules=["azure_sql"], limit=1000))
+    assert [(r.job_id, r.module_code) for r in alias] == [("m362", 362)]
+    assert alias[0].module == "native_azure_sql_backup_monitoring"
+    named = await repo.query_jobs(
+        loaded, JobQuery(modules=["native_azure_sql_backup_monitoring"], limit=1000)
+    )
+    assert ids(named) == ids(alias)
 
 
 async def test_unknown_keeps_the_code(loaded: AsyncSession) -> None:

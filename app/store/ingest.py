@@ -1,0 +1,641 @@
+"""The write path of a refresh: rows in page by page, one short transaction at the end.
+
+A refresh of one customer is an `Ingest`:
+
+1. `open_ingest()` reads the customer's stored (job id -> content hash, status code) once.
+2. `add_page(rows)` for each page as it arrives: rows are de-duplicated by job id (the last
+   copy wins), hashed, and only those whose hash differs from the stored one are normalized
+   and kept. Pure CPU bounded by one page, so the event loop is never held for long.
+3. Changed rows stay in memory up to `MEMORY_ROWS`; past that `spill()` writes them to
+   `job_stage` in short transactions, so memory follows the pages in flight rather than the
+   size of the customer (only the job ids and hashes are kept for the whole walk).
+4. `commit(snapshot)` merges in one transaction: the changed jobs, a history row for each
+   new job and each changed status, the customer's job count and the snapshot row.
+   `discard()` deletes what was staged: a failed walk changes nothing readers see.
+
+Unchanged rows are not rewritten, so a job's `last_seen_at` (the API's `fetched_at`) is when
+the gateway fetched the job as it is now; its customer's snapshot says how current it is.
+
+Writes go through a `Writer`: on SQLite one transaction at a time (one writer), each started
+with BEGIN IMMEDIATE so that it waits for a lock up front instead of failing halfway; on
+PostgreSQL transactions run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, cast
+
+from sqlalchemy import Table, and_, delete, literal, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app import catalog
+from app.normalize import NormalizedJob, job_id_of, normalize_row
+from app.store.tables import (
+    SORT_MIN_DURATION,
+    SORT_MIN_TIME,
+    Customer,
+    Job,
+    JobStage,
+    JobStatusHistory,
+    Snapshot,
+)
+
+CUSTOMERS = cast(Table, Customer.__table__)
+SNAPSHOTS = cast(Table, Snapshot.__table__)
+JOBS = cast(Table, Job.__table__)
+STAGE = cast(Table, JobStage.__table__)
+HISTORY = cast(Table, JobStatusHistory.__table__)
+
+MEMORY_ROWS = 2_000
+"""Changed rows a refresh holds in memory before it spills them to `job_stage`."""
+
+NORMALIZER_VERSION = 1
+"""Part of every content hash: bump it when normalizing changes, and every stored row is
+rewritten by its next refresh, as if the upstream had changed it."""
+
+# Bound parameters per statement, under SQLite's (32766) and asyncpg's (32767) limits, and a
+# cap on rows per round trip.
+_MAX_PARAMETERS = 30_000
+_MAX_ROWS_PER_STATEMENT = 1_000
+
+# Stage rows older than this belong to a refresh that died with its process.
+ORPHAN_STAGE_AGE = timedelta(hours=1)
+
+
+Outcome = Literal["success", "error"]
+
+
+class Writer:
+    """Write transactions: one at a time on SQLite, side by side on PostgreSQL."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], dialect: str) -> None:
+        self.sessions = sessions
+        self.dialect = dialect
+        self._lock: asyncio.Lock | None = asyncio.Lock() if dialect == "sqlite" else None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction, committed when the block ends (rolled back on error)."""
+        async with self._lock or nullcontext(), self.sessions() as session:
+            try:
+                if self._lock is not None:
+                    # Take the write lock now: a deferred transaction that reads, then
+                    # writes, fails at once when another process wrote in between.
+                    await session.execute(text("BEGIN IMMEDIATE"))
+                yield session
+                await session.commit()
+            except BaseException:
+                await session.rollback()
+                raise
+
+
+def row_hash(row: Mapping[str, Any]) -> int:
+    """A stable 64-bit hash of an upstream row (and of how it is normalized)."""
+    data = f"{NORMALIZER_VERSION}:{row!r}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
+
+
+def job_hash(job: NormalizedJob) -> int:
+    """The content hash of an already normalized job (its typed fields and its raw row)."""
+    fields = tuple(getattr(job, name) for name in job.__dataclass_fields__ if name != "raw")
+    data = f"{NORMALIZER_VERSION}:{fields!r}:{job.raw!r}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
+
+
+def insert_for(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert:
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"the store supports SQLite and PostgreSQL, not {dialect}")
+
+
+def chunks(rows: Sequence[Any], columns: int) -> Iterator[Sequence[Any]]:
+    size = max(1, min(_MAX_ROWS_PER_STATEMENT, _MAX_PARAMETERS // max(1, columns)))
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def job_values(job: NormalizedJob) -> dict[str, Any]:
+    """A job's stored columns, but the times of its sighting and its hash."""
+    return {
+        "customer_id": job.customer_id,
+        "job_id": job.job_id,
+        "name": job.name,
+        "job_type_code": job.job_type_code,
+        "module_code": job.module_code,
+        "status_code": job.status_code,
+        "job_type": job.job_type,
+        "module": job.module,
+        "status": job.status,
+        "total_count": job.total_count,
+        "failed_count": job.failed_count,
+        "successful_count": job.successful_count,
+        "skipped_count": job.skipped_count,
+        "warning_count": job.warning_count,
+        "backup_size_bytes": job.backup_size_bytes,
+        "start_time": job.start_time,
+        "end_time": job.end_time,
+        "last_modified": job.last_modified,
+        "duration_seconds": job.duration_seconds,
+        "raw": job.raw,
+        "sort_start": job.start_time or SORT_MIN_TIME,
+        "sort_modified": job.last_modified or SORT_MIN_TIME,
+        "sort_duration": (
+            SORT_MIN_DURATION if job.duration_seconds is None else job.duration_seconds
+        ),
+    }
+
+
+_WRITE_COLUMNS = _JOB_VALUE_COLUMNS = [
+    "customer_id",
+    "job_id",
+    "name",
+    "job_type_code",
+    "module_code",
+    "status_code",
+    "job_type",
+    "module",
+    "status",
+    "total_count",
+    "failed_count",
+    "successful_count",
+    "skipped_count",
+    "warning_count",
+    "backup_size_bytes",
+    "start_time",
+    "end_time",
+    "last_modified",
+    "duration_seconds",
+    "raw",
+    "sort_start",
+    "sort_modified",
+    "sort_duration",
+    "content_hash",
+]
+# Kept from the first sighting; everything else follows the newest snapshot.
+_JOB_KEEP = frozenset({"customer_id", "job_id", "first_seen_at"})
+
+
+@dataclass(slots=True)
+class Changed:
+    """A row to write, new or different from the stored one: its columns in
+    `_WRITE_COLUMNS` order as the driver takes them (compact: a refresh may hold thousands)."""
+
+    row: tuple[Any, ...]
+    created: bool
+    previous_status_code: int | None
+
+    @property
+    def status_code(self) -> int | None:
+        code: int | None = self.row[_STATUS_CODE]
+        return code
+
+    @property
+    def status(self) -> str:
+        name: str = self.row[_STATUS]
+        return name
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    """One refresh attempt of one customer."""
+
+    customer_id: str
+    started_at: datetime
+    finished_at: datetime
+    outcome: Outcome
+    pages: int = 0
+    jobs_seen: int = 0
+    rows_skipped: int = 0
+    error_kind: str | None = None
+    error_message: str | None = None
+    upstream_status: int | None = None
+    request_id: str | None = None
+
+
+def snapshot_values(snapshot: SnapshotRecord) -> dict[str, Any]:
+    return {
+        "customer_id": snapshot.customer_id,
+        "started_at": snapshot.started_at,
+        "finished_at": snapshot.finished_at,
+        "outcome": snapshot.outcome,
+        "pages": snapshot.pages,
+        "jobs_seen": snapshot.jobs_seen,
+        "rows_skipped": snapshot.rows_skipped,
+        "error_kind": snapshot.error_kind,
+        "error_message": snapshot.error_message,
+        "upstream_status": snapshot.upstream_status,
+        "request_id": snapshot.request_id,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """A job first seen (`created`, `previous` None) or a job whose status code changed."""
+
+    customer_id: str
+    job_id: str
+    previous: int | None
+    current: int | None
+    at: datetime
+    created: bool
+
+    @property
+    def status(self) -> str:
+        return catalog.STATUS.name(self.current)
+
+    @property
+    def previous_status(self) -> str | None:
+        return None if self.created else catalog.STATUS.name(self.previous)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What a committed refresh wrote."""
+
+    jobs: int  # distinct jobs the walk saw
+    rows_skipped: int  # rows without a usable job id
+    written: int  # jobs inserted or rewritten
+    job_count: int  # jobs stored for the customer afterwards
+    changes: list[StatusChange]  # new jobs and changed statuses
+
+    @property
+    def changed(self) -> bool:
+        return self.written > 0
+
+
+@dataclass
+class Ingest:
+    """One customer's refresh being written (see the module docstring)."""
+
+    customer_id: str
+    dialect: str
+    known: dict[str, tuple[int | None, int | None]]  # job id -> (hash, status code)
+    stage_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    seen: set[str] = field(default_factory=set)
+    pending: dict[str, Changed] = field(default_factory=dict)
+    spilled: int = 0
+    rows_skipped: int = 0
+    created: int = 0
+
+    # -- while walking ------------------------------------------------------------------
+
+    def add_page(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Take one page of upstream rows (pure CPU, proportional to the page)."""
+        for row in rows:
+            job_id = job_id_of(row)
+            if job_id is None:
+                self.rows_skipped += 1
+                continue
+            self._offer(job_id, row_hash(row), row, None)
+
+    def add_jobs(self, jobs: Sequence[NormalizedJob]) -> None:
+        """Take jobs normalized elsewhere (tests, benchmarks, imports)."""
+        for job in jobs:
+            if job.customer_id != self.customer_id:
+                raise ValueError(
+                    f"job {job.job_id!r} belongs to {job.customer_id!r}, not {self.customer_id!r}"
+                )
+            self._offer(job.job_id, job_hash(job), None, job)
+
+    def _offer(
+        self,
+        job_id: str,
+        digest: int,
+        row: Mapping[str, Any] | None,
+        job: NormalizedJob | None,
+    ) -> None:
+        stored = self.known.get(job_id)
+        if job_id not in self.seen:
+            self.seen.add(job_id)
+            if stored is None:
+                self.created += 1
+        if stored is not None and stored[0] == digest:
+            # Unchanged (or a later copy on another page that matches the store again).
+            self.pending.pop(job_id, None)
+            return
+        if job is None:
+            assert row is not None
+            job = normalize_row(self.customer_id, row)
+            if job is None:  # unreachable: the row has a job id
+                return
+        values = job_values(job)
+        values["content_hash"] = digest
+        self.pending[job_id] = Changed(
+            _driver_row(self.dialect, values),
+            created=stored is None,
+            previous_status_code=stored[1] if stored else None,
+        )
+
+    @property
+    def must_spill(self) -> bool:
+        return len(self.pending) >= MEMORY_ROWS
+
+    async def spill(self, writer: Writer, at: datetime) -> None:
+        """Move the rows held in memory to `job_stage` (one short transaction)."""
+        if self.pending:
+            async with writer.transaction() as session:
+                await self.spill_in(session, at)
+
+    # -- at the end -----------------------------------------------------------------------
+
+    def _changes(self, at: datetime) -> list[StatusChange]:
+        return [
+            StatusChange(
+                self.customer_id,
+                job_id,
+                c.previous_status_code,
+                c.status_code,
+                at,
+                created=c.created,
+            )
+            for job_id, c in self.pending.items()
+            if c.created or c.previous_status_code != c.status_code
+        ]
+
+    async def merge(self, session: AsyncSession, snapshot: SnapshotRecord) -> IngestResult:
+        """Write everything into `session`'s transaction (the caller commits)."""
+        at = snapshot.finished_at
+        written = self.spilled + len(self.pending)
+        job_count = len(self.known) + self.created
+        await ensure_customer(session, self.dialect, self.customer_id, at)
+        if self.spilled:
+            await self.spill_in(session, at)
+            changes = await self._merge_stage(session, at)
+        else:
+            changes = self._changes(at)
+            if self.pending:
+                await self._merge_memory(session, at, changes)
+        if self.created:
+            await session.execute(
+                update(CUSTOMERS)
+                .where(CUSTOMERS.c.id == self.customer_id)
+                .values(job_count=job_count)
+            )
+        await session.execute(SNAPSHOTS.insert().values(snapshot_values(snapshot)))
+        return IngestResult(
+            jobs=len(self.seen),
+            rows_skipped=self.rows_skipped,
+            written=written,
+            job_count=job_count,
+            changes=changes,
+        )
+
+    async def commit(self, writer: Writer, snapshot: SnapshotRecord) -> IngestResult:
+        async with writer.transaction() as session:
+            return await self.merge(session, snapshot)
+
+    async def discard(self, writer: Writer) -> None:
+        """Forget a failed walk: delete what it staged (nothing else was written)."""
+        self.pending.clear()
+        if self.spilled:
+            async with writer.transaction() as session:
+                await session.execute(delete(STAGE).where(STAGE.c.stage_id == self.stage_id))
+            self.spilled = 0
+
+    async def spill_in(self, session: AsyncSession, at: datetime) -> None:
+        """`spill`, inside a transaction the caller holds."""
+        if not self.pending:
+            return
+        staged_at = _driver_value(self.dialect, at)
+        rows = [
+            (self.stage_id, staged_at, c.created, c.previous_status_code, *c.row)
+            for c in self.pending.values()
+        ]
+        conn = await session.connection()
+        stage_sql = _stage_sql(self.dialect)
+        for chunk in chunks(rows, len(_WRITE_COLUMNS) + 4):
+            await conn.exec_driver_sql(stage_sql, list(chunk))
+        self.spilled += len(rows)
+        self.pending.clear()
+
+    async def _merge_memory(
+        self, session: AsyncSession, at: datetime, changes: Sequence[StatusChange]
+    ) -> None:
+        """The changed rows and their history, by the driver's executemany: plain tuples,
+        converted once here, with none of the per-value processing of bound parameters."""
+        stamp = _driver_value(self.dialect, at)
+        conn = await session.connection()
+        rows = [(*c.row, stamp, stamp) for c in self.pending.values()]
+        upsert_sql, history_sql = _merge_sql(self.dialect)
+        for chunk in chunks(rows, len(_WRITE_COLUMNS) + 2):
+            await conn.exec_driver_sql(upsert_sql, list(chunk))
+        history = [
+            (
+                change.customer_id,
+                change.job_id,
+                change.current,
+                change.status,
+                change.previous,
+                stamp,
+            )
+            for change in changes
+        ]
+        for chunk in chunks(history, 6):
+            await conn.exec_driver_sql(history_sql, list(chunk))
+
+    async def _merge_stage(self, session: AsyncSession, at: datetime) -> list[StatusChange]:
+        """Staged rows into `jobs` and history; returns the changes."""
+        s = STAGE
+        mine = s.c.stage_id == self.stage_id
+        columns = _JOB_VALUE_COLUMNS
+        source = select(
+            *(s.c[name] for name in columns),
+            literal(at, JOBS.c.first_seen_at.type).label("first_seen_at"),
+            literal(at, JOBS.c.last_seen_at.type).label("last_seen_at"),
+        ).where(mine)
+        upsert = insert_for(self.dialect, JOBS).from_select(
+            [*columns, "first_seen_at", "last_seen_at"], source
+        )
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[JOBS.c.customer_id, JOBS.c.job_id],
+            set_={c.name: upsert.excluded[c.name] for c in JOBS.c if c.name not in _JOB_KEEP},
+        )
+        await session.execute(upsert)
+        changed = or_(
+            s.c.created.is_(True), s.c.status_code.is_distinct_from(s.c.previous_status_code)
+        )
+        history_source = select(
+            s.c.customer_id,
+            s.c.job_id,
+            s.c.status_code,
+            s.c.status,
+            s.c.previous_status_code,
+            literal(at, HISTORY.c.changed_at.type).label("changed_at"),
+        ).where(and_(mine, changed))
+        await session.execute(
+            HISTORY.insert().from_select(
+                [
+                    "customer_id",
+                    "job_id",
+                    "status_code",
+                    "status",
+                    "previous_status_code",
+                    "changed_at",
+                ],
+                history_source,
+            )
+        )
+        found = await session.execute(
+            select(s.c.job_id, s.c.previous_status_code, s.c.status_code, s.c.created).where(
+                mine, changed
+            )
+        )
+        changes = [
+            StatusChange(self.customer_id, job_id, previous, current, at, created=bool(created))
+            for job_id, previous, current, created in found.all()
+        ]
+        await session.execute(delete(STAGE).where(mine))
+        return changes
+
+
+async def ensure_customer(
+    session: AsyncSession, dialect: str, customer_id: str, at: datetime
+) -> None:
+    stmt = insert_for(dialect, CUSTOMERS).values(
+        id=customer_id, name=None, created_at=at, updated_at=at
+    )
+    await session.execute(stmt.on_conflict_do_nothing(index_elements=[CUSTOMERS.c.id]))
+
+
+async def open_ingest(session: AsyncSession, customer_id: str) -> Ingest:
+    """A refresh of `customer_id`, knowing what the store holds for it now."""
+    rows = await session.execute(
+        select(JOBS.c.job_id, JOBS.c.content_hash, JOBS.c.status_code).where(
+            JOBS.c.customer_id == customer_id
+        )
+    )
+    known = {job_id: (digest, status) for job_id, digest, status in rows.all()}
+    dialect = session.get_bind().dialect.name
+    return Ingest(customer_id=customer_id, dialect=dialect, known=known)
+
+
+async def purge_orphan_stage(writer: Writer, now: datetime) -> int:
+    """Delete stage rows left by refreshes that died with their process."""
+    async with writer.transaction() as session:
+        result = await session.execute(
+            delete(STAGE).where(STAGE.c.staged_at < now - ORPHAN_STAGE_AGE)
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _driver_value(dialect: str, value: datetime) -> Any:
+    """A time as the driver takes it: aware for asyncpg; for SQLite, the naive UTC text
+    SQLAlchemy stores (`YYYY-MM-DD HH:MM:SS.ffffff`), so that both compare and read alike."""
+    return _sqlite_time(value) if dialect == "sqlite" else value
+
+
+def _sqlite_time(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return _aware(value).astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}: the store keeps aware UTC times only")
+    return value
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _driver_row(dialect: str, v: dict[str, Any]) -> tuple[Any, ...]:
+    """A changed job's columns in `_WRITE_COLUMNS` order, as the driver takes them."""
+    t = _sqlite_time if dialect == "sqlite" else _postgres_time
+    return (
+        v["customer_id"],
+        v["job_id"],
+        v["name"],
+        v["job_type_code"],
+        v["module_code"],
+        v["status_code"],
+        v["job_type"],
+        v["module"],
+        v["status"],
+        v["total_count"],
+        v["failed_count"],
+        v["successful_count"],
+        v["skipped_count"],
+        v["warning_count"],
+        v["backup_size_bytes"],
+        t(v["start_time"]),
+        t(v["end_time"]),
+        t(v["last_modified"]),
+        v["duration_seconds"],
+        _json_text(v["raw"]),
+        t(v["sort_start"]),
+        t(v["sort_modified"]),
+        v["sort_duration"],
+        v["content_hash"],
+    )
+
+
+def _postgres_time(value: datetime | None) -> datetime | None:
+    return None if value is None else _aware(value)
+
+
+_STATUS_CODE = _WRITE_COLUMNS.index("status_code")
+_STATUS = _WRITE_COLUMNS.index("status")
+
+
+def _marks(dialect: str, n: int) -> str:
+    if dialect == "sqlite":
+        return ", ".join("?" * n)
+    return ", ".join(f"${i}" for i in range(1, n + 1))
+
+
+@functools.cache
+def _stage_sql(dialect: str) -> str:
+    """The insert of staged rows; a job met again on a later page replaces its copy."""
+    columns = ["stage_id", "staged_at", "created", "previous_status_code", *_WRITE_COLUMNS]
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in ("stage_id", "job_id"))
+    # Column names are this module's constants, never input: no injection here.
+    return (
+        f"INSERT INTO job_stage ({', '.join(columns)}) "  # noqa: S608
+        f"VALUES ({_marks(dialect, len(columns))}) "
+        f"ON CONFLICT (stage_id, job_id) DO UPDATE SET {updates}"
+    )
+
+
+@functools.cache
+def _merge_sql(dialect: str) -> tuple[str, str]:
+    """The upsert of changed jobs and the insert of history rows, as driver SQL."""
+    columns = [*_WRITE_COLUMNS, "first_seen_at", "last_seen_at"]
+    history = [
+        "customer_id",
+        "job_id",
+        "status_code",
+        "status",
+        "previous_status_code",
+        "changed_at",
+    ]
+
+    def marks(n: int) -> str:
+        if dialect == "sqlite":
+            return ", ".join("?" * n)
+        return ", ".join(f"${i}" for i in range(1, n + 1))
+
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in _JOB_KEEP)
+    # Column names are this module's constants, never input: no injection here.
+    upsert = (
+        f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({marks(len(columns))}) "  # noqa: S608
+        f"ON CONFLICT (customer_id, job_id) DO UPDATE SET {updates}"
+    )
+    insert_history = (
+        f"INSERT INTO job_status_history ({', '.join(history)}) "  # noqa: S608
+        f"VALUES ({marks(len(history))})"
+    )
+    return upsert, insert_history
