@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     upstream_concurrency: int = Field(8, ge=1, le=256)
     upstream_timeout_seconds: float = Field(30, gt=0)
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # None: 80% of the TTL, so that customers are refreshed before they go stale; 0: off.
+    refresh_interval_seconds: float | None = Field(None, ge=0)
     auth_disabled: bool = False
     demo: bool = False
     # The built-in simulator, used when DEMO is on.
@@ -71,6 +73,13 @@ class Settings(BaseSettings):
                 "API_KEYS must list at least one key "
                 "(or set AUTH_DISABLED=true to run without authentication on purpose)"
             )
+
+    @property
+    def refresh_interval(self) -> float:
+        """Seconds between background refreshes of a customer; 0 when they are off."""
+        if self.refresh_interval_seconds is not None:
+            return self.refresh_interval_seconds
+        return 0.8 * self.cache_ttl_seconds
 
     @property
     def auth_required(self) -> bool:

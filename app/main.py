@@ -8,6 +8,7 @@ process), builds the refresher, and closes all of it on shutdown.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,12 +25,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.api import customers, errors, jobs, meta
+from app.api.answers import AnswerCache, FastReads, FastReadsMiddleware
 from app.api.deps import Services
 from app.clock import Clock, utcnow
 from app.config import Settings
-from app.metrics import Metrics
+from app.metrics import Metrics, watch_loop_lag
 from app.refresh import Refresher
 from app.store import db
+from app.store.ingest import Writer, purge_orphan_stage
 from app.upstream.auth import TokenProvider
 from app.upstream.client import AvePointClient
 
@@ -95,6 +98,8 @@ async def open_services(
     try:
         await db.migrate(engine)
         sessions = db.session_factory(engine)
+        writer = Writer(sessions, engine.dialect.name)
+        await purge_orphan_stage(writer, clock())
         upstream = upstream_of(settings, transport)
         concurrency = settings.upstream_concurrency
         async with httpx.AsyncClient(
@@ -123,13 +128,26 @@ async def open_services(
             refresher = Refresher(
                 client=client,
                 sessions=sessions,
+                writer=writer,
                 metrics=metrics,
                 configured_customers=settings.customer_ids,
                 ttl_seconds=settings.cache_ttl_seconds,
                 stale_if_error_seconds=settings.stale_if_error_seconds,
                 wait_seconds=settings.request_wait_seconds,
+                interval_seconds=settings.refresh_interval,
+                # A few more walks than requests in flight, so that the upstream is kept
+                # busy while some walks normalize; each holds one customer's changed rows.
+                walk_slots=concurrency + 4,
                 clock=clock,
             )
+            await refresher.load()
+            # What start-up built lives as long as the process: keep it out of every
+            # garbage collection, whose full passes otherwise stall the loop under load.
+            gc.collect()
+            gc.freeze()
+            refresher.spawn(watch_loop_lag(metrics))
+            if settings.refresh_interval:
+                refresher.spawn(refresher.run_background())
             try:
                 yield Services(
                     settings=settings,
@@ -137,6 +155,8 @@ async def open_services(
                     sessions=sessions,
                     refresher=refresher,
                     metrics=metrics,
+                    answers=AnswerCache(),
+                    fast=FastReads(),
                 )
             finally:
                 await refresher.aclose()
@@ -145,7 +165,11 @@ async def open_services(
 
 
 class HeadAsGet:
-    """HEAD wherever GET works (uptime checks use it): routed as GET, sent without a body."""
+    """HEAD wherever GET works (uptime checks use it): routed as GET, sent without a body.
+
+    The route matched is copied back to the caller's scope, for `RequestMetrics` outside;
+    the method is not changed there, as the server still has to send no body.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -160,7 +184,12 @@ class HeadAsGet:
                 message = {**message, "body": b""}
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, without_body)
+        child = {**scope, "method": "GET"}
+        try:
+            await self.app(child, receive, without_body)
+        finally:
+            if "route" in child:
+                scope["route"] = child["route"]
 
 
 class RequestMetrics:
@@ -174,6 +203,7 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         began = time.perf_counter()
+        method = scope["method"]  # before HeadAsGet routes a HEAD as GET
         status = 500
 
         async def recording(message: Message) -> None:
@@ -188,7 +218,7 @@ class RequestMetrics:
             svc: Services | None = getattr(scope["app"].state, "services", None)
             if svc is not None:
                 route = getattr(scope.get("route"), "path", None) or "unmatched"
-                svc.metrics.http_requests.labels(scope["method"], route, str(status)).inc()
+                svc.metrics.http_requests.labels(method, route, str(status)).inc()
                 svc.metrics.http_latency.labels(route).observe(time.perf_counter() - began)
 
 
@@ -227,6 +257,7 @@ def create_app(
         redirect_slashes=False,
     )
     errors.install(app)
+    app.add_middleware(FastReadsMiddleware)
     app.add_middleware(HeadAsGet)
     app.add_middleware(RequestMetrics)
     app.include_router(jobs.router)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -58,6 +60,17 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "jobs_gateway_event_loop_lag_seconds",
+            "How late the event loop ran a timer: how long it was held by one piece of work.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.loop_lag_max = Gauge(
+            "jobs_gateway_event_loop_lag_max_seconds",
+            "The largest event-loop lag seen since start-up.",
+            registry=r,
+        )
         self.refreshes_in_flight = Gauge(
             "jobs_gateway_refreshes_in_flight",
             "Customer refreshes running now.",
@@ -70,3 +83,20 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+LAG_PROBE_SECONDS = 0.1
+
+
+async def watch_loop_lag(metrics: Metrics, every: float = LAG_PROBE_SECONDS) -> None:
+    """Measure, forever, how late the event loop wakes a sleeper: the longest a piece of work
+    held the loop (a parse, a normalization, a query in the loop's thread) shows here."""
+    worst = 0.0
+    while True:
+        began = time.perf_counter()
+        await asyncio.sleep(every)
+        lag = max(0.0, time.perf_counter() - began - every)
+        metrics.loop_lag.observe(lag)
+        if lag > worst:
+            worst = lag
+            metrics.loop_lag_max.set(lag)

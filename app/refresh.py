@@ -1,46 +1,70 @@
-"""Freshness: which customers a request needs refreshed, one refresh per customer in flight.
+"""Freshness and refreshes: which customers a request needs refreshed, one walk per customer.
 
 The API never calls the upstream itself. It asks `Refresher.ensure()` for the customers it
-covers; the refresher reads each customer's last snapshot from the store, starts a refresh
-for those older than the request's `max_age` (single flight: a refresh already running is
-joined, never doubled), waits at most `REQUEST_WAIT_SECONDS`, and says per customer how
-current the store's data is (a `Source`). Refreshes run as tasks owned by the refresher, not
-by the request: a request that stops waiting leaves the refresh to finish and be stored.
+covers. The refresher keeps every customer's state in memory (the database is its durable
+copy, read once at start-up), so answering "how current is this" costs no query:
 
-A failed refresh writes only its snapshot row (the last good jobs stay) and puts the customer
-in backoff, so a failing upstream is not asked again by every request.
+- a customer's data is `fresh` for `CACHE_TTL_SECONDS` after its last good snapshot;
+- older data is `stale`, and so is data whose newest refresh failed (served while younger
+  than `STALE_IF_ERROR_SECONDS`);
+- a customer with nothing to serve is `error`.
+
+`ensure()` starts refreshes for what is older than the request's `max_age` (single flight: a
+walk already running is joined, never doubled) and waits at most `REQUEST_WAIT_SECONDS` for
+them, unless the background refresh is on and the request's data is merely stale: then it
+answers at once with what it has, so that in normal operation a read never waits on the
+upstream. A failing customer is backed off (doubling, at most the TTL, or as long as the
+upstream's Retry-After asks) and not asked again by every request.
+
+Walks stream: each page is hashed and normalized as it arrives and only the rows that changed
+are written, in one short transaction at the end (`app.store.ingest`). At most `walk_slots`
+customers are fetched at once and `COMMIT_SLOTS` more wait to be written, and the upstream
+client's semaphore bounds the requests.
+
+Each customer has a data version that grows when one of its refreshes changed something, and
+the refresher a global one; the API keys its encoded answers by them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
+import random
 import time
-from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.clock import Clock, to_second, utcnow
+from app.clock import Clock, iso, to_second, utcnow
 from app.metrics import Metrics
-from app.normalize import NormalizedJob, normalize_row
 from app.store import repo
+from app.store.ingest import Ingest, IngestResult, SnapshotRecord, Writer, open_ingest
 from app.upstream.client import AvePointClient
 from app.upstream.errors import UpstreamError
 
 log = logging.getLogger("app.refresh")
 
 State = Literal["fresh", "stale", "refreshing", "error"]
+STATES: tuple[State, ...] = ("fresh", "stale", "refreshing", "error")
 CacheResult = Literal["hit", "miss", "stale"]
 
 # First backoff after a failure; it doubles per consecutive failure, capped at the TTL, but
 # even with CACHE_TTL_SECONDS=0 a failing upstream is not asked by every request.
 BACKOFF_BASE_SECONDS = 10.0
 MIN_BACKOFF_SECONDS = 1.0
+# Rows normalized between two yields to the event loop (a page is 100; a misbehaving
+# upstream may send far more on one page).
+ROWS_PER_SLICE = 500
+
+
+# Walks done fetching that may wait for the writer at once, each with its changed rows.
+COMMIT_SLOTS = 4
 
 
 class DiscoveryFailed(Exception):
@@ -54,6 +78,9 @@ class SourceError:
     upstream_status: int | None
 
 
+NOT_FETCHED = SourceError("not_fetched", "no snapshot of this customer yet", None)
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """How current one customer's part of an answer is."""
@@ -65,41 +92,94 @@ class Source:
     error: SourceError | None
 
 
-@dataclass(frozen=True, slots=True)
-class Freshness:
-    """How current an answer is: a source per customer, and whether the request forwarded
-    to the upstream (refreshed, or joined a refresh of, at least one customer)."""
+@dataclass(slots=True)
+class CustomerStatus:
+    """What the refresher knows of one customer (in memory; snapshots are the durable copy)."""
 
-    sources: list[Source]
-    forwarded: bool
+    customer_id: str
+    name: str | None = None
+    last_success_at: datetime | None = None
+    error: SourceError | None = None  # the newest attempt failed (after the last success)
+    version: int = 0  # grows when a refresh changed the customer's data
+    failures: int = 0
+    backoff_until: datetime | None = None
+    due_at: datetime | None = None  # when the background refresh takes it next
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One customer in a view: its state, when its data was fetched, why it is not fresh."""
+
+    customer_id: str
+    state: State
+    fetched_at: datetime | None
+    error: SourceError | None
+
+
+@dataclass(frozen=True)
+class View:
+    """How current a set of customers is at one moment; valid until `valid_until` or until a
+    customer's state changes (the refresher's epoch), whichever comes first."""
+
+    customers: int
+    counts: dict[State, int]
+    oldest_fetched_at: datetime | None
+    not_fresh: tuple[Part, ...]
+    errors: frozenset[str]  # customers with nothing to serve
+    valid_until: datetime | None
+    tag: str  # what the answer's ETag covers of it
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return {
+            "customers": self.customers,
+            **{state: self.counts[state] for state in STATES},
+            "oldest_fetched_at": iso(self.oldest_fetched_at),
+        }
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How current one answer is: the view of its customers, and what the request did."""
+
+    view: View
+    now: datetime
     ttl: float
-    names: dict[str, str | None] = field(default_factory=dict)
+    forwarded: bool = False  # the request waited on at least one refresh
+    stored: bool = False  # ... and at least one of them stored new data
+    upstream_status: int | None = None  # the status of a refresh that failed, if any did
+
+    @property
+    def sources(self) -> list[Source]:
+        """Every customer whose part is not fresh (an empty list: complete and fresh)."""
+        return [
+            Source(
+                p.customer_id,
+                p.state,
+                to_second(p.fetched_at) if p.fetched_at else None,
+                _age_seconds(self.now, p.fetched_at),
+                p.error,
+            )
+            for p in self.view.not_fresh
+        ]
+
+    @property
+    def errors(self) -> frozenset[str]:
+        return self.view.errors
 
     @property
     def cache(self) -> CacheResult:
         """`stale` when old data is served, else `miss` when the upstream was asked, else `hit`."""
-        if any(s.state in ("stale", "refreshing") for s in self.sources):
+        counts = self.view.counts
+        if counts["stale"] or counts["refreshing"]:
             return "stale"
         return "miss" if self.forwarded else "hit"
 
     @property
     def ttl_left(self) -> int | None:
         """Seconds until the oldest data served stops being fresh (negative: stale since)."""
-        ages = [s.age_seconds for s in self.sources if s.age_seconds is not None]
-        return int(self.ttl) - max(ages) if ages else None
-
-    @property
-    def upstream_status(self) -> int | None:
-        """The status of a refresh that failed, if any did."""
-        return next(
-            (s.error.upstream_status for s in self.sources if s.error and s.error.upstream_status),
-            None,
-        )
-
-    @property
-    def servable(self) -> list[str]:
-        """Customers whose stored jobs belong in the answer (not those in `error`)."""
-        return [s.customer_id for s in self.sources if s.state != "error"]
+        age = _age_seconds(self.now, self.view.oldest_fetched_at)
+        return None if age is None else int(self.ttl) - age
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,15 +189,103 @@ class RefreshOutcome:
     jobs: int = 0
     pages: int = 0
     rows_skipped: int = 0
-    changes: list[repo.StatusChange] = field(default_factory=list)
+    written: int = 0
     error: SourceError | None = None
     stored_at: datetime | None = None
 
 
-@dataclass
-class _Backoff:
-    failures: int = 0
-    until: datetime | None = None
+class CustomerDirectory:
+    """Which customers the partner has: `CUSTOMER_IDS`, or discovered from the upstream.
+
+    A known list is answered at once (an expired one is renewed in the background); only when
+    none is known yet does a request wait for the listing, at most `wait` seconds. A failed
+    listing, upstream or database, is backed off like a failed refresh.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: AvePointClient,
+        writer: Writer,
+        configured: Sequence[str],
+        ttl: float,
+        wait: float,
+        clock: Clock,
+        on_names: Callable[[dict[str, str | None]], None],
+    ) -> None:
+        self.client = client
+        self.writer = writer
+        self.configured = list(dict.fromkeys(configured))
+        self.ttl = ttl
+        self.wait = wait
+        self.clock = clock
+        self.on_names = on_names
+        self.known: list[str] | None = list(self.configured) or None
+        self.fetched_at: datetime | None = None
+        self.failure: str | None = None
+        self.retry_at = datetime.min.replace(tzinfo=UTC)
+        self.failures = 0
+        self._task: asyncio.Task[list[str]] | None = None
+
+    def load(self, stored: Sequence[str]) -> None:
+        """What the store knew before a restart, until the upstream says otherwise."""
+        if not self.configured and stored:
+            self.known = sorted(stored)
+
+    async def ids(self) -> list[str]:
+        backing_off = self.failure is not None and self.clock() < self.retry_at
+        if self.known is not None:
+            expired = self.fetched_at is None or _age(self.clock(), self.fetched_at) >= self.ttl
+            if expired and not backing_off:
+                self._start()
+            return list(self.known)
+        if backing_off:
+            raise DiscoveryFailed(self.failure or "the customer listing failed")
+        task = self._start()
+        await asyncio.wait({task}, timeout=self.wait)
+        if not task.done():
+            raise DiscoveryFailed("the customer list is still being fetched")
+        if task.cancelled() or task.exception() is not None:
+            raise DiscoveryFailed(self.failure or "the customer listing failed")
+        return list(task.result())
+
+    def _start(self) -> asyncio.Task[list[str]]:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._discover(), name="discover-customers")
+            self._task.add_done_callback(_log_failure)
+        return self._task
+
+    async def _discover(self) -> list[str]:
+        # Even with a configured list, the listing gives the customers' names.
+        self.fetched_at = self.clock()
+        try:
+            customers = await self.client.list_customers()
+            pairs = [(c.id, c.organization) for c in customers]
+            if self.configured:
+                wanted = set(self.configured)
+                pairs = [(cid, name) for cid, name in pairs if cid in wanted]
+            names = dict(pairs)
+            async with self.writer.transaction() as session:
+                await repo.upsert_customers(
+                    session, [*((cid, None) for cid in self.configured), *pairs], now=self.clock()
+                )
+        except (UpstreamError, SQLAlchemyError) as exc:
+            reason = str(exc) if isinstance(exc, UpstreamError) else "the database failed"
+            log.warning("customer discovery failed: %s", reason)
+            self.failures += 1
+            self.failure = reason
+            self.retry_at = self.clock() + timedelta(
+                seconds=_backoff_seconds(self.failures, self.ttl)
+            )
+            if self.configured:
+                return list(self.configured)
+            raise DiscoveryFailed(reason) from exc
+        self.failure = None
+        self.failures = 0
+        self.on_names(names)
+        if not self.configured:
+            self.known = list(names)
+        return list(self.known or ())
 
 
 class Refresher:
@@ -126,192 +294,237 @@ class Refresher:
         *,
         client: AvePointClient,
         sessions: async_sessionmaker[AsyncSession],
+        writer: Writer,
         metrics: Metrics,
         configured_customers: Sequence[str] = (),
         ttl_seconds: float = 300,
         stale_if_error_seconds: float = 86400,
         wait_seconds: float = 10,
+        interval_seconds: float = 0,
+        walk_slots: int = 16,
         clock: Clock = utcnow,
     ) -> None:
         self.client = client
         self.sessions = sessions
+        self.writer = writer
         self.metrics = metrics
-        self.configured = list(dict.fromkeys(configured_customers))
         self.ttl = ttl_seconds
         self.stale_if_error = stale_if_error_seconds
         self.wait = wait_seconds
+        self.interval = interval_seconds
         self.clock = clock
+        self.directory = CustomerDirectory(
+            client=client,
+            writer=writer,
+            configured=configured_customers,
+            ttl=ttl_seconds,
+            wait=wait_seconds,
+            clock=clock,
+            on_names=self._names_changed,
+        )
+        self.status: dict[str, CustomerStatus] = {}
+        self.data_version = 0  # grows with every change of any customer's data
+        self.epoch = 0  # grows with every change of any customer's state
+        self._view_all: tuple[int, int, View] | None = None  # (epoch, scope size, view)
         self._inflight: dict[str, asyncio.Task[RefreshOutcome]] = {}
-        self._backoff: dict[str, _Backoff] = {}
-        # When each customer's last successful refresh was stored (by this process).
-        self._stored_at: dict[str, datetime] = {}
-        self._discovery: asyncio.Task[list[str]] | None = None
-        self._discovered: list[str] | None = None
-        self._discovered_at: datetime | None = None
-        self._discovery_failed: str | None = None
-        self._discovery_retry_at: datetime = datetime.min.replace(tzinfo=UTC)
+        self._walk_slots = asyncio.Semaphore(max(1, walk_slots))
+        self._commit_slots = asyncio.Semaphore(COMMIT_SLOTS)
         self._background: set[asyncio.Task[object]] = set()
 
-    # ---- customers in scope -------------------------------------------------------------
+    # ---- state -----------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Every stored customer's state, once at start-up."""
+        async with self.sessions() as session:
+            states = await repo.customer_states(session)
+        for cid, state in states.items():
+            error = state.last_error
+            self.status[cid] = CustomerStatus(
+                customer_id=cid,
+                name=state.customer_name,
+                last_success_at=state.last_success_at,
+                error=(
+                    SourceError(
+                        error.error_kind or "upstream",
+                        error.error_message or "the last refresh failed",
+                        error.upstream_status,
+                    )
+                    if error is not None
+                    else None
+                ),
+            )
+        self.directory.load(list(states))
+        self._changed(data=True)
+
+    def _status(self, cid: str) -> CustomerStatus:
+        status = self.status.get(cid)
+        if status is None:
+            status = self.status[cid] = CustomerStatus(cid)
+        return status
+
+    def _changed(self, *, data: bool) -> None:
+        self.epoch += 1
+        if data:
+            self.data_version += 1
+
+    def _names_changed(self, names: dict[str, str | None]) -> None:
+        changed = False
+        for cid, name in names.items():
+            status = self._status(cid)
+            if name is not None and status.name != name:
+                status.name = name
+                status.version += 1
+                changed = True
+        self._changed(data=changed)
+
+    def version_of(self, customer_ids: Sequence[str] | None) -> int | tuple[int, ...]:
+        """The data version of an answer over these customers (None: all of them)."""
+        if customer_ids is None:
+            return self.data_version
+        return tuple(self._status(cid).version for cid in customer_ids)
+
+    def name_of(self, cid: str) -> str | None:
+        status = self.status.get(cid)
+        return status.name if status else None
 
     async def customer_ids(self) -> list[str]:
-        """Every customer this partner's requests cover: configured, or discovered.
+        """Every customer this partner's requests cover: configured, or discovered."""
+        return await self.directory.ids()
 
-        A known list is answered at once (an expired one is renewed in the background);
-        only when none is known yet does a request wait for the listing, at most
-        `REQUEST_WAIT_SECONDS`.
-        """
-        if self.configured:
-            if self._discovered_at is None:
-                # Names only; the configured list is the scope whatever the listing says.
-                await self._ensure_known(self.configured)
-                self._discovered_at = self.clock()
-                self._spawn(self._load_names())
-            return list(self.configured)
-        if self._discovered is None:
-            # A restarted service knows the customers it stored before.
-            async with self.sessions() as session:
-                stored = sorted(await repo.customer_states(session))
-            if stored and self._discovered is None:
-                self._discovered = stored
-        backing_off = self._discovery_failed is not None and self.clock() < self._discovery_retry_at
-        if self._discovered is not None:
-            if self._expired(self._discovered_at) and not backing_off:
-                self._start_discovery()
-            return list(self._discovered)
-        if backing_off:
-            raise DiscoveryFailed(self._discovery_failed or "the customer listing failed")
-        task = self._start_discovery()
-        await asyncio.wait({task}, timeout=self.wait)
-        if not task.done():
-            raise DiscoveryFailed("the customer list is still being fetched")
-        return list(task.result())
+    # ---- freshness ---------------------------------------------------------------------------
 
-    def _start_discovery(self) -> asyncio.Task[list[str]]:
-        if self._discovery is None or self._discovery.done():
-            self._discovery = asyncio.create_task(self._discover(), name="discover-customers")
-            self._discovery.add_done_callback(_log_failure)
-        return self._discovery
+    def _part(self, status: CustomerStatus, now: datetime) -> tuple[Part, datetime | None]:
+        """A customer's state now, and until when it stays so without a refresh."""
+        cid, last, error = status.customer_id, status.last_success_at, status.error
+        if last is None:
+            return Part(cid, "error", None, error or NOT_FETCHED), None
+        age = _age(now, last)
+        if error is not None:
+            if age > self.stale_if_error:
+                return Part(cid, "error", last, error), None
+            return Part(cid, "stale", last, error), last + timedelta(seconds=self.stale_if_error)
+        if age <= self.ttl:
+            return Part(cid, "fresh", last, None), last + timedelta(seconds=self.ttl)
+        return Part(cid, "stale", last, None), None
 
-    async def _discover(self) -> list[str]:
-        try:
-            customers = await self.client.list_customers()
-        except UpstreamError as exc:
-            log.warning("customer discovery failed: %s", exc)
-            self._discovery_failed = str(exc)
-            self._discovery_retry_at = self.clock() + timedelta(seconds=self._backoff_seconds(1))
-            raise DiscoveryFailed(str(exc)) from exc
-        pairs = [(c.id, c.organization) for c in customers]
-        async with self.sessions() as session:
-            await repo.upsert_customers(session, pairs, now=self.clock())
-            await session.commit()
-        self._discovered = [cid for cid, _ in pairs]
-        self._discovered_at = self.clock()
-        self._discovery_failed = None
-        return list(self._discovered)
+    def source(self, cid: str) -> Source:
+        """How current one customer's data is now."""
+        now = self.clock()
+        part, _ = self._part(self._status(cid), now)
+        fetched = to_second(part.fetched_at) if part.fetched_at else None
+        return Source(cid, part.state, fetched, _age_seconds(now, part.fetched_at), part.error)
 
-    async def _load_names(self) -> None:
-        try:
-            customers = await self.client.list_customers()
-        except UpstreamError as exc:
-            log.info("customer names unavailable: %s", exc)
-            return
-        wanted = set(self.configured)
-        pairs = [(c.id, c.organization) for c in customers if c.id in wanted]
-        if pairs:
-            async with self.sessions() as session:
-                await repo.upsert_customers(session, pairs, now=self.clock())
-                await session.commit()
-
-    async def _ensure_known(self, customer_ids: Sequence[str]) -> None:
-        async with self.sessions() as session:
-            await repo.upsert_customers(
-                session, [(cid, None) for cid in customer_ids], now=self.clock()
+    def view(
+        self,
+        customer_ids: Sequence[str],
+        *,
+        everyone: bool = False,
+        refreshing: frozenset[str] = frozenset(),
+    ) -> View:
+        """How current these customers are now. With `everyone` (the request covers every
+        customer) the view is kept until a state changes or time moves it on."""
+        now = self.clock()
+        cached = self._view_all
+        if (
+            everyone
+            and not refreshing
+            and cached is not None
+            and cached[0] == self.epoch
+            and cached[1] == len(customer_ids)
+            and (cached[2].valid_until is None or now < cached[2].valid_until)
+        ):
+            return cached[2]
+        counts: dict[State, int] = dict.fromkeys(STATES, 0)
+        oldest: datetime | None = None
+        not_fresh: list[Part] = []
+        errors: set[str] = set()
+        valid_until: datetime | None = None
+        for cid in customer_ids:
+            part, until = self._part(self._status(cid), now)
+            if cid in refreshing:
+                part = Part(cid, "refreshing", part.fetched_at, part.error)
+            counts[part.state] += 1
+            if part.state != "fresh":
+                not_fresh.append(part)
+            if part.state == "error":
+                errors.add(cid)
+            if part.fetched_at is not None and (oldest is None or part.fetched_at < oldest):
+                oldest = part.fetched_at
+            if until is not None and (valid_until is None or until < valid_until):
+                valid_until = until
+        tag_source = repr(
+            (
+                sorted(counts.items()),
+                [(p.customer_id, p.state, iso(p.fetched_at), p.error) for p in not_fresh],
             )
-            await session.commit()
-
-    # ---- freshness ------------------------------------------------------------------------
+        )
+        view = View(
+            customers=len(customer_ids),
+            counts=counts,
+            oldest_fetched_at=to_second(oldest) if oldest else None,
+            not_fresh=tuple(not_fresh),
+            errors=frozenset(errors),
+            valid_until=valid_until,
+            tag=hashlib.blake2b(tag_source.encode(), digest_size=8).hexdigest(),
+        )
+        if everyone and not refreshing:
+            self._view_all = (self.epoch, len(customer_ids), view)
+        return view
 
     async def ensure(
-        self, customer_ids: Sequence[str], *, max_age: float | None = None
+        self,
+        customer_ids: Sequence[str],
+        *,
+        max_age: float | None = None,
+        everyone: bool = False,
     ) -> Freshness:
-        """Refresh what is older than `max_age` (default: the TTL), then say how current each is."""
-        limit = self.ttl if max_age is None else max_age
+        """Refresh what is older than `max_age` (default: the TTL), then say how current
+        each customer is. Waits only where it must (see the module docstring)."""
+        view = self.view(customer_ids, everyone=everyone)
         now = self.clock()
-        async with self.sessions() as session:
-            states = await repo.customer_states(session, customer_ids)
-        tasks: dict[str, asyncio.Task[RefreshOutcome]] = {}
-        reread = False
-        for cid in customer_ids:
-            state = states.get(cid)
-            last = state.last_success_at if state else None
-            stored = self._stored_at.get(cid)
-            if stored is not None and (last is None or stored > last):
-                # A refresh finished after the states above were read: it counts, or the
-                # request would start a second walk of a customer just refreshed.
-                last, reread = stored, True
+        if max_age is None:
+            candidates = [p.customer_id for p in view.not_fresh]
+            limit = self.ttl
+        else:
+            candidates = list(customer_ids)
+            limit = max_age
+        wait_on: dict[str, asyncio.Task[RefreshOutcome]] = {}
+        for cid in candidates:
+            status = self._status(cid)
+            last = status.last_success_at
             if last is not None and limit > 0 and _age(now, last) < limit:
-                self.metrics.cache.labels("hit").inc()
                 continue
-            if self._in_backoff(cid, now):
-                self.metrics.cache.labels("stale").inc()
+            if self._in_backoff(status, now):
                 continue
-            self.metrics.cache.labels("miss").inc()
-            tasks[cid] = self.start(cid)
-        if tasks:
-            await asyncio.wait(tasks.values(), timeout=self.wait)
-        if tasks or reread:
-            async with self.sessions() as session:
-                states = await repo.customer_states(session, customer_ids)
-        now = self.clock()
-        sources = [
-            self._source(cid, states.get(cid), now, waited=cid in tasks) for cid in customer_ids
-        ]
-        names = {cid: state.customer_name for cid, state in states.items()}
-        return Freshness(sources=sources, forwarded=bool(tasks), ttl=self.ttl, names=names)
-
-    def _source(
-        self, cid: str, state: repo.CustomerState | None, now: datetime, *, waited: bool
-    ) -> Source:
-        last = state.last_success_at if state else None
-        age = int(_age(now, last)) if last is not None else None
-        failure = state.last_error if state else None
-        error = (
-            SourceError(
-                kind=failure.error_kind or "upstream",
-                message=failure.error_message or "the last refresh failed",
-                upstream_status=failure.upstream_status,
-            )
-            if failure is not None
-            else None
+            task = self.start(cid)
+            # With the background refresh on, stale data is served at once; a request waits
+            # only for customers it has nothing of, or when it asked for fresher data.
+            if last is None or max_age is not None or not self.interval:
+                wait_on[cid] = task
+        if not wait_on:
+            result: CacheResult = "stale" if view.counts["stale"] else "hit"
+            self.metrics.cache.labels(result).inc()
+            return Freshness(view=view, now=now, ttl=self.ttl)
+        await asyncio.wait(wait_on.values(), timeout=self.wait)
+        running = frozenset(cid for cid, task in wait_on.items() if not task.done())
+        outcomes = [t.result() for t in wait_on.values() if t.done() and not t.cancelled()]
+        self.metrics.cache.labels("miss").inc()
+        return Freshness(
+            view=self.view(customer_ids, everyone=everyone, refreshing=running),
+            now=self.clock(),
+            ttl=self.ttl,
+            forwarded=True,
+            stored=any(o.ok for o in outcomes),
+            upstream_status=next(
+                (o.error.upstream_status for o in outcomes if o.error and o.error.upstream_status),
+                None,
+            ),
         )
-        fetched = to_second(last) if last is not None else None
-        # `refreshing` only where this request waited on the refresh and stopped waiting.
-        running = waited and cid in self._inflight and not self._inflight[cid].done()
-        if running:
-            return Source(cid, "refreshing", fetched, age, error)
-        if last is None or (age is not None and error is not None and age > self.stale_if_error):
-            if error is None:
-                error = SourceError("not_fetched", "no snapshot of this customer yet", None)
-            return Source(cid, "error", fetched, age, error)
-        if error is not None:
-            return Source(cid, "stale", fetched, age, error)
-        state_name: State = "fresh" if age is not None and age <= self.ttl else "stale"
-        return Source(cid, state_name, fetched, age, None)
 
-    def _backoff_seconds(self, failures: int) -> float:
-        """Doubling per consecutive failure, at most the TTL, and never nothing at all."""
-        doubled = BACKOFF_BASE_SECONDS * 2.0 ** (failures - 1)
-        return max(MIN_BACKOFF_SECONDS, min(float(self.ttl), doubled))
+    def _in_backoff(self, status: CustomerStatus, now: datetime) -> bool:
+        return status.backoff_until is not None and now < status.backoff_until
 
-    def _in_backoff(self, cid: str, now: datetime) -> bool:
-        backoff = self._backoff.get(cid)
-        return backoff is not None and backoff.until is not None and now < backoff.until
-
-    def _expired(self, at: datetime | None) -> bool:
-        return at is None or _age(self.clock(), at) >= self.ttl
-
-    # ---- refreshing -----------------------------------------------------------------------
+    # ---- refreshing ----------------------------------------------------------------------------
 
     def start(self, customer_id: str) -> asyncio.Task[RefreshOutcome]:
         """The customer's refresh in flight, started if there is none (single flight)."""
@@ -334,8 +547,15 @@ class Refresher:
         self.metrics.refreshes_in_flight.inc()
         began = time.perf_counter()
         started = self.clock()
+        retry_after: float | None = None
         try:
-            outcome = await self._fetch_and_store(cid, started)
+            outcome = await self._walk(cid, started)
+        except UpstreamError as exc:
+            log.warning("refresh of customer %s failed: %s", cid, exc)
+            error = SourceError(exc.kind, exc.message, exc.status)
+            retry_after = exc.retry_after
+            await self._record_failure(cid, started, error, exc.request_id)
+            outcome = RefreshOutcome(cid, ok=False, error=error)
         except Exception as exc:  # a bug or the database: record it, never crash the task
             log.exception("refresh of customer %s failed", cid)
             kind = "database" if isinstance(exc, SQLAlchemyError) else "internal"
@@ -346,60 +566,102 @@ class Refresher:
             self.metrics.refreshes_in_flight.dec()
             self.metrics.refresh_latency.observe(time.perf_counter() - began)
         self.metrics.refreshes.labels("success" if outcome.ok else "error").inc()
-        if outcome.stored_at is not None:
-            self._backoff.pop(cid, None)
-            self._stored_at[cid] = outcome.stored_at
-        else:
-            backoff = self._backoff.setdefault(cid, _Backoff())
-            backoff.failures += 1
-            delay = self._backoff_seconds(backoff.failures)
-            backoff.until = self.clock() + timedelta(seconds=delay)
+        self._settle(cid, outcome, retry_after)
         return outcome
 
-    async def _fetch_and_store(self, cid: str, started: datetime) -> RefreshOutcome:
-        """One walk of the customer's pages, normalized and stored; an upstream failure is
-        recorded as a failed snapshot (the store adds an unknown customer either way)."""
+    async def _walk(self, cid: str, started: datetime) -> RefreshOutcome:
+        """One walk of the customer's pages, staged as they come and merged at the end.
+
+        A walk holds a walk slot while it fetches, then trades it for a commit slot: other
+        walks fetch while it waits for the writer, and the customers held in memory are at
+        most the two kinds of slots together.
+        """
+        slot = self._walk_slots
+        await self._walk_slots.acquire()
+        ingest: Ingest | None = None
+        pages = 0
+        request_id: str | None = None
         try:
-            fetch = await self.client.fetch_jobs(cid)
-        except UpstreamError as exc:
-            log.warning("refresh of customer %s failed: %s", cid, exc)
-            error = SourceError(exc.kind, exc.message, exc.status)
-            await self._record_failure(cid, started, error, exc.request_id)
-            return RefreshOutcome(cid, ok=False, error=error)
-        jobs: list[NormalizedJob] = []
-        skipped = 0
-        for row in fetch.rows:
-            job = normalize_row(cid, row)
-            if job is None:
-                skipped += 1
-            else:
-                jobs.append(job)
-        snapshot = repo.SnapshotRecord(
-            customer_id=cid,
-            started_at=started,
-            finished_at=self.clock(),
-            outcome="success",
-            pages=fetch.pages,
-            jobs_seen=len(jobs),
-            rows_skipped=skipped,
-            request_id=fetch.request_ids[-1] if fetch.request_ids else None,
+            async with self.sessions() as session:
+                ingest = await open_ingest(session, cid)
+            async for page in self.client.iter_job_pages(cid):
+                pages += 1
+                request_id = page.request_id or request_id
+                rows = page.rows
+                for start in range(0, len(rows), ROWS_PER_SLICE):
+                    if start:
+                        await asyncio.sleep(0)
+                    ingest.add_page(rows[start : start + ROWS_PER_SLICE])
+                if ingest.must_spill:
+                    await ingest.spill(self.writer, self.clock())
+            snapshot = SnapshotRecord(
+                customer_id=cid,
+                started_at=started,
+                finished_at=self.clock(),
+                outcome="success",
+                pages=pages,
+                jobs_seen=len(ingest.seen),
+                rows_skipped=ingest.rows_skipped,
+                request_id=request_id,
+            )
+            await self._commit_slots.acquire()
+            self._walk_slots.release()
+            slot = self._commit_slots
+            result: IngestResult = await ingest.commit(self.writer, snapshot)
+        except BaseException:
+            if ingest is not None:
+                try:
+                    await asyncio.shield(ingest.discard(self.writer))
+                except Exception:
+                    log.exception("could not discard the staged rows of customer %s", cid)
+            raise
+        finally:
+            slot.release()
+        log.info(
+            "customer %s: %d jobs on %d pages, %d written", cid, result.jobs, pages, result.written
         )
-        async with self.sessions() as session:
-            changes = await repo.record_success(session, snapshot, jobs)
         return RefreshOutcome(
             cid,
             ok=True,
-            jobs=len(jobs),
-            pages=fetch.pages,
-            rows_skipped=skipped,
-            changes=changes,
+            jobs=result.jobs,
+            pages=pages,
+            rows_skipped=result.rows_skipped,
+            written=result.written,
             stored_at=snapshot.finished_at,
         )
+
+    def _settle(self, cid: str, outcome: RefreshOutcome, retry_after: float | None) -> None:
+        """The customer's state after a refresh, in memory."""
+        status = self._status(cid)
+        now = self.clock()
+        if outcome.stored_at is not None:
+            status.last_success_at = outcome.stored_at
+            status.error = None
+            status.failures = 0
+            status.backoff_until = None
+            if self.interval:
+                # Spread over the last tenth of the interval, so customers refreshed together
+                # once drift apart instead of hitting the upstream together every time.
+                delay = self.interval * random.uniform(0.9, 1.0)  # noqa: S311
+                status.due_at = outcome.stored_at + timedelta(seconds=delay)
+            if outcome.written:
+                status.version += 1
+            self._changed(data=bool(outcome.written))
+            return
+        status.error = outcome.error
+        status.failures += 1
+        delay = _backoff_seconds(status.failures, self.ttl)
+        if retry_after is not None:
+            # The upstream said when to ask again: not before.
+            delay = max(delay, retry_after)
+        status.backoff_until = now + timedelta(seconds=delay)
+        status.due_at = status.backoff_until
+        self._changed(data=False)
 
     async def _record_failure(
         self, cid: str, started: datetime, error: SourceError, request_id: str | None
     ) -> None:
-        snapshot = repo.SnapshotRecord(
+        snapshot = SnapshotRecord(
             customer_id=cid,
             started_at=started,
             finished_at=self.clock(),
@@ -410,10 +672,43 @@ class Refresher:
             request_id=request_id,
         )
         try:
-            async with self.sessions() as session:
-                await repo.record_failure(session, snapshot)
+            async with self.writer.transaction() as session:
+                await repo.add_failure(session, snapshot)
         except Exception:  # best effort: the failure is logged either way
             log.exception("could not record the failed refresh of customer %s", cid)
+
+    # ---- in the background ---------------------------------------------------------------------
+
+    def due(self, customer_ids: Sequence[str], now: datetime) -> list[str]:
+        """Customers the background refresh should take now."""
+        out = []
+        for cid in customer_ids:
+            status = self._status(cid)
+            if cid in self._inflight or self._in_backoff(status, now):
+                continue
+            if status.last_success_at is None or status.due_at is None or now >= status.due_at:
+                out.append(cid)
+        return out
+
+    async def run_background(self, tick: float | None = None) -> None:
+        """Refresh every customer every `interval` seconds (jittered), forever."""
+        pause = tick if tick is not None else max(0.5, min(self.interval / 10, 5.0))
+        while True:
+            try:
+                ids = await self.customer_ids()
+            except DiscoveryFailed as exc:
+                log.info("background refresh waits for the customer list: %s", exc)
+            else:
+                for cid in self.due(ids, self.clock()):
+                    self.start(cid)
+            await asyncio.sleep(pause)
+
+    def spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
+        task: asyncio.Task[object] = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
+        return task
 
     def warm(self) -> None:
         """Refresh every customer in the background (at start-up), without waiting."""
@@ -426,22 +721,22 @@ class Refresher:
                 return
             await asyncio.gather(*(self.refresh(cid) for cid in ids))
 
-        self._spawn(run())
-
-    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
-        task: asyncio.Task[object] = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        task.add_done_callback(_log_failure)
+        self.spawn(run())
 
     async def aclose(self) -> None:
         """Stop every refresh still running (at shutdown); what was stored stays stored."""
-        tasks: list[asyncio.Task[object]] = [*self._inflight.values(), *self._background]
-        if self._discovery is not None:
-            tasks.append(self._discovery)
+        tasks: list[asyncio.Task[Any]] = [*self._inflight.values(), *self._background]
+        if self.directory._task is not None:
+            tasks.append(self.directory._task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _backoff_seconds(failures: int, ttl: float) -> float:
+    """Doubling per consecutive failure, at most the TTL, and never nothing at all."""
+    doubled = BACKOFF_BASE_SECONDS * 2.0 ** min(failures - 1, 30)
+    return max(MIN_BACKOFF_SECONDS, min(float(ttl), doubled))
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
@@ -455,3 +750,7 @@ def _log_failure(task: asyncio.Task[Any]) -> None:
 
 def _age(now: datetime, then: datetime) -> float:
     return max(0.0, (now - then).total_seconds())
+
+
+def _age_seconds(now: datetime, then: datetime | None) -> int | None:
+    return None if then is None else int(_age(now, then))

@@ -6,82 +6,79 @@ import hashlib
 import json
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import Response
+from starlette.datastructures import Headers
 
-from app.refresh import CacheResult, Freshness
+from app.refresh import Freshness
 
 CACHE_NAME = "jobs-gateway"
 
 
 def cache_status(freshness: Freshness) -> str:
-    """The RFC 9211 `Cache-Status` of an answer.
+    """The RFC 9211 `Cache-Status` of an answer (the README has the table).
 
-    - all fresh from the store: `jobs-gateway; hit; ttl=<seconds left>`
-    - old data served without asking the upstream (it is backing off):
-      `jobs-gateway; hit; ttl=<negative>; detail=stale`
-    - the upstream was asked and old data is served (it failed, or was too slow):
-      `jobs-gateway; fwd=stale[; fwd-status=<status>]`
-    - the upstream was asked and its answer is served: `jobs-gateway; fwd=miss; stored`
+    Not forwarded (nothing was asked of the upstream for this request):
+    - every customer fresh: `hit; ttl=<seconds left>`
+    - some served from older data: `hit; ttl=<seconds>; detail=stale`
+    - some customers with nothing to serve (failing, backed off): `detail=partial`, no `hit`
+
+    Forwarded (the request waited on refreshes):
+    - at least one stored new data, all served: `fwd=miss; stored`
+    - old data served, as the refresh failed or is still running: `fwd=stale`
+    - some customers with nothing to serve: `fwd=miss` with `detail=partial` (and `stored`
+      when the others' refreshes stored new data)
+    with `fwd-status=<status>` when a refresh failed with one.
     """
     parts = [CACHE_NAME]
+    counts = freshness.view.counts
+    partial = counts["error"] > 0
     ttl = freshness.ttl_left
-    result: CacheResult = freshness.cache
     if not freshness.forwarded:
-        parts.append("hit")
-        if ttl is not None:
-            parts.append(f"ttl={ttl}")
-        if result == "stale":
-            parts.append("detail=stale")
-    else:
-        parts.append(f"fwd={'stale' if result == 'stale' else 'miss'}")
-        if freshness.upstream_status is not None:
-            parts.append(f"fwd-status={freshness.upstream_status}")
-        if result == "miss":
-            parts.append("stored")
+        if not partial:
+            parts.append("hit")
+            if ttl is not None:
+                parts.append(f"ttl={ttl}")
+            if counts["stale"] or counts["refreshing"]:
+                parts.append("detail=stale")
+        else:
+            parts.append("detail=partial")
+        return "; ".join(parts)
+    stale = (counts["stale"] or counts["refreshing"]) and not partial
+    parts.append("fwd=stale" if stale else "fwd=miss")
+    if freshness.upstream_status is not None:
+        parts.append(f"fwd-status={freshness.upstream_status}")
+    if freshness.stored and not stale:
+        parts.append("stored")
+    if partial:
+        parts.append("detail=partial")
     return "; ".join(parts)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
-def _without_age(value: Any) -> Any:
-    """The value without any `age_seconds`, at any depth: it changes with the clock alone."""
-    if isinstance(value, list):
-        return [_without_age(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _without_age(v) for k, v in value.items() if k != "age_seconds"}
-    return value
+def etag_of(*parts: object) -> str:
+    """A strong ETag naming what an answer was built from (not its bytes)."""
+    digest = hashlib.blake2b(repr(parts).encode("utf-8", "surrogatepass"), digest_size=16)
+    return f'"{digest.hexdigest()}"'
 
 
-def render(body: dict[str, Any]) -> tuple[bytes, str]:
-    """The JSON body and its strong ETag, each top-level part serialized once.
-
-    The tag covers everything but the sources' `age_seconds`.
-    """
-    parts: list[str] = []
-    tagged: list[str] = []
-    for key, value in body.items():
-        text = _dumps(value)
-        parts.append(f"{_dumps(key)}:{text}")
-        # Only parts that hold an age are rebuilt for the tag; job items never do.
-        tagged.append(_dumps(_without_age(value)) if '"age_seconds"' in text else text)
-    digest = hashlib.sha256("\x1f".join(tagged).encode()).hexdigest()[:32]
-    return ("{" + ",".join(parts) + "}").encode(), f'"{digest}"'
-
-
-def matches(request: Request, etag: str) -> bool:
-    header = request.headers.get("if-none-match")
+def matches(headers: Headers, etag: str) -> bool:
+    header = headers.get("if-none-match")
     if not header:
         return False
     tags = [t.strip() for t in header.split(",")]
     return "*" in tags or any(t.removeprefix("W/") == etag for t in tags)
 
 
-def conditional_json(request: Request, body: dict[str, Any], freshness: Freshness) -> Response:
-    """The JSON answer with ETag and Cache-Status, or 304 when the client has it already."""
-    content, etag = render(body)
-    headers = {"ETag": etag, "Cache-Status": cache_status(freshness), "Cache-Control": "no-cache"}
-    if matches(request, etag):
-        return Response(status_code=304, headers=headers)
-    return Response(content, media_type="application/json", headers=headers)
+def headers_for(etag: str, freshness: Freshness) -> dict[str, str]:
+    return {"ETag": etag, "Cache-Status": cache_status(freshness), "Cache-Control": "no-cache"}
+
+
+def not_modified(etag: str, freshness: Freshness) -> Response:
+    return Response(status_code=304, headers=headers_for(etag, freshness))
+
+
+def json_answer(content: bytes, etag: str, freshness: Freshness) -> Response:
+    return Response(content, media_type="application/json", headers=headers_for(etag, freshness))

@@ -58,7 +58,12 @@ class Job(BaseModel):
     end_time: UtcTime | None
     duration_seconds: int | None
     last_modified: UtcTime | None
-    fetched_at: UtcTime = Field(description="When the gateway last saw this job upstream.")
+    fetched_at: UtcTime = Field(
+        description=(
+            "When the gateway fetched the job as shown (a refresh that finds it unchanged does "
+            "not rewrite it); `freshness` and `sources` say how current each customer is."
+        )
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -110,12 +115,44 @@ class Source(BaseModel):
     error: SourceErrorBody | None
 
 
+class FreshnessSummary(BaseModel):
+    """How current the whole answer is, over every customer the request covered."""
+
+    customers: int = Field(description="Customers the request covered.")
+    fresh: int
+    stale: int
+    refreshing: int
+    error: int
+    oldest_fetched_at: UtcTime | None = Field(
+        description="The oldest snapshot any part of the answer comes from."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "customers": 12,
+                "fresh": 11,
+                "stale": 1,
+                "refreshing": 0,
+                "error": 0,
+                "oldest_fetched_at": "2026-11-29T07:55:00Z",
+            }
+        }
+    )
+
+
 class JobPage(BaseModel):
     items: list[Job]
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null on the last."
     )
-    sources: list[Source] = Field(description="One entry for every customer the request covered.")
+    freshness: FreshnessSummary
+    sources: list[Source] = Field(
+        description=(
+            "Only the customers whose part of the answer is not fresh: an empty list means a "
+            "complete, fresh answer."
+        )
+    )
 
 
 class HistoryEntry(BaseModel):

@@ -41,6 +41,8 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
         "stale_if_error_seconds": 86400,
         "request_wait_seconds": 10,
         "upstream_concurrency": 8,
+        # Requests drive the refreshes here; tests of the background refresh turn it on.
+        "refresh_interval_seconds": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

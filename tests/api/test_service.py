@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 
+from app import catalog
 from app.config import Settings
 from app.main import create_app
 
@@ -21,13 +22,23 @@ async def test_health_and_readiness(api: httpx.AsyncClient) -> None:
 
 
 async def test_metrics_count_requests_refreshes_and_the_cache(api: httpx.AsyncClient) -> None:
-    await api.get("/jobs")
-    await api.get("/jobs")
+    await api.get("/jobs")  # waits on the refresh of every customer: one miss
+    await api.get("/jobs")  # everything fresh, nothing asked of the upstream: one hit
+    await api.head("/jobs")  # a hit too, counted under its route with its own method
     text = (await api.get("/metrics")).text
     assert 'jobs_gateway_http_requests_total{method="GET",route="/jobs",status="200"} 2.0' in text
+    assert 'jobs_gateway_http_requests_total{method="HEAD",route="/jobs",status="200"} 1.0' in text
+    assert 'route="unmatched"' not in text
     assert 'jobs_gateway_refreshes_total{outcome="success"} 4.0' in text
-    assert 'jobs_gateway_cache_lookups_total{result="hit"} 4.0' in text
-    assert 'jobs_gateway_cache_lookups_total{result="miss"} 4.0' in text
+    # Once per request that asks for freshness, not once per customer.
+    assert 'jobs_gateway_cache_lookups_total{result="hit"} 2.0' in text
+    assert 'jobs_gateway_cache_lookups_total{result="miss"} 1.0' in text
+    lookups = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("jobs_gateway_cache_lookups_total{")
+    ]
+    assert sum(lookups) == 3, "three requests asked for freshness: three lookups, none stale"
     assert 'jobs_gateway_upstream_requests_total{outcome="ok"}' in text
     assert "jobs_gateway_upstream_request_seconds_bucket" in text
 
@@ -53,8 +64,22 @@ def test_every_route_declares_its_errors() -> None:
     for path in ("/jobs", "/jobs/{customer_id}/{job_id}", "/customers"):
         responses = document["paths"][path]["get"]["responses"]
         assert {"401", "422"} <= set(responses), path
-    # /jobs shows Swagger UI users what to type: examples on its enum filters, a job example.
+    # /jobs shows Swagger UI users what they may pick: each enum filter is an array whose
+    # items list every accepted name (a multi-select), with nothing chosen beforehand (an
+    # example would pre-fill "Try it out" and filter its answer down to nothing).
     parameters = {p["name"]: p for p in document["paths"]["/jobs"]["get"]["parameters"]}
-    for name in ("status", "job_type", "module"):
-        assert parameters[name]["examples"], name
+    accepted = {"status": catalog.STATUS, "job_type": catalog.JOB_TYPE, "module": catalog.MODULE}
+    for name, cat in accepted.items():
+        parameter = parameters[name]
+        schema = parameter["schema"]
+        # Swagger UI takes the type of the first alternative (the second is null).
+        assert schema["anyOf"][0] == {"type": "array", "items": {"type": "string"}}, name
+        assert schema["items"]["enum"] == cat.names(), name
+        for where in (parameter, schema):
+            assert not {"example", "examples", "default"} & set(where), (name, where)
+    assert "failed" in parameters["status"]["schema"]["items"]["enum"]
+    assert "microsoft_365" in parameters["job_type"]["schema"]["items"]["enum"]
+    assert {"teams_chat", "archiver", "azure_sql"} <= set(
+        parameters["module"]["schema"]["items"]["enum"]
+    )
     assert document["components"]["schemas"]["Job"]["example"]["status"] == "failed"

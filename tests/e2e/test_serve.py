@@ -113,6 +113,10 @@ def expected_failed(at: datetime, cid: str) -> tuple[set[str], set[str]]:
     return set.union(*moments), set.intersection(*moments)
 
 
+def utc(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
 def test_failed_jobs_over_real_http_match_the_simulator(stack: tuple[str, dict[str, str]]) -> None:
     base, _ = stack
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as c:
@@ -121,15 +125,22 @@ def test_failed_jobs_over_real_http_match_the_simulator(stack: tuple[str, dict[s
         response = c.get("/jobs", params={"status": "failed", "limit": 500})
         assert response.status_code == 200
         body = response.json()
-        assert len(body["sources"]) == CUSTOMERS
-        assert all(s["state"] == "fresh" for s in body["sources"])
-        fetched = {
-            s["customer_id"]: datetime.fromisoformat(s["fetched_at"].replace("Z", "+00:00"))
-            for s in body["sources"]
-        }
+        # Every customer covered and fresh: no source is listed.
+        assert body["freshness"]["customers"] == body["freshness"]["fresh"] == CUSTOMERS
+        assert body["sources"] == []
+        # When each customer's snapshot was taken: /customers has every customer's source.
+        customers = c.get("/customers").json()["items"]
+        assert {x["source"]["state"] for x in customers} == {"fresh"}
+        fetched = {x["customer_id"]: utc(x["source"]["fetched_at"]) for x in customers}
+        assert len(fetched) == CUSTOMERS
+        assert body["freshness"]["oldest_fetched_at"] == min(
+            x["source"]["fetched_at"] for x in customers
+        )
         served: dict[str, set[str]] = {cid: set() for cid in fetched}
         for item in body["items"]:
             assert item["status"] == "failed"
+            # A job is shown as some snapshot up to its customer's latest fetched it.
+            assert utc(item["fetched_at"]) <= fetched[item["customer_id"]]
             served[item["customer_id"]].add(item["id"])
         for cid, at in fetched.items():
             some_moment, throughout = expected_failed(at, cid)
