@@ -168,7 +168,7 @@ async def _refresh(settings: Settings, customers: list[str]) -> list[RefreshOutc
     from app.main import open_services
     from app.refresh import DiscoveryFailed
 
-    async with open_services(settings) as services:
+    async with open_services(settings, background=False) as services:
         refresher = services.refresher
         try:
             ids = customers or await refresher.customer_ids()

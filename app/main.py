@@ -91,8 +91,10 @@ async def open_services(
     clock: Clock = utcnow,
     transport: httpx.AsyncBaseTransport | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    background: bool = True,
 ) -> AsyncIterator[Services]:
-    """Everything the service runs on, opened in order and closed in reverse."""
+    """Everything the service runs on, opened in order and closed in reverse. With
+    `background` (a server, not a one-off command) the background refresh runs too."""
     metrics = Metrics()
     engine = db.create_engine(settings.database_url)
     try:
@@ -146,7 +148,7 @@ async def open_services(
             gc.collect()
             gc.freeze()
             refresher.spawn(watch_loop_lag(metrics))
-            if settings.refresh_interval:
+            if background and settings.refresh_interval:
                 refresher.spawn(refresher.run_background())
             try:
                 yield Services(

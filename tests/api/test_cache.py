@@ -272,3 +272,25 @@ async def test_a_remembered_query_still_needs_a_key(database_url: str, clock: Fa
             refused = await anonymous.get(url)
         assert refused.status_code == 401
         assert refused.json()["error"] == "unauthorized"
+
+
+async def test_the_background_refresh_takes_every_customer_on_its_own(
+    database_url: str, clock: FakeClock
+) -> None:
+    sim, _ = simulator()
+    upstream = httpx.ASGITransport(app=create_simulator_app(sim))
+    async with gateway(database_url, clock, upstream, refresh_interval_seconds=240) as (api, _):
+        refresher = api._transport.app.state.services.refresher  # type: ignore[attr-defined]
+        # Started with the app: every customer is walked without any request.
+        for _ in range(500):
+            if len(sim.stats.walks) == 4 and not refresher._inflight:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(sim.stats.walks) == sorted(sim.customer_ids())
+        ids = await refresher.customer_ids()
+        clock.advance(200)
+        assert refresher.due(ids, clock()) == [], "not before 90% of the interval"
+        clock.advance(41)
+        assert sorted(refresher.due(ids, clock())) == sorted(ids)
+        body = (await api.get("/jobs", params={"limit": 1})).json()
+        assert body["freshness"]["fresh"] == 4, "refreshed before the TTL ran out"
