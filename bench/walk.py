@@ -3,7 +3,7 @@
     python -m bench.walk            # the simulator in process (httpx.ASGITransport)
     python -m bench.walk --http     # the simulator in a uvicorn process on a loopback port
 
-The simulator holds 50 customers of 500 rows each (five full pages of 100) and answers every
+The simulator holds 50 customers of 450 rows each (five pages, the last short) and answers every
 jobs request after 50 ms. `AvePointClient(concurrency=8)` fetches every customer at once
 (`asyncio.gather` of `fetch_jobs`): 250 page requests, so the ideal wall time is
 ceil(250 / 8) x 50 ms = 1.6 s.
@@ -45,7 +45,7 @@ from app.upstream.client import JOBS_PATH, AvePointClient, JobsFetch
 from bench.common import machine, median, peak_rss_mib, table, write_results
 
 CUSTOMERS = 50
-JOBS_PER_CUSTOMER = 500
+JOBS_PER_CUSTOMER = 450  # the last page short: a full one makes the walk ask one more
 PAGE_SIZE = AvePointClient.PAGE_SIZE
 PAGES = math.ceil(JOBS_PER_CUSTOMER / PAGE_SIZE)
 LATENCY = 0.05

@@ -39,6 +39,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import catalog
 from app.normalize import NormalizedJob
 from app.store.ingest import (
+    CUSTOMERS,
+    HISTORY,
+    JOBS,
+    SNAPSHOTS,
     IngestResult,
     Outcome,
     SnapshotRecord,
@@ -49,20 +53,7 @@ from app.store.ingest import (
     open_ingest,
     snapshot_values,
 )
-from app.store.tables import (
-    SORT_MIN_DURATION,
-    SORT_MIN_TIME,
-    Customer,
-    Job,
-    JobStatusHistory,
-    Snapshot,
-    UTCDateTime,
-)
-
-CUSTOMERS = cast(Table, Customer.__table__)
-SNAPSHOTS = cast(Table, Snapshot.__table__)
-JOBS = cast(Table, Job.__table__)
-HISTORY = cast(Table, JobStatusHistory.__table__)
+from app.store.tables import SORT_MIN_DURATION, SORT_MIN_TIME, UTCDateTime
 
 JobSort = Literal[
     "start_time", "-start_time", "last_modified", "-last_modified", "duration", "-duration"
