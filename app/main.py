@@ -100,7 +100,7 @@ async def open_services(
     try:
         await db.migrate(engine)
         sessions = db.session_factory(engine)
-        writer = Writer(sessions, engine.dialect.name)
+        writer = Writer.for_engine(engine)
         await purge_orphan_stage(writer, clock())
         upstream = upstream_of(settings, transport)
         concurrency = settings.upstream_concurrency
@@ -162,6 +162,7 @@ async def open_services(
                 )
             finally:
                 await refresher.aclose()
+                writer.close()
     finally:
         await engine.dispose()
 

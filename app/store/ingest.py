@@ -27,19 +27,22 @@ import asyncio
 import functools
 import hashlib
 import json
+import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from sqlalchemy import Table, and_, delete, literal, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import catalog
 from app.normalize import NormalizedJob, job_id_of, normalize_row
+from app.store.db import SQLITE_BUSY_TIMEOUT_MS
 from app.store.tables import (
     SORT_MIN_DURATION,
     SORT_MIN_TIME,
@@ -73,15 +76,98 @@ ORPHAN_STAGE_AGE = timedelta(hours=1)
 
 
 Outcome = Literal["success", "error"]
+T = TypeVar("T")
+
+
+def _open_sqlite(path: str) -> sqlite3.Connection:
+    """The writer's own connection: autocommit mode (it says BEGIN itself), the store's pragmas."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
 
 
 class Writer:
-    """Write transactions: one at a time on SQLite, side by side on PostgreSQL."""
+    """Write transactions: one at a time on SQLite, side by side on PostgreSQL.
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], dialect: str) -> None:
+    On a SQLite file the writer also owns one plain `sqlite3` connection in a thread of its
+    own (`run_sync`): a refresh's whole merge runs there in one hop, instead of a hop through
+    the event loop per statement, which a loop busy with other walks' pages makes slow, and
+    which the one writer would pay for every customer in turn.
+    """
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        dialect: str,
+        sqlite_file: str | None = None,
+    ) -> None:
         self.sessions = sessions
         self.dialect = dialect
         self._lock: asyncio.Lock | None = asyncio.Lock() if dialect == "sqlite" else None
+        self._sqlite_file = sqlite_file if dialect == "sqlite" else None
+        self._thread: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    def for_engine(cls, engine: AsyncEngine) -> Writer:
+        database = engine.url.database
+        direct = (
+            engine.dialect.name == "sqlite"
+            and bool(database)
+            and database != ":memory:"
+            and not str(database).startswith("file:")
+        )
+        return cls(
+            async_sessionmaker(engine, expire_on_commit=False),
+            engine.dialect.name,
+            database if direct else None,
+        )
+
+    @property
+    def direct(self) -> bool:
+        """Whether `run_sync` is available (a SQLite file)."""
+        return self._sqlite_file is not None
+
+    async def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn(connection)` in the writer's thread, in one BEGIN IMMEDIATE ... COMMIT."""
+        assert self._sqlite_file is not None and self._lock is not None
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        path = self._sqlite_file
+
+        def transaction() -> T:
+            if self._conn is None:
+                self._conn = _open_sqlite(path)
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return result
+
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            # Shielded: a cancelled caller must not leave the lock free while the thread
+            # still writes.
+            return await asyncio.shield(loop.run_in_executor(self._thread, transaction))
+
+    def close(self) -> None:
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+
+            def close_conn() -> None:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+            thread.submit(close_conn)
+            thread.shutdown(wait=True)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -393,8 +479,52 @@ class Ingest:
         )
 
     async def commit(self, writer: Writer, snapshot: SnapshotRecord) -> IngestResult:
+        if writer.direct and not self.spilled:
+            return await writer.run_sync(functools.partial(self._merge_sqlite, snapshot))
         async with writer.transaction() as session:
             return await self.merge(session, snapshot)
+
+    def _merge_sqlite(self, snapshot: SnapshotRecord, conn: sqlite3.Connection) -> IngestResult:
+        """`merge` of rows held in memory, on the writer's own SQLite connection."""
+        at = snapshot.finished_at
+        stamp = _sqlite_time(at)
+        job_count = len(self.known) + self.created
+        changes = self._changes(at)
+        if not self.known:
+            conn.execute(
+                "INSERT INTO customers (id, name, created_at, updated_at, job_count) "
+                "VALUES (?, NULL, ?, ?, 0) ON CONFLICT (id) DO NOTHING",
+                (self.customer_id, stamp, stamp),
+            )
+        upsert_sql, history_sql = _merge_sql("sqlite")
+        if self.pending:
+            conn.executemany(upsert_sql, [(*c.row, stamp, stamp) for c in self.pending.values()])
+            conn.executemany(
+                history_sql,
+                [
+                    (ch.customer_id, ch.job_id, ch.current, ch.status, ch.previous, stamp)
+                    for ch in changes
+                ],
+            )
+        if self.created:
+            conn.execute(
+                "UPDATE customers SET job_count = ? WHERE id = ?", (job_count, self.customer_id)
+            )
+        values = snapshot_values(snapshot)
+        values["started_at"] = _sqlite_time(snapshot.started_at)
+        values["finished_at"] = stamp
+        conn.execute(
+            f"INSERT INTO snapshots ({', '.join(values)}) "  # noqa: S608 - our own column names
+            f"VALUES ({_marks('sqlite', len(values))})",
+            tuple(values.values()),
+        )
+        return IngestResult(
+            jobs=len(self.seen),
+            rows_skipped=self.rows_skipped,
+            written=len(self.pending),
+            job_count=job_count,
+            changes=changes,
+        )
 
     async def discard(self, writer: Writer) -> None:
         """Forget a failed walk: delete what it staged (nothing else was written)."""
@@ -539,7 +669,9 @@ def _driver_value(dialect: str, value: datetime) -> Any:
 def _sqlite_time(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return _aware(value).astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if value.tzinfo is not UTC:  # normalized times are UTC already: the common case is cheap
+        value = _aware(value).astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _aware(value: datetime) -> datetime:
@@ -555,6 +687,7 @@ def _json_text(value: Any) -> str:
 def _driver_row(dialect: str, v: dict[str, Any]) -> tuple[Any, ...]:
     """A changed job's columns in `_WRITE_COLUMNS` order, as the driver takes them."""
     t = _sqlite_time if dialect == "sqlite" else _postgres_time
+    start, modified = t(v["start_time"]), t(v["last_modified"])
     return (
         v["customer_id"],
         v["job_id"],
@@ -571,13 +704,14 @@ def _driver_row(dialect: str, v: dict[str, Any]) -> tuple[Any, ...]:
         v["skipped_count"],
         v["warning_count"],
         v["backup_size_bytes"],
-        t(v["start_time"]),
+        start,
         t(v["end_time"]),
-        t(v["last_modified"]),
+        modified,
         v["duration_seconds"],
         _json_text(v["raw"]),
-        t(v["sort_start"]),
-        t(v["sort_modified"]),
+        # The sort keys are the times themselves, or the sort minimum when there is none.
+        start if v["start_time"] is not None else t(v["sort_start"]),
+        modified if v["last_modified"] is not None else t(v["sort_modified"]),
         v["sort_duration"],
         v["content_hash"],
     )

@@ -55,19 +55,34 @@ def success(customer_id: str, at: datetime) -> SnapshotRecord:
     )
 
 
+def writer_for(engine: AsyncEngine, kind: str = "direct") -> Writer:
+    """The writer the service uses (`direct`: its own SQLite connection, on SQLite), or one
+    that writes through SQLAlchemy sessions only."""
+    if kind == "direct":
+        return Writer.for_engine(engine)
+    return Writer(session_factory(engine), engine.dialect.name)
+
+
 async def refresh(
-    engine: AsyncEngine, customer_id: str, pages: list[list[dict[str, Any]]], at: datetime
+    engine: AsyncEngine,
+    customer_id: str,
+    pages: list[list[dict[str, Any]]],
+    at: datetime,
+    kind: str = "direct",
 ) -> ingest.IngestResult:
     """One refresh of `customer_id` through the same steps the refresher takes."""
     sessions = session_factory(engine)
-    writer = Writer(sessions, engine.dialect.name)
-    async with sessions() as session:
-        job = await open_ingest(session, customer_id)
-    for page in pages:
-        job.add_page(page)
-        if job.must_spill:
-            await job.spill(writer, at)
-    return await job.commit(writer, success(customer_id, at))
+    writer = writer_for(engine, kind)
+    try:
+        async with sessions() as session:
+            job = await open_ingest(session, customer_id)
+        for page in pages:
+            job.add_page(page)
+            if job.must_spill:
+                await job.spill(writer, at)
+        return await job.commit(writer, success(customer_id, at))
+    finally:
+        writer.close()
 
 
 async def jobs_of(engine: AsyncEngine, customer_id: str) -> dict[str, repo.JobRow]:
@@ -83,11 +98,14 @@ async def count(engine: AsyncEngine, model: type[object]) -> int:
         return (await session.execute(select(func.count()).select_from(model))).scalar_one()
 
 
-@pytest.fixture(params=["memory", "spilled"])
+@pytest.fixture(params=["memory", "spilled", "memory-via-sessions"])
 def spill(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each test runs with everything in memory, and with a tiny memory that spills."""
+    """Each test runs with everything in memory (merged by the service's writer, and by
+    SQLAlchemy sessions alone), and with a tiny memory that spills."""
     if request.param == "spilled":
         monkeypatch.setattr(ingest, "MEMORY_ROWS", 7)
+    if request.param == "memory-via-sessions":
+        monkeypatch.setattr(Writer, "direct", property(lambda self: False))
     return str(request.param)
 
 
@@ -216,7 +234,7 @@ async def test_one_writer_loses_no_customer_when_a_hundred_write_at_once(
     """On SQLite every refresh's transaction goes through one writer; none may fail on a
     lock, however many customers finish at once."""
     sessions = session_factory(engine)
-    writer = Writer(sessions, engine.dialect.name)
+    writer = writer_for(engine)
 
     async def one(n: int) -> ingest.IngestResult:
         async with sessions() as session:
@@ -225,6 +243,9 @@ async def test_one_writer_loses_no_customer_when_a_hundred_write_at_once(
         await asyncio.sleep(0)
         return await job.commit(writer, success(f"c{n:03}", T3))
 
-    results = await asyncio.gather(*(one(n) for n in range(100)))
+    try:
+        results = await asyncio.gather(*(one(n) for n in range(100)))
+    finally:
+        writer.close()
     assert [r.job_count for r in results] == [50] * 100
     assert await count(engine, Job) == 5000
