@@ -34,7 +34,7 @@ openapi: setup
 	$(BIN)/jobs-gateway openapi
 
 bench: setup
-	$(BIN)/python -m bench.walk
+	$(BIN)/python -m bench.load
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis data
