@@ -168,14 +168,6 @@ class Freshness:
         return self.view.errors
 
     @property
-    def cache(self) -> CacheResult:
-        """`stale` when old data is served, else `miss` when the upstream was asked, else `hit`."""
-        counts = self.view.counts
-        if counts["stale"] or counts["refreshing"]:
-            return "stale"
-        return "miss" if self.forwarded else "hit"
-
-    @property
     def ttl_left(self) -> int | None:
         """Seconds until the oldest data served stops being fresh (negative: stale since)."""
         age = _age_seconds(self.now, self.view.oldest_fetched_at)

@@ -243,7 +243,7 @@ def job_values(job: NormalizedJob) -> dict[str, Any]:
     }
 
 
-_WRITE_COLUMNS = _JOB_VALUE_COLUMNS = [
+_WRITE_COLUMNS = [
     "customer_id",
     "job_id",
     "name",
@@ -579,7 +579,7 @@ class Ingest:
         """Staged rows into `jobs` and history; returns the changes."""
         s = STAGE
         mine = s.c.stage_id == self.stage_id
-        columns = _JOB_VALUE_COLUMNS
+        columns = _WRITE_COLUMNS
         source = select(
             *(s.c[name] for name in columns),
             literal(at, JOBS.c.first_seen_at.type).label("first_seen_at"),
