@@ -60,6 +60,9 @@ STAGE = cast(Table, JobStage.__table__)
 HISTORY = cast(Table, JobStatusHistory.__table__)
 
 MEMORY_ROWS = 2_000
+
+ROWS_PER_SLICE = 2_000
+"""Rows handled between two yields to the event loop when a merge reads staged rows back."""
 """Changed rows a refresh holds in memory before it spills them to `job_stage`."""
 
 NORMALIZER_VERSION = 1
@@ -617,15 +620,19 @@ class Ingest:
                 history_source,
             )
         )
-        found = await session.execute(
+        found = await session.stream(
             select(s.c.job_id, s.c.previous_status_code, s.c.status_code, s.c.created).where(
                 mine, changed
             )
         )
-        changes = [
-            StatusChange(self.customer_id, job_id, previous, current, at, created=bool(created))
-            for job_id, previous, current, created in found.all()
-        ]
+        changes: list[StatusChange] = []
+        # In slices: a large customer's changes would hold the event loop in one go.
+        async for part in found.partitions(ROWS_PER_SLICE):
+            changes.extend(
+                StatusChange(self.customer_id, job_id, previous, current, at, created=bool(new))
+                for job_id, previous, current, new in part
+            )
+            await asyncio.sleep(0)
         await session.execute(delete(STAGE).where(mine))
         return changes
 
