@@ -215,37 +215,6 @@ def chunks(rows: Sequence[Any], columns: int) -> Iterator[Sequence[Any]]:
         yield rows[start : start + size]
 
 
-def job_values(job: NormalizedJob) -> dict[str, Any]:
-    """A job's stored columns, but the times of its sighting and its hash."""
-    return {
-        "customer_id": job.customer_id,
-        "job_id": job.job_id,
-        "name": job.name,
-        "job_type_code": job.job_type_code,
-        "module_code": job.module_code,
-        "status_code": job.status_code,
-        "job_type": job.job_type,
-        "module": job.module,
-        "status": job.status,
-        "total_count": job.total_count,
-        "failed_count": job.failed_count,
-        "successful_count": job.successful_count,
-        "skipped_count": job.skipped_count,
-        "warning_count": job.warning_count,
-        "backup_size_bytes": job.backup_size_bytes,
-        "start_time": job.start_time,
-        "end_time": job.end_time,
-        "last_modified": job.last_modified,
-        "duration_seconds": job.duration_seconds,
-        "raw": job.raw,
-        "sort_start": job.start_time or SORT_MIN_TIME,
-        "sort_modified": job.last_modified or SORT_MIN_TIME,
-        "sort_duration": (
-            SORT_MIN_DURATION if job.duration_seconds is None else job.duration_seconds
-        ),
-    }
-
-
 _WRITE_COLUMNS = [
     "customer_id",
     "job_id",
@@ -419,10 +388,8 @@ class Ingest:
             job = normalize_row(self.customer_id, row)
             if job is None:  # unreachable: the row has a job id
                 return
-        values = job_values(job)
-        values["content_hash"] = digest
         self.pending[job_id] = Changed(
-            _driver_row(self.dialect, values),
+            _driver_row(self.dialect, job, digest),
             created=stored is None,
             previous_status_code=stored[1] if stored else None,
         )
@@ -676,9 +643,9 @@ def _driver_value(dialect: str, value: datetime) -> Any:
 def _sqlite_time(value: datetime | None) -> str | None:
     if value is None:
         return None
-    if value.tzinfo is not UTC:  # normalized times are UTC already: the common case is cheap
-        value = _aware(value).astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    if value.tzinfo is UTC:  # normalized times are UTC already: the common case is cheap
+        return value.isoformat(" ", "microseconds")[:-6]  # without "+00:00"
+    return _aware(value).astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _aware(value: datetime) -> datetime:
@@ -687,40 +654,44 @@ def _aware(value: datetime) -> datetime:
     return value
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
+
+
 def _json_text(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _JSON.encode(value)
 
 
-def _driver_row(dialect: str, v: dict[str, Any]) -> tuple[Any, ...]:
-    """A changed job's columns in `_WRITE_COLUMNS` order, as the driver takes them."""
+def _driver_row(dialect: str, job: NormalizedJob, digest: int) -> tuple[Any, ...]:
+    """A changed job's columns in `_WRITE_COLUMNS` order, as the driver takes them; built
+    straight from the job, as this runs for every changed row of every refresh."""
     t = _sqlite_time if dialect == "sqlite" else _postgres_time
-    start, modified = t(v["start_time"]), t(v["last_modified"])
+    start, modified = t(job.start_time), t(job.last_modified)
     return (
-        v["customer_id"],
-        v["job_id"],
-        v["name"],
-        v["job_type_code"],
-        v["module_code"],
-        v["status_code"],
-        v["job_type"],
-        v["module"],
-        v["status"],
-        v["total_count"],
-        v["failed_count"],
-        v["successful_count"],
-        v["skipped_count"],
-        v["warning_count"],
-        v["backup_size_bytes"],
+        job.customer_id,
+        job.job_id,
+        job.name,
+        job.job_type_code,
+        job.module_code,
+        job.status_code,
+        job.job_type,
+        job.module,
+        job.status,
+        job.total_count,
+        job.failed_count,
+        job.successful_count,
+        job.skipped_count,
+        job.warning_count,
+        job.backup_size_bytes,
         start,
-        t(v["end_time"]),
+        t(job.end_time),
         modified,
-        v["duration_seconds"],
-        _json_text(v["raw"]),
-        # The sort keys are the times themselves, or the sort minimum when there is none.
-        start if v["start_time"] is not None else t(v["sort_start"]),
-        modified if v["last_modified"] is not None else t(v["sort_modified"]),
-        v["sort_duration"],
-        v["content_hash"],
+        job.duration_seconds,
+        _json_text(job.raw),
+        # The sort keys: the times themselves, or the sort minimum when there is none.
+        start if start is not None else t(SORT_MIN_TIME),
+        modified if modified is not None else t(SORT_MIN_TIME),
+        SORT_MIN_DURATION if job.duration_seconds is None else job.duration_seconds,
+        digest,
     )
 
 
