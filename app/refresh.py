@@ -241,6 +241,11 @@ class CustomerDirectory:
             raise DiscoveryFailed(self.failure or "the customer listing failed")
         return list(task.result())
 
+    @property
+    def task(self) -> asyncio.Task[list[str]] | None:
+        """The listing in flight or last run, if any."""
+        return self._task
+
     def _start(self) -> asyncio.Task[list[str]]:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._discover(), name="discover-customers")
@@ -718,8 +723,8 @@ class Refresher:
     async def aclose(self) -> None:
         """Stop every refresh still running (at shutdown); what was stored stays stored."""
         tasks: list[asyncio.Task[Any]] = [*self._inflight.values(), *self._background]
-        if self.directory._task is not None:
-            tasks.append(self.directory._task)
+        if self.directory.task is not None:
+            tasks.append(self.directory.task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

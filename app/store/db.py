@@ -59,7 +59,8 @@ def safe_url(url: str) -> str:
         return "<unparsable URL>"
 
 
-def _sqlite_file(url: str) -> Path | None:
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for an in-memory database."""
     parsed = make_url(url)
     database = parsed.database
     if not database or database == ":memory:" or database.startswith("file:"):
@@ -69,7 +70,8 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(database)
 
 
-def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+def apply_sqlite_pragmas(dbapi_connection: Any, _record: Any = None) -> None:
+    """WAL, a busy timeout, foreign keys: on every SQLite connection, the writer's own too."""
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -90,11 +92,11 @@ def create_engine(url: str) -> AsyncEngine:
     url = async_url(url)
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
-        path = _sqlite_file(url)
+        path = sqlite_file(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         engine = _create_async_engine(url)
-        event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+        event.listen(engine.sync_engine, "connect", apply_sqlite_pragmas)
         return engine
     if backend == "postgresql":
         connect_args: dict[str, Any] = {}

@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import catalog
 from app.normalize import NormalizedJob, job_id_of, normalize_row
-from app.store.db import SQLITE_BUSY_TIMEOUT_MS
+from app.store.db import apply_sqlite_pragmas, session_factory, sqlite_file
 from app.store.tables import (
     SORT_MIN_DURATION,
     SORT_MIN_TIME,
@@ -60,10 +60,10 @@ STAGE = cast(Table, JobStage.__table__)
 HISTORY = cast(Table, JobStatusHistory.__table__)
 
 MEMORY_ROWS = 2_000
+"""Changed rows a refresh holds in memory before it spills them to `job_stage`."""
 
 ROWS_PER_SLICE = 2_000
 """Rows handled between two yields to the event loop when a merge reads staged rows back."""
-"""Changed rows a refresh holds in memory before it spills them to `job_stage`."""
 
 NORMALIZER_VERSION = 1
 """Part of every content hash: bump it when normalizing changes, and every stored row is
@@ -85,10 +85,7 @@ T = TypeVar("T")
 def _open_sqlite(path: str) -> sqlite3.Connection:
     """The writer's own connection: autocommit mode (it says BEGIN itself), the store's pragmas."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    apply_sqlite_pragmas(conn)
     return conn
 
 
@@ -116,18 +113,9 @@ class Writer:
 
     @classmethod
     def for_engine(cls, engine: AsyncEngine) -> Writer:
-        database = engine.url.database
-        direct = (
-            engine.dialect.name == "sqlite"
-            and bool(database)
-            and database != ":memory:"
-            and not str(database).startswith("file:")
-        )
-        return cls(
-            async_sessionmaker(engine, expire_on_commit=False),
-            engine.dialect.name,
-            database if direct else None,
-        )
+        """The engine's writer, with its own connection when the database is a SQLite file."""
+        path = sqlite_file(str(engine.url)) if engine.dialect.name == "sqlite" else None
+        return cls(session_factory(engine), engine.dialect.name, str(path) if path else None)
 
     @property
     def direct(self) -> bool:
@@ -468,14 +456,9 @@ class Ingest:
             )
         upsert_sql, history_sql = _merge_sql("sqlite")
         if self.pending:
-            conn.executemany(upsert_sql, [(*c.row, stamp, stamp) for c in self.pending.values()])
-            conn.executemany(
-                history_sql,
-                [
-                    (ch.customer_id, ch.job_id, ch.current, ch.status, ch.previous, stamp)
-                    for ch in changes
-                ],
-            )
+            rows, history = self._merge_rows(stamp, changes)
+            conn.executemany(upsert_sql, rows)
+            conn.executemany(history_sql, history)
         if self.created:
             conn.execute(
                 "UPDATE customers SET job_count = ? WHERE id = ?", (job_count, self.customer_id)
@@ -525,25 +508,24 @@ class Ingest:
     ) -> None:
         """The changed rows and their history, by the driver's executemany: plain tuples,
         converted once here, with none of the per-value processing of bound parameters."""
-        stamp = _driver_value(self.dialect, at)
         conn = await session.connection()
-        rows = [(*c.row, stamp, stamp) for c in self.pending.values()]
+        rows, history = self._merge_rows(_driver_value(self.dialect, at), changes)
         upsert_sql, history_sql = _merge_sql(self.dialect)
         for chunk in chunks(rows, len(_WRITE_COLUMNS) + 2):
             await conn.exec_driver_sql(upsert_sql, list(chunk))
-        history = [
-            (
-                change.customer_id,
-                change.job_id,
-                change.current,
-                change.status,
-                change.previous,
-                stamp,
-            )
-            for change in changes
-        ]
-        for chunk in chunks(history, 6):
+        for chunk in chunks(history, len(_HISTORY_COLUMNS)):
             await conn.exec_driver_sql(history_sql, list(chunk))
+
+    def _merge_rows(
+        self, stamp: Any, changes: Sequence[StatusChange]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The driver's rows of the jobs held in memory, and of their history, `stamp` (the
+        driver's form of the snapshot's time) as first seen, last seen and changed at."""
+        rows = [(*c.row, stamp, stamp) for c in self.pending.values()]
+        history = [
+            (ch.customer_id, ch.job_id, ch.current, ch.status, ch.previous, stamp) for ch in changes
+        ]
+        return rows, history
 
     async def _merge_stage(self, session: AsyncSession, at: datetime) -> list[StatusChange]:
         """Staged rows into `jobs` and history; returns the changes."""
@@ -574,19 +556,7 @@ class Ingest:
             s.c.previous_status_code,
             literal(at, HISTORY.c.changed_at.type).label("changed_at"),
         ).where(and_(mine, changed))
-        await session.execute(
-            HISTORY.insert().from_select(
-                [
-                    "customer_id",
-                    "job_id",
-                    "status_code",
-                    "status",
-                    "previous_status_code",
-                    "changed_at",
-                ],
-                history_source,
-            )
-        )
+        await session.execute(HISTORY.insert().from_select(_HISTORY_COLUMNS, history_source))
         found = await session.stream(
             select(s.c.job_id, s.c.previous_status_code, s.c.status_code, s.c.created).where(
                 mine, changed
@@ -699,6 +669,16 @@ def _postgres_time(value: datetime | None) -> datetime | None:
     return None if value is None else _aware(value)
 
 
+_HISTORY_COLUMNS = [
+    "customer_id",
+    "job_id",
+    "status_code",
+    "status",
+    "previous_status_code",
+    "changed_at",
+]
+"""A history row's columns, in the order the merges write them."""
+
 _STATUS_CODE = _WRITE_COLUMNS.index("status_code")
 _STATUS = _WRITE_COLUMNS.index("status")
 
@@ -726,28 +706,15 @@ def _stage_sql(dialect: str) -> str:
 def _merge_sql(dialect: str) -> tuple[str, str]:
     """The upsert of changed jobs and the insert of history rows, as driver SQL."""
     columns = [*_WRITE_COLUMNS, "first_seen_at", "last_seen_at"]
-    history = [
-        "customer_id",
-        "job_id",
-        "status_code",
-        "status",
-        "previous_status_code",
-        "changed_at",
-    ]
-
-    def marks(n: int) -> str:
-        if dialect == "sqlite":
-            return ", ".join("?" * n)
-        return ", ".join(f"${i}" for i in range(1, n + 1))
-
+    history = _HISTORY_COLUMNS
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in _JOB_KEEP)
     # Column names are this module's constants, never input: no injection here.
     upsert = (
-        f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({marks(len(columns))}) "  # noqa: S608
+        f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({_marks(dialect, len(columns))}) "  # noqa: S608
         f"ON CONFLICT (customer_id, job_id) DO UPDATE SET {updates}"
     )
     insert_history = (
         f"INSERT INTO job_status_history ({', '.join(history)}) "  # noqa: S608
-        f"VALUES ({marks(len(history))})"
+        f"VALUES ({_marks(dialect, len(history))})"
     )
     return upsert, insert_history
