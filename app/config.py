@@ -6,13 +6,30 @@ build their own. `Settings.check()` holds the start-up refusals: one line naming
 
 from __future__ import annotations
 
+import base64
+import binascii
 from functools import lru_cache
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app import catalog
+
 DEFAULT_DATABASE_URL = "sqlite:///./data/jobs-gateway.db"
+
+EVENT_TYPES = (
+    "job.created",
+    "job.status_changed",
+    "alert.opened",
+    "alert.updated",
+    "alert.resolved",
+)
+"""Every type of event the change feed tells (see `app.store.feed`)."""
+
+DEFAULT_ALERT_STATUSES = ("failed", "failed_to_start", "finished_with_exception")
+DEFAULT_WEBHOOK_EVENTS = ("alert.opened", "alert.updated", "alert.resolved")
 
 
 class ConfigError(Exception):
@@ -51,11 +68,74 @@ class Settings(BaseSettings):
     demo_customers: int = Field(12, ge=1, le=10_000)
     demo_seed: int = 42
     log_level: str = "INFO"
+    # Alerts, the change feed and webhooks (see app.alerts, app.store.feed, app.webhooks).
+    alert_statuses: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_ALERT_STATUSES)
+    )
+    overdue_hours: float = Field(36, ge=0, le=24 * 366)
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_secret: SecretStr | None = None
+    webhook_events: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS)
+    )
 
-    @field_validator("customer_ids", "api_keys", mode="before")
+    @field_validator(
+        "customer_ids",
+        "api_keys",
+        "alert_statuses",
+        "webhook_urls",
+        "webhook_events",
+        mode="before",
+    )
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split(value)
+
+    @field_validator("alert_statuses")
+    @classmethod
+    def _known_statuses(cls, value: list[str]) -> list[str]:
+        names = [e.name for e in catalog.STATUS.entries]
+        unknown = [v for v in value if v not in names]
+        if unknown:
+            raise ValueError(f"unknown status {unknown[0]!r}; statuses are {', '.join(names)}")
+        if "finished" in value:
+            raise ValueError("'finished' is what resolves an alert; it cannot open one")
+        return value
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _known_events(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in EVENT_TYPES]
+        if unknown:
+            raise ValueError(
+                f"unknown event type {unknown[0]!r}; types are {', '.join(EVENT_TYPES)}"
+            )
+        return value
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _http_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"not an http(s) URL: {url!r}")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _standard_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        secret = value.get_secret_value()
+        body = secret.removeprefix("whsec_")
+        try:
+            key = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not secret.startswith("whsec_") or len(key) < 16:
+            # Never echo the value: it is a secret.
+            raise ValueError("must be 'whsec_' followed by the base64 of at least 16 bytes")
+        return value
 
     def check(self) -> None:
         """Refuse to start, with one line naming the variable, when the service cannot work."""
@@ -72,6 +152,11 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "API_KEYS must list at least one key "
                 "(or set AUTH_DISABLED=true to run without authentication on purpose)"
+            )
+        if self.webhook_urls and self.webhook_secret is None:
+            raise ConfigError(
+                "WEBHOOK_SECRET must be set with WEBHOOK_URLS "
+                "('whsec_' and base64, as Standard Webhooks receivers expect)"
             )
 
     @property

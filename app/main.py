@@ -23,15 +23,19 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import __version__
-from app.api import customers, errors, jobs, meta
+from app import __version__, webhooks
+from app.alerting import Notices, run_sweeps
+from app.alerts import Rules
+from app.api import alerts, customers, deliveries, errors, events, export, jobs, meta, runs, summary
 from app.api.answers import AnswerCache, FastReads, FastReadsMiddleware
 from app.api.deps import Services
 from app.clock import Clock, utcnow
 from app.config import Settings
 from app.metrics import Metrics, watch_loop_lag
 from app.refresh import Refresher
+from app.runs import RefreshRuns
 from app.store import db
+from app.store.feed import FeedConfig
 from app.store.ingest import Writer, purge_orphan_stage
 from app.upstream.auth import TokenProvider
 from app.upstream.client import AvePointClient
@@ -104,6 +108,8 @@ async def open_services(
         await purge_orphan_stage(writer, clock())
         upstream = upstream_of(settings, transport)
         concurrency = settings.upstream_concurrency
+        feed_config = feed_config_of(settings)
+        notices = Notices()
         async with httpx.AsyncClient(
             transport=upstream.transport,
             timeout=httpx.Timeout(settings.upstream_timeout_seconds),
@@ -141,8 +147,11 @@ async def open_services(
                 # busy while some walks normalize; each holds one customer's changed rows.
                 walk_slots=concurrency + 4,
                 clock=clock,
+                feed=feed_config,
+                on_told=notices.notify,
             )
             await refresher.load()
+            runs = RefreshRuns(refresher, clock)
             # What start-up built lives as long as the process: keep it out of every
             # garbage collection, whose full passes otherwise stall the loop under load.
             gc.collect()
@@ -150,6 +159,27 @@ async def open_services(
             refresher.spawn(watch_loop_lag(metrics))
             if background and settings.refresh_interval:
                 refresher.spawn(refresher.run_background())
+            if background:
+                refresher.spawn(
+                    run_sweeps(writer, sessions, feed_config, clock, on_told=notices.notify)
+                )
+            sender_http: httpx.AsyncClient | None = None
+            if background and settings.webhook_urls and settings.webhook_secret:
+                sender_http = httpx.AsyncClient(
+                    timeout=httpx.Timeout(webhooks.TIMEOUT_SECONDS),
+                    follow_redirects=False,
+                )
+                sender = webhooks.Sender(
+                    writer=writer,
+                    sessions=sessions,
+                    http=sender_http,
+                    secret=settings.webhook_secret.get_secret_value(),
+                    urls=settings.webhook_urls,
+                    notices=notices,
+                    clock=clock,
+                    on_attempt=metrics.webhook_attempt,
+                )
+                refresher.spawn(sender.run())
             try:
                 yield Services(
                     settings=settings,
@@ -159,12 +189,27 @@ async def open_services(
                     metrics=metrics,
                     answers=AnswerCache(),
                     fast=FastReads(),
+                    writer=writer,
+                    feed=feed_config,
+                    notices=notices,
+                    runs=runs,
+                    clock=clock,
                 )
             finally:
                 await refresher.aclose()
+                if sender_http is not None:
+                    await sender_http.aclose()
                 writer.close()
     finally:
         await engine.dispose()
+
+
+def feed_config_of(settings: Settings) -> FeedConfig:
+    return FeedConfig(
+        rules=Rules(frozenset(settings.alert_statuses), settings.overdue_hours),
+        webhook_urls=tuple(settings.webhook_urls),
+        webhook_events=frozenset(settings.webhook_events),
+    )
 
 
 class HeadAsGet:
@@ -263,8 +308,14 @@ def create_app(
     app.add_middleware(FastReadsMiddleware)
     app.add_middleware(HeadAsGet)
     app.add_middleware(RequestMetrics)
+    app.include_router(export.router)
     app.include_router(jobs.router)
     app.include_router(customers.router)
+    app.include_router(summary.router)
+    app.include_router(events.router)
+    app.include_router(alerts.router)
+    app.include_router(deliveries.router)
+    app.include_router(runs.router)
     app.include_router(meta.router)
     app.mount("/docs/assets", StaticFiles(directory=_DOCS_ASSETS), name="docs-assets")
 

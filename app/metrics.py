@@ -77,6 +77,21 @@ class Metrics:
             registry=r,
         )
 
+        self.webhook_attempts = Counter(
+            "jobs_gateway_webhook_attempts",
+            "Webhook POSTs by outcome (delivered, failed: to be retried or given up).",
+            ["outcome"],
+            registry=r,
+        )
+        self.events_written = Counter(
+            "jobs_gateway_events",
+            "Events written to the change feed by this process.",
+            registry=r,
+        )
+
+    def webhook_attempt(self, outcome: str, ok: bool) -> None:
+        self.webhook_attempts.labels(outcome).inc()
+
     def upstream_request(self, outcome: str, seconds: float) -> None:
         self.upstream_requests.labels(outcome).inc()
         self.upstream_latency.observe(seconds)

@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.clock import Clock, iso, to_second, utcnow
 from app.metrics import Metrics
 from app.store import repo
+from app.store.feed import FeedConfig, Told
 from app.store.ingest import Ingest, IngestResult, SnapshotRecord, Writer, open_ingest
 from app.upstream.client import AvePointClient
 from app.upstream.errors import UpstreamError
@@ -300,8 +301,13 @@ class Refresher:
         interval_seconds: float = 0,
         walk_slots: int = 16,
         clock: Clock = utcnow,
+        feed: FeedConfig | None = None,
+        on_told: Callable[[Told], None] | None = None,
     ) -> None:
         self.client = client
+        self.feed = feed
+        self.on_told = on_told
+        self.walking: set[str] = set()  # customers whose walk holds a slot now
         self.sessions = sessions
         self.writer = writer
         self.metrics = metrics
@@ -575,6 +581,7 @@ class Refresher:
         """
         slot = self._walk_slots
         await self._walk_slots.acquire()
+        self.walking.add(cid)
         ingest: Ingest | None = None
         pages = 0
         request_id: str | None = None
@@ -604,7 +611,7 @@ class Refresher:
             await self._commit_slots.acquire()
             self._walk_slots.release()
             slot = self._commit_slots
-            result: IngestResult = await ingest.commit(self.writer, snapshot)
+            result: IngestResult = await ingest.commit(self.writer, snapshot, self.feed)
         except BaseException:
             if ingest is not None:
                 try:
@@ -613,7 +620,10 @@ class Refresher:
                     log.exception("could not discard the staged rows of customer %s", cid)
             raise
         finally:
+            self.walking.discard(cid)
             slot.release()
+        if result.told.events and self.on_told is not None:
+            self.on_told(result.told)
         log.info(
             "customer %s: %d jobs on %d pages, %d written", cid, result.jobs, pages, result.written
         )

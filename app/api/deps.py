@@ -16,11 +16,16 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.datastructures import Headers
 
+from app.alerting import Notices
 from app.api.answers import AnswerCache, FastReads
 from app.api.errors import InvalidParameter, Unauthorized
+from app.clock import Clock
 from app.config import Settings
 from app.metrics import Metrics
 from app.refresh import Refresher
+from app.runs import RefreshRuns
+from app.store.feed import FeedConfig
+from app.store.ingest import Writer
 
 
 @dataclass
@@ -34,6 +39,11 @@ class Services:
     metrics: Metrics
     answers: AnswerCache
     fast: FastReads
+    writer: Writer
+    feed: FeedConfig
+    notices: Notices
+    runs: RefreshRuns
+    clock: Clock
 
 
 async def services(request: Request) -> Services:

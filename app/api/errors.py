@@ -3,6 +3,7 @@
     ApiError(status, error, detail)
     ├── Unauthorized        401 unauthorized
     ├── NotFound            404 not_found
+    ├── Conflict            409 conflict
     ├── InvalidParameter    422 invalid_parameter
     └── Unavailable         503 unavailable
 
@@ -43,6 +44,11 @@ class NotFound(ApiError):
     error = "not_found"
 
 
+class Conflict(ApiError):
+    status = 409
+    error = "conflict"
+
+
 class InvalidParameter(ApiError):
     status = 422
     error = "invalid_parameter"
@@ -60,6 +66,7 @@ _STATUS_ERRORS = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    409: "conflict",
     413: "too_large",
     415: "unsupported_media_type",
     422: "invalid_parameter",

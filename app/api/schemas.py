@@ -203,6 +203,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         304: "Not modified: the answer's ETag matches If-None-Match.",
         401: "No valid API key (Authorization: Bearer <key> or X-API-Key).",
         404: "Not found.",
+        409: "The request conflicts with the resource's state: the detail says how.",
         422: "A bad parameter: the detail names it (and lists allowed values for enums).",
         503: "The upstream or the database is unavailable and nothing could be served.",
     }
@@ -213,3 +214,219 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         else:
             out[status] = {"model": ErrorBody, "description": descriptions[status]}
     return out
+
+
+# -- the change feed, alerts and webhooks ---------------------------------------------------
+
+EventType = Literal[
+    "job.created", "job.status_changed", "alert.opened", "alert.updated", "alert.resolved"
+]
+AlertStateName = Literal["open", "resolved"]
+
+
+class Alert(BaseModel):
+    """One problem of one customer + job type + module."""
+
+    alert_key: str = Field(
+        description="`customer_id:job_type:module`: keep it as the ticket's external id."
+    )
+    customer_id: str
+    job_type: str
+    module: str
+    state: AlertStateName
+    reason: Literal["failed", "overdue"]
+    severity: Literal["warning", "critical"]
+    snoozed_until: UtcTime | None = Field(description="Muted for webhooks and health until then.")
+    snooze_reason: str | None
+    opened_at: UtcTime
+    resolved_at: UtcTime | None
+    first_failure_at: UtcTime | None = Field(
+        description="Start of the first failure since the last success."
+    )
+    last_failure_at: UtcTime | None
+    consecutive_failures: int
+    last_success_at: UtcTime | None = Field(description="Start of the key's last success.")
+    last_job_id: str | None = Field(description="The job that last moved the alert.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "alert_key": "caf9d1f2-5ea3:microsoft_365:exchange_online",
+                "customer_id": "caf9d1f2-5ea3",
+                "job_type": "microsoft_365",
+                "module": "exchange_online",
+                "state": "open",
+                "reason": "failed",
+                "severity": "critical",
+                "snoozed_until": None,
+                "snooze_reason": None,
+                "opened_at": "2026-11-28T03:40:00Z",
+                "resolved_at": None,
+                "first_failure_at": "2026-11-28T03:21:16Z",
+                "last_failure_at": "2026-11-29T03:20:02Z",
+                "consecutive_failures": 3,
+                "last_success_at": "2026-11-27T03:22:41Z",
+                "last_job_id": "FB20261129032002000104",
+            }
+        }
+    )
+
+
+class AlertPage(BaseModel):
+    items: list[Alert]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
+
+
+class Snooze(BaseModel):
+    until: datetime = Field(
+        description="RFC 3339. Muted until then; a time in the past lifts the snooze."
+    )
+    reason: str | None = Field(None, max_length=500, description="Why, for the next person.")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {"until": "2030-01-01T00:00:00Z", "reason": "mailbox decommissioned"}
+        },
+    )
+
+
+class EventJob(BaseModel):
+    job_id: str
+    status: str
+    start_time: UtcTime | None
+    name: str | None = None
+    job_type: str | None = None
+    module: str | None = None
+
+
+class Event(BaseModel):
+    """One change, told once, in order."""
+
+    id: int = Field(description="Grows with every event and is never reused.")
+    type: EventType
+    at: UtcTime = Field(description="When the gateway recorded the change.")
+    customer_id: str
+    job_id: str | None
+    alert_key: str | None = Field(description="The key of the job or alert the event is about.")
+    data: dict[str, Any] = Field(
+        description=(
+            "`job`: the job (job.*); `from`, `to`: statuses (job.status_changed); "
+            "`alert` and `job`, the job that caused it (alert.*); `previous_severity` "
+            "(alert.updated)."
+        )
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "id": 1842,
+                "type": "job.status_changed",
+                "at": "2026-11-29T03:40:05Z",
+                "customer_id": "caf9d1f2-5ea3",
+                "job_id": "FB20261129032002000104",
+                "alert_key": "caf9d1f2-5ea3:microsoft_365:exchange_online",
+                "data": {
+                    "from": "running",
+                    "to": "failed",
+                    "job": {
+                        "job_id": "FB20261129032002000104",
+                        "name": "Exchange Online backup",
+                        "job_type": "microsoft_365",
+                        "module": "exchange_online",
+                        "status": "failed",
+                        "start_time": "2026-11-29T03:20:02Z",
+                    },
+                },
+            }
+        }
+    )
+
+
+class EventPage(BaseModel):
+    items: list[Event]
+    next_cursor: str = Field(description="Pass as `after` next time (also when no items came).")
+
+
+class Delivery(BaseModel):
+    id: int
+    event_id: int
+    event_type: EventType
+    url: str = Field(description="The receiver, without credentials or query string.")
+    alert_key: str | None
+    customer_id: str
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    created_at: UtcTime
+    next_attempt_at: UtcTime | None = Field(description="When it is tried next (pending).")
+    deadline_at: UtcTime = Field(description="Retried until then, then failed.")
+    last_attempt_at: UtcTime | None
+    last_status: int | None = Field(description="The receiver's last HTTP status.")
+    last_error: str | None
+    delivered_at: UtcTime | None
+
+
+class DeliveryPage(BaseModel):
+    items: list[Delivery]
+    next_cursor: str | None
+
+
+# -- summaries and refresh runs ---------------------------------------------------------------
+
+
+class SummaryItem(BaseModel):
+    key: str = Field(description="The customer id, or the status, job type or module name.")
+    label: str | None = Field(description="The customer's name, or the catalog's label.")
+    counts: dict[str, int] = Field(description="Jobs by status name.")
+    total: int
+    last_success_at: UtcTime | None = Field(description="Start of the last `finished` job.")
+    hours_since_success: float | None
+    success_rate_7d: float | None = Field(
+        description=(
+            "`finished` over finished jobs (finished or failed by ALERT_STATUSES) that started "
+            "in the last 7 days; null when there were none."
+        )
+    )
+    health: int | None = Field(
+        None, description="0..100, customers only: see the README for the formula."
+    )
+    open_alerts: dict[str, int] | None = Field(
+        None, description="Customers only: open alerts not snoozed, by severity."
+    )
+    freshness: FreshnessSummary | None = Field(None, description="Customers only: this one's.")
+
+
+class SummaryPage(BaseModel):
+    group_by: Literal["customer", "status", "job_type", "module"]
+    items: list[SummaryItem]
+    next_cursor: None = Field(None, description="Always null: a summary is one page.")
+    freshness: FreshnessSummary
+    sources: list[Source]
+
+
+class RefreshRequest(BaseModel):
+    customer_ids: list[str] | None = Field(
+        None, description="The customers to refresh; null or absent: every customer."
+    )
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {}})
+
+
+class RefreshStarted(BaseModel):
+    run_id: str
+    state: Literal["running", "done"]
+
+
+class RunCustomer(BaseModel):
+    customer_id: str
+    state: Literal["pending", "running", "ok", "error"]
+    jobs: int | None = Field(description="Jobs the refresh saw (ok).")
+    error: SourceErrorBody | None
+
+
+class RefreshRun(BaseModel):
+    run_id: str
+    state: Literal["running", "done"]
+    started_at: UtcTime
+    finished_at: UtcTime | None
+    customers: list[RunCustomer]

@@ -10,8 +10,13 @@ A refresh of one customer is an `Ingest`:
    `job_stage` in short transactions, so memory follows the pages in flight rather than the
    size of the customer (only the job ids and hashes are kept for the whole walk).
 4. `commit(snapshot)` merges in one transaction: the changed jobs, a history row for each
-   new job and each changed status, the customer's job count and the snapshot row.
+   new job and each changed status, the customer's job count and data version, the events,
+   alerts and webhook deliveries they cause (`app.store.feed`), and the snapshot row.
    `discard()` deletes what was staged: a failed walk changes nothing readers see.
+
+The merge locks the customer's row first (PostgreSQL) and compares its data version with the
+one the walk started from: when another refresh of the customer wrote in between, the
+changes are taken again against what is stored now, so no change is written, or told, twice.
 
 Unchanged rows are not rewritten, so a job's `last_seen_at` (the API's `fetched_at`) is when
 the gateway fetched the job as it is now; its customer's snapshot says how current it is.
@@ -36,13 +41,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar, cast
 
-from sqlalchemy import Table, and_, delete, literal, or_, select, text, update
+from sqlalchemy import Table, and_, delete, func, literal, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import catalog
 from app.normalize import NormalizedJob, job_id_of, normalize_row
+from app.store import feed
 from app.store.db import apply_sqlite_pragmas, session_factory, sqlite_file
+from app.store.feed import FeedConfig, JobChange, Told
 from app.store.tables import (
     SORT_MIN_DURATION,
     SORT_MIN_TIME,
@@ -147,6 +154,13 @@ class Writer:
             # Shielded: a cancelled caller must not leave the lock free while the thread
             # still writes.
             return await asyncio.shield(loop.run_in_executor(self._thread, transaction))
+
+    async def run_plan(self, make: Callable[[str], feed.Plan[T]]) -> T:
+        """One write transaction running the plan `make(dialect)` (see `app.store.feed`)."""
+        if self.direct:
+            return await self.run_sync(lambda conn: feed.run_sync(conn, make("sqlite")))
+        async with self.transaction() as session:
+            return await feed.run_async(await session.connection(), make(self.dialect))
 
     def close(self) -> None:
         if self._thread is not None:
@@ -315,6 +329,7 @@ class IngestResult:
     written: int  # jobs inserted or rewritten
     job_count: int  # jobs stored for the customer afterwards
     changes: list[StatusChange]  # new jobs and changed statuses
+    told: Told = field(default_factory=Told)  # events, deliveries and alert transitions
 
     @property
     def changed(self) -> bool:
@@ -328,6 +343,7 @@ class Ingest:
     customer_id: str
     dialect: str
     known: dict[str, tuple[int | None, int | None]]  # job id -> (hash, status code)
+    version: int = 0  # the customer's data version when `known` was read
     stage_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     seen: set[str] = field(default_factory=set)
     pending: dict[str, Changed] = field(default_factory=dict)
@@ -394,6 +410,38 @@ class Ingest:
 
     # -- at the end -----------------------------------------------------------------------
 
+    def _rebase(self, known: dict[str, tuple[int | None, int | None]]) -> None:
+        """Take the changes again against `known`, what another refresh stored meanwhile."""
+        for job_id, c in list(self.pending.items()):
+            stored = known.get(job_id)
+            if stored is not None and stored[0] == c.row[_HASH]:
+                del self.pending[job_id]
+                continue
+            c.created = stored is None
+            c.previous_status_code = stored[1] if stored else None
+        self.known = known
+        self.created = sum(1 for job_id in self.seen if job_id not in known)
+
+    def _job_changes(self) -> list[JobChange]:
+        """The changes held in memory, as the feed tells them."""
+        out = []
+        for job_id, c in self.pending.items():
+            if c.created or c.previous_status_code != c.status_code:
+                row = c.row
+                out.append(
+                    JobChange(
+                        job_id=job_id,
+                        created=c.created,
+                        previous=None if c.created else catalog.STATUS.name(c.previous_status_code),
+                        status=row[_STATUS],
+                        job_type=row[_JOB_TYPE],
+                        module=row[_MODULE],
+                        name=row[_NAME],
+                        start_time=feed.from_driver(row[_START]),
+                    )
+                )
+        return out
+
     def _changes(self, at: datetime) -> list[StatusChange]:
         return [
             StatusChange(
@@ -408,61 +456,85 @@ class Ingest:
             if c.created or c.previous_status_code != c.status_code
         ]
 
-    async def merge(self, session: AsyncSession, snapshot: SnapshotRecord) -> IngestResult:
-        """Write everything into `session`'s transaction (the caller commits)."""
+    async def merge(
+        self, session: AsyncSession, snapshot: SnapshotRecord, config: FeedConfig | None = None
+    ) -> IngestResult:
+        """Write everything into `session`'s transaction (the caller commits); with `config`,
+        tell the changes (events, alerts, webhook deliveries)."""
         at = snapshot.finished_at
-        written = self.spilled + len(self.pending)
-        job_count = len(self.known) + self.created
-        await ensure_customer(session, self.dialect, self.customer_id, at)
+        cid, dialect = self.customer_id, self.dialect
+        conn = await session.connection()
+        version = await feed.run_async(conn, feed.lock_customer(dialect, cid, at))
+        moved = version != self.version
+        job_changes: list[JobChange]
         if self.spilled:
             await self.spill_in(session, at)
-            changes = await self._merge_stage(session, at)
+            if moved:
+                await self._rebase_stage(session)
+            written, changes, job_changes = await self._merge_stage(session, at)
+            job_count = (
+                await feed.run_async(conn, feed.count_jobs(dialect, cid)) if written else None
+            )
         else:
+            if moved:
+                self._rebase(await feed.run_async(conn, feed.read_known(dialect, cid)))
+            written = len(self.pending)
             changes = self._changes(at)
+            job_changes = self._job_changes()
             if self.pending:
                 await self._merge_memory(session, at, changes)
-        if self.created:
-            await session.execute(
-                update(CUSTOMERS)
-                .where(CUSTOMERS.c.id == self.customer_id)
-                .values(job_count=job_count)
+            job_count = len(self.known) + self.created
+        if written:
+            await feed.run_async(
+                conn, feed.bump_version(dialect, cid, job_count if self.created else None)
             )
+        told = Told()
+        if config is not None and job_changes:
+            told = await feed.run_async(conn, feed.tell(dialect, cid, at, job_changes, config))
         await session.execute(SNAPSHOTS.insert().values(snapshot_values(snapshot)))
+        if job_count is None:
+            job_count = len(self.known) + self.created
         return IngestResult(
             jobs=len(self.seen),
             rows_skipped=self.rows_skipped,
             written=written,
             job_count=job_count,
             changes=changes,
+            told=told,
         )
 
-    async def commit(self, writer: Writer, snapshot: SnapshotRecord) -> IngestResult:
+    async def commit(
+        self, writer: Writer, snapshot: SnapshotRecord, config: FeedConfig | None = None
+    ) -> IngestResult:
         if writer.direct and not self.spilled:
-            return await writer.run_sync(functools.partial(self._merge_sqlite, snapshot))
+            return await writer.run_sync(functools.partial(self._merge_sqlite, snapshot, config))
         async with writer.transaction() as session:
-            return await self.merge(session, snapshot)
+            return await self.merge(session, snapshot, config)
 
-    def _merge_sqlite(self, snapshot: SnapshotRecord, conn: sqlite3.Connection) -> IngestResult:
+    def _merge_sqlite(
+        self, snapshot: SnapshotRecord, config: FeedConfig | None, conn: sqlite3.Connection
+    ) -> IngestResult:
         """`merge` of rows held in memory, on the writer's own SQLite connection."""
         at = snapshot.finished_at
         stamp = _sqlite_time(at)
+        cid = self.customer_id
+        version = feed.run_sync(conn, feed.lock_customer("sqlite", cid, at))
+        if version != self.version:
+            self._rebase(feed.run_sync(conn, feed.read_known("sqlite", cid)))
         job_count = len(self.known) + self.created
         changes = self._changes(at)
-        if not self.known:
-            conn.execute(
-                "INSERT INTO customers (id, name, created_at, updated_at, job_count) "
-                "VALUES (?, NULL, ?, ?, 0) ON CONFLICT (id) DO NOTHING",
-                (self.customer_id, stamp, stamp),
-            )
+        job_changes = self._job_changes()
         upsert_sql, history_sql = _merge_sql("sqlite")
         if self.pending:
             rows, history = self._merge_rows(stamp, changes)
             conn.executemany(upsert_sql, rows)
             conn.executemany(history_sql, history)
-        if self.created:
-            conn.execute(
-                "UPDATE customers SET job_count = ? WHERE id = ?", (job_count, self.customer_id)
+            feed.run_sync(
+                conn, feed.bump_version("sqlite", cid, job_count if self.created else None)
             )
+        told = Told()
+        if config is not None and job_changes:
+            told = feed.run_sync(conn, feed.tell("sqlite", cid, at, job_changes, config))
         values = snapshot_values(snapshot)
         values["started_at"] = _sqlite_time(snapshot.started_at)
         values["finished_at"] = stamp
@@ -477,6 +549,7 @@ class Ingest:
             written=len(self.pending),
             job_count=job_count,
             changes=changes,
+            told=told,
         )
 
     async def discard(self, writer: Writer) -> None:
@@ -527,10 +600,35 @@ class Ingest:
         ]
         return rows, history
 
-    async def _merge_stage(self, session: AsyncSession, at: datetime) -> list[StatusChange]:
-        """Staged rows into `jobs` and history; returns the changes."""
+    async def _rebase_stage(self, session: AsyncSession) -> None:
+        """`_rebase` of the staged rows, in SQL: drop those stored as they are, and take
+        `created` and the previous status from what is stored now."""
+        s, j = STAGE, JOBS
+        same_job = and_(j.c.customer_id == s.c.customer_id, j.c.job_id == s.c.job_id)
+        mine = s.c.stage_id == self.stage_id
+        await session.execute(
+            delete(s).where(
+                mine,
+                select(j.c.job_id).where(same_job, j.c.content_hash == s.c.content_hash).exists(),
+            )
+        )
+        await session.execute(
+            update(s)
+            .where(mine)
+            .values(
+                previous_status_code=select(j.c.status_code).where(same_job).scalar_subquery(),
+                created=~select(j.c.job_id).where(same_job).exists(),
+            )
+        )
+
+    async def _merge_stage(
+        self, session: AsyncSession, at: datetime
+    ) -> tuple[int, list[StatusChange], list[JobChange]]:
+        """Staged rows into `jobs` and history; gives the rows written and the changes."""
         s = STAGE
         mine = s.c.stage_id == self.stage_id
+        staged = await session.execute(select(func.count()).select_from(s).where(mine))
+        written = int(staged.scalar_one())
         columns = _WRITE_COLUMNS
         source = select(
             *(s.c[name] for name in columns),
@@ -558,20 +656,42 @@ class Ingest:
         ).where(and_(mine, changed))
         await session.execute(HISTORY.insert().from_select(_HISTORY_COLUMNS, history_source))
         found = await session.stream(
-            select(s.c.job_id, s.c.previous_status_code, s.c.status_code, s.c.created).where(
-                mine, changed
-            )
+            select(
+                s.c.job_id,
+                s.c.previous_status_code,
+                s.c.status_code,
+                s.c.created,
+                s.c.status,
+                s.c.job_type,
+                s.c.module,
+                s.c.name,
+                s.c.start_time,
+            ).where(mine, changed)
         )
         changes: list[StatusChange] = []
+        job_changes: list[JobChange] = []
         # In slices: a large customer's changes would hold the event loop in one go.
         async for part in found.partitions(ROWS_PER_SLICE):
-            changes.extend(
-                StatusChange(self.customer_id, job_id, previous, current, at, created=bool(new))
-                for job_id, previous, current, new in part
-            )
+            for job_id, previous, current, new, status, job_type, module, name, start in part:
+                created = bool(new)
+                changes.append(
+                    StatusChange(self.customer_id, job_id, previous, current, at, created=created)
+                )
+                job_changes.append(
+                    JobChange(
+                        job_id=job_id,
+                        created=created,
+                        previous=None if created else catalog.STATUS.name(previous),
+                        status=status,
+                        job_type=job_type,
+                        module=module,
+                        name=name,
+                        start_time=start,
+                    )
+                )
             await asyncio.sleep(0)
         await session.execute(delete(STAGE).where(mine))
-        return changes
+        return written, changes, job_changes
 
 
 async def ensure_customer(
@@ -585,6 +705,12 @@ async def ensure_customer(
 
 async def open_ingest(session: AsyncSession, customer_id: str) -> Ingest:
     """A refresh of `customer_id`, knowing what the store holds for it now."""
+    # The version first: a write landing between the two reads only makes the merge look
+    # again, never miss a change.
+    version = await session.execute(
+        select(CUSTOMERS.c.data_version).where(CUSTOMERS.c.id == customer_id)
+    )
+    data_version = version.scalar() or 0
     rows = await session.execute(
         select(JOBS.c.job_id, JOBS.c.content_hash, JOBS.c.status_code).where(
             JOBS.c.customer_id == customer_id
@@ -592,7 +718,7 @@ async def open_ingest(session: AsyncSession, customer_id: str) -> Ingest:
     )
     known = {job_id: (digest, status) for job_id, digest, status in rows.all()}
     dialect = session.get_bind().dialect.name
-    return Ingest(customer_id=customer_id, dialect=dialect, known=known)
+    return Ingest(customer_id=customer_id, dialect=dialect, known=known, version=data_version)
 
 
 async def purge_orphan_stage(writer: Writer, now: datetime) -> int:
@@ -681,6 +807,11 @@ _HISTORY_COLUMNS = [
 
 _STATUS_CODE = _WRITE_COLUMNS.index("status_code")
 _STATUS = _WRITE_COLUMNS.index("status")
+_JOB_TYPE = _WRITE_COLUMNS.index("job_type")
+_MODULE = _WRITE_COLUMNS.index("module")
+_NAME = _WRITE_COLUMNS.index("name")
+_START = _WRITE_COLUMNS.index("start_time")
+_HASH = _WRITE_COLUMNS.index("content_hash")
 
 
 def _marks(dialect: str, n: int) -> str:

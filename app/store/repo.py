@@ -25,12 +25,14 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    case,
     false,
     func,
     literal,
     or_,
     select,
     tuple_,
+    type_coerce,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Result, RowMapping
@@ -413,13 +415,8 @@ def _after_key(after: object, field: str) -> tuple[datetime | int, str, str]:
         raise InvalidCursor("a time position out of range") from exc
 
 
-async def query_jobs(session: AsyncSession, q: JobQuery) -> list[JobRow]:
-    """Up to `q.limit + 1` jobs in `q.sort` order after `q.after`; a row beyond `q.limit`
-    means there is a next page. Raises ValueError (`InvalidCursor` for `after`) on a bad
-    query."""
-    if isinstance(q.limit, bool) or not isinstance(q.limit, int) or q.limit < 1:
-        raise ValueError(f"limit must be a positive integer; got {q.limit!r}")
-    field, descending = _sort_field(q.sort)
+def job_conditions(q: JobQuery) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of `q`'s filters (not of its page)."""
     j = JOBS
     conditions: list[ColumnElement[bool]] = []
     if q.customer_ids is not None:
@@ -451,6 +448,18 @@ async def query_jobs(session: AsyncSession, q: JobQuery) -> list[JobRow]:
         ]
     if q.q:
         conditions.append(j.c.name.icontains(q.q, autoescape=True))
+    return conditions
+
+
+async def query_jobs(session: AsyncSession, q: JobQuery) -> list[JobRow]:
+    """Up to `q.limit + 1` jobs in `q.sort` order after `q.after`; a row beyond `q.limit`
+    means there is a next page. Raises ValueError (`InvalidCursor` for `after`) on a bad
+    query."""
+    if isinstance(q.limit, bool) or not isinstance(q.limit, int) or q.limit < 1:
+        raise ValueError(f"limit must be a positive integer; got {q.limit!r}")
+    field, descending = _sort_field(q.sort)
+    j = JOBS
+    conditions = job_conditions(q)
 
     key_col = _SORT_COLUMNS[field]
     if q.after is not None:
@@ -537,6 +546,63 @@ async def status_counts(
     return counts
 
 
+SummaryGroup = Literal["customer", "status", "job_type", "module"]
+
+
+@dataclass
+class GroupStats:
+    """One group of `/summary`: jobs by status, the last success, and the 7-day outcomes."""
+
+    counts: dict[str, int]
+    last_success_at: datetime | None = None
+    outcomes_7d: int = 0  # finished jobs (a success or a failure) that started since
+    successes_7d: int = 0
+
+
+async def summarize(
+    session: AsyncSession,
+    q: JobQuery,
+    group_by: SummaryGroup,
+    *,
+    since: datetime,
+    failures: Sequence[str],
+) -> dict[str, GroupStats]:
+    """The jobs `q` filters, grouped: counts by status, the start of the last `finished`
+    job, and, of the jobs that started at or after `since`, how many finished (`finished`
+    or one of `failures`) and how many of those were `finished`."""
+    j = JOBS
+    group_col = {
+        "customer": j.c.customer_id,
+        "status": j.c.status,
+        "job_type": j.c.job_type,
+        "module": j.c.module,
+    }[group_by]
+    finished = j.c.status == "finished"
+    recent = and_(j.c.start_time.is_not(None), j.c.sort_start >= _aware(since, "since"))
+    outcome = and_(recent, j.c.status.in_(["finished", *failures]))
+    stmt = (
+        select(
+            group_col,
+            j.c.status,
+            func.count(),
+            type_coerce(func.max(case((finished, j.c.start_time))), UTCDateTime()),
+            func.sum(case((outcome, 1), else_=0)),
+            func.sum(case((and_(recent, finished), 1), else_=0)),
+        )
+        .where(*job_conditions(q))
+        .group_by(group_col, j.c.status)
+    )
+    groups: dict[str, GroupStats] = {}
+    for key, status, count, last_ok, outcomes, successes in (await session.execute(stmt)).all():
+        g = groups.setdefault(key, GroupStats({}))
+        g.counts[status] = int(count)
+        if last_ok is not None:
+            g.last_success_at = last_ok
+        g.outcomes_7d += int(outcomes or 0)
+        g.successes_7d += int(successes or 0)
+    return groups
+
+
 __all__ = [
     "DEFAULT_SORT",
     "SORTS",
@@ -561,5 +627,6 @@ __all__ = [
     "record_failure",
     "record_success",
     "status_counts",
+    "summarize",
     "upsert_customers",
 ]

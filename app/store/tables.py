@@ -14,6 +14,9 @@ describe it for queries and for the drift test, which fails when the two disagre
 - `job_stage`: a refresh's changed rows while its walk goes on, when too many to hold in
   memory; merged into `jobs` in the refresh's last transaction, then deleted.
 - `job_status_history`: one row when a job is first seen and one each time its status changes.
+- `events`: the change feed, written in the transaction of the change it tells.
+- `alerts`: problems of one customer + job type + module, at most one open per `alert_key`.
+- `webhook_deliveries`: the outbox of webhooks, one row per event and receiver.
 
 Every timestamp is timezone-aware UTC in Python. SQLite has no time zone type, so `UTCDateTime`
 stores naive UTC there and attaches UTC on the way out.
@@ -108,6 +111,9 @@ class Customer(Base):
     # How many jobs the store keeps for the customer, kept by `repo.record_success`: every
     # request reads it (sources), and counting the jobs each time would cost O(jobs).
     job_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # Grows with every write of the customer's jobs: a refresh that read the store before
+    # another refresh of the customer wrote notices it with one read (app.store.feed).
+    data_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
 
 class Snapshot(Base):
@@ -241,3 +247,90 @@ class JobStatusHistory(Base):
     status: Mapped[str] = mapped_column(String())
     previous_status_code: Mapped[int | None] = mapped_column(Integer)
     changed_at: Mapped[datetime]
+
+
+class Event(Base):
+    """One entry of the change feed; `data` is its JSON, encoded once when written."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_customer", "customer_id", "id"),
+        Index("ix_events_type", "type", "id"),
+        Index("ix_events_at", "at"),
+        {"sqlite_autoincrement": True},  # ids are never reused, even after a purge
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    type: Mapped[str] = mapped_column(String())
+    at: Mapped[datetime]
+    customer_id: Mapped[str] = mapped_column(String())
+    job_id: Mapped[str | None] = mapped_column(String())
+    alert_key: Mapped[str | None] = mapped_column(String())
+    data: Mapped[str] = mapped_column(Text)
+
+
+class Alert(Base):
+    """One problem of one customer + job type + module (see `app.alerts`)."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        CheckConstraint("state IN ('open', 'resolved')", name="state"),
+        CheckConstraint("reason IN ('failed', 'overdue')", name="reason"),
+        CheckConstraint("severity IN ('warning', 'critical')", name="severity"),
+        Index(
+            "ix_alerts_one_open",
+            "alert_key",
+            unique=True,
+            sqlite_where=text("state = 'open'"),
+            postgresql_where=text("state = 'open'"),
+        ),
+        Index("ix_alerts_customer_state", "customer_id", "state", "id"),
+        Index("ix_alerts_state", "state", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    alert_key: Mapped[str] = mapped_column(String())
+    customer_id: Mapped[str] = mapped_column(String())
+    job_type: Mapped[str] = mapped_column(String())
+    module: Mapped[str] = mapped_column(String())
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(16))
+    severity: Mapped[str] = mapped_column(String(16))
+    opened_at: Mapped[datetime]
+    resolved_at: Mapped[datetime | None]
+    first_failure_at: Mapped[datetime | None]
+    last_failure_at: Mapped[datetime | None]
+    consecutive_failures: Mapped[int] = mapped_column(Integer)
+    last_success_at: Mapped[datetime | None]
+    last_job_id: Mapped[str | None] = mapped_column(String())
+    snoozed_until: Mapped[datetime | None]
+    snooze_reason: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+
+
+class WebhookDelivery(Base):
+    """One event to one receiver: pending until delivered, or failed past its deadline."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="state"),
+        Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+        Index("ix_webhook_deliveries_order", "url", "alert_key", "state", "id"),
+        Index("ix_webhook_deliveries_event", "event_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("events.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(Text)
+    alert_key: Mapped[str | None] = mapped_column(String())
+    customer_id: Mapped[str] = mapped_column(String())
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]
+    deadline_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    last_attempt_at: Mapped[datetime | None]
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None]

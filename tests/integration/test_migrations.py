@@ -35,6 +35,9 @@ EXPECTED_TABLES = {
     "snapshots",
     "jobs",
     "job_stage",  # since 0004
+    "events",  # since 0005
+    "alerts",
+    "webhook_deliveries",
     "job_status_history",
     "alembic_version",
 }

@@ -1,0 +1,149 @@
+"""`GET /alerts` and `POST /alerts/{alert_key}/snooze`.
+
+A listing is kept in memory under its query and the count of this process's notices, which
+moves whenever alerts change here (a refresh, the overdue sweep, a snooze).
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from starlette.datastructures import Headers
+
+from app import catalog
+from app.api import schemas
+from app.api.caching import dumps
+from app.api.common import scope
+from app.api.deps import Authorized, SafeParams, Services, ServicesDep
+from app.api.errors import InvalidParameter, NotFound
+from app.api.filters import _choices
+from app.api.params import enum_filter, shorten, split_values
+from app.store import feed
+
+router = APIRouter(tags=["alerts"], dependencies=[Authorized, SafeParams])
+
+
+def _cursor(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 19:
+        raise InvalidParameter("cursor: not a cursor this endpoint issued")
+    return int(value)
+
+
+@router.get(
+    "/alerts",
+    operation_id="list_alerts",
+    summary="Alerts: one per problem of one customer + job type + module, newest first",
+    response_model=schemas.AlertPage,
+    responses=schemas.error_responses(401, 422, 503),
+)
+async def list_alerts(
+    request: Request,
+    svc: ServicesDep,
+    state: Annotated[
+        Literal["open", "resolved"] | None, Query(description="Open or resolved; both if absent.")
+    ] = None,
+    customer_id: Annotated[
+        list[str] | None, Query(description="Repeatable or comma-separated customer ids.")
+    ] = None,
+    job_type: Annotated[list[str] | None, _choices(catalog.JOB_TYPE, "Job types.")] = None,
+    module: Annotated[list[str] | None, _choices(catalog.MODULE, "Modules.")] = None,
+    severity: Annotated[
+        list[str] | None,
+        Query(
+            description="warning, critical; repeatable or comma-separated.",
+            json_schema_extra={"items": {"type": "string", "enum": ["warning", "critical"]}},
+        ),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="Alerts per page.")] = 100,
+    cursor: Annotated[
+        str | None, Query(max_length=40, description="next_cursor of the previous page.")
+    ] = None,
+) -> Response:
+    severities = split_values(severity) or None
+    for name in severities or ():
+        if name not in ("warning", "critical"):
+            raise InvalidParameter(
+                f"severity: unknown value {shorten(name)!r}; allowed: warning, critical"
+            )
+    customers = split_values(customer_id) or None
+    if customers:
+        await scope(svc.refresher, customers)
+    query = feed.AlertQuery(
+        state=state,
+        customer_ids=_tuple(customers),
+        # Alerts keep the catalog's primary names: an alias is asked as the name it stands for.
+        job_types=_primary(catalog.JOB_TYPE, enum_filter("job_type", job_type, catalog.JOB_TYPE)),
+        modules=_primary(catalog.MODULE, enum_filter("module", module, catalog.MODULE)),
+        severities=_tuple(severities),
+        before=_cursor(cursor),
+        limit=limit,
+    )
+    answer = functools.partial(answer_alerts, svc, query)
+    response = await answer(request.headers)
+    svc.fast.remember(request.scope, answer)
+    return response
+
+
+def _primary(cat: catalog.Catalog, names: list[str] | None) -> tuple[str, ...] | None:
+    if names is None:
+        return None
+    return tuple(sorted({cat.name(code) for n in names for code in cat.codes(n)} | set(names)))
+
+
+def _tuple(values: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(values) if values is not None else None
+
+
+async def answer_alerts(svc: Services, query: feed.AlertQuery, headers: Headers) -> Response:
+    key = ("alerts", query, svc.notices.count)
+    content: bytes | None = svc.answers.get(key)
+    if content is None:
+        async with svc.sessions() as session:
+            alerts = await feed.list_alerts(session, query)
+        next_cursor = None
+        if len(alerts) > query.limit:
+            alerts = alerts[: query.limit]
+            next_cursor = str(alerts[-1].id)
+        content = dumps({"items": [feed.alert_out(a) for a in alerts], "next_cursor": next_cursor})
+        svc.answers.put(key, content, len(content))
+    return Response(content, media_type="application/json")
+
+
+@router.post(
+    "/alerts/{alert_key}/snooze",
+    operation_id="snooze_alert",
+    summary="Mute an open alert for webhooks and health until a time",
+    response_model=schemas.Alert,
+    responses=schemas.error_responses(401, 404, 422, 503),
+)
+async def snooze_alert(
+    svc: ServicesDep,
+    alert_key: str,
+    body: schemas.Snooze,
+) -> Response:
+    until = _aware(body.until)
+    now = svc.clock()
+    alert = await svc.writer.run_plan(
+        lambda dialect: feed.snooze(dialect, alert_key, until, body.reason, now)
+    )
+    if alert is None:
+        raise NotFound(
+            f"no open alert with key {shorten(alert_key)!r} "
+            "(keys are customer_id:job_type:module; see GET /alerts?state=open)"
+        )
+    svc.notices.notify()
+    return Response(dumps(feed.alert_out(alert)), media_type="application/json")
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidParameter("until: needs a time zone, e.g. 2030-01-01T00:00:00Z")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidParameter("until: out of range") from None

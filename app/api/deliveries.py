@@ -1,0 +1,112 @@
+"""`GET /webhooks/deliveries` and `POST /webhooks/deliveries/{delivery_id}/retry`: what the
+outbox holds for the receivers of `WEBHOOK_URLS`, and sending one again."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Response
+
+from app.api import schemas
+from app.api.caching import dumps
+from app.api.common import scope
+from app.api.deps import Authorized, SafeParams, ServicesDep
+from app.api.errors import Conflict, InvalidParameter, NotFound
+from app.api.params import split_values
+from app.clock import iso
+from app.store import feed
+from app.webhooks import safe_url
+
+router = APIRouter(tags=["webhooks"], dependencies=[Authorized, SafeParams])
+
+MAX_ID = 2**63 - 1
+
+
+def delivery_out(row: dict[str, Any]) -> dict[str, Any]:
+    pending = row["state"] == "pending"
+    return {
+        "id": row["id"],
+        "event_id": row["event_id"],
+        "event_type": row["event_type"],
+        "url": safe_url(row["url"]),
+        "alert_key": row["alert_key"],
+        "customer_id": row["customer_id"],
+        "state": row["state"],
+        "attempts": row["attempts"],
+        "created_at": iso(row["created_at"]),
+        "next_attempt_at": iso(row["next_attempt_at"]) if pending else None,
+        "deadline_at": iso(row["deadline_at"]),
+        "last_attempt_at": iso(row["last_attempt_at"]),
+        "last_status": row["last_status"],
+        "last_error": row["last_error"],
+        "delivered_at": iso(row["delivered_at"]),
+    }
+
+
+@router.get(
+    "/webhooks/deliveries",
+    operation_id="list_webhook_deliveries",
+    summary="Webhook deliveries, newest first: pending, delivered and failed",
+    response_model=schemas.DeliveryPage,
+    responses=schemas.error_responses(401, 422, 503),
+)
+async def list_deliveries(
+    svc: ServicesDep,
+    state: Annotated[
+        Literal["pending", "delivered", "failed"] | None,
+        Query(description="Only deliveries in this state."),
+    ] = None,
+    customer_id: Annotated[
+        list[str] | None, Query(description="Repeatable or comma-separated customer ids.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="Deliveries per page.")] = 100,
+    cursor: Annotated[
+        str | None, Query(max_length=40, description="next_cursor of the previous page.")
+    ] = None,
+) -> Response:
+    before = None
+    if cursor is not None:
+        if not cursor.isdigit() or len(cursor) > 19:
+            raise InvalidParameter("cursor: not a cursor this endpoint issued")
+        before = int(cursor)
+    customers = split_values(customer_id) or None
+    if customers:
+        await scope(svc.refresher, customers)
+    async with svc.sessions() as session:
+        rows = await feed.list_deliveries(
+            session, state=state, customer_ids=customers, before=before, limit=limit
+        )
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = str(rows[-1]["id"])
+    content = dumps({"items": [delivery_out(r) for r in rows], "next_cursor": next_cursor})
+    return Response(content, media_type="application/json")
+
+
+@router.post(
+    "/webhooks/deliveries/{delivery_id}/retry",
+    operation_id="retry_webhook_delivery",
+    summary="Send a failed (or delivered) delivery again",
+    response_model=schemas.Delivery,
+    responses=schemas.error_responses(401, 404, 409, 422, 503),
+)
+async def retry_delivery(
+    svc: ServicesDep,
+    delivery_id: Annotated[int, Path(ge=1, le=MAX_ID, examples=[1])],
+) -> Response:
+    now = svc.clock()
+    window = svc.feed.delivery_window
+    before = await svc.writer.run_plan(
+        lambda dialect: feed.retry_delivery(dialect, delivery_id, now, window)
+    )
+    if before is None:
+        raise NotFound(f"no webhook delivery {delivery_id} (see GET /webhooks/deliveries)")
+    if before == "pending":
+        raise Conflict(f"delivery {delivery_id} is pending already: it is sent when it is due")
+    svc.notices.notify()
+    async with svc.sessions() as session:
+        row = await feed.get_delivery(session, delivery_id)
+    if row is None:  # purged in between
+        raise NotFound(f"no webhook delivery {delivery_id} (see GET /webhooks/deliveries)")
+    return Response(dumps(delivery_out(row)), media_type="application/json")

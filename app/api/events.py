@@ -1,0 +1,132 @@
+"""`GET /events`: the change feed, oldest first, from a cursor; `wait` makes it a long poll.
+
+The feed reads the highest event id first and then the events up to it, so a cursor handed
+out never passes an event that commits later (ids are handed out in commit order, see
+`app.store.feed`). A page is kept in memory under its query and the count of this process's
+notices, which moves whenever this process writes events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from starlette.datastructures import Headers
+
+from app.api import schemas
+from app.api.common import scope
+from app.api.deps import Authorized, SafeParams, Services, ServicesDep
+from app.api.errors import InvalidParameter
+from app.api.params import shorten, split_values
+from app.config import EVENT_TYPES
+from app.store import feed
+
+router = APIRouter(tags=["events"], dependencies=[Authorized, SafeParams])
+
+POLL_SECONDS = 0.5
+"""How often a long poll looks at the database for events other processes wrote."""
+MAX_ID = 2**63 - 1
+
+
+@router.get(
+    "/events",
+    operation_id="list_events",
+    summary="The change feed: job and alert events, oldest first",
+    response_model=schemas.EventPage,
+    responses=schemas.error_responses(401, 422, 503),
+)
+async def list_events(
+    request: Request,
+    svc: ServicesDep,
+    after: Annotated[
+        int | None,
+        Query(ge=0, le=MAX_ID, description="next_cursor of the last page: events after it."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Events per page.")] = 100,
+    type: Annotated[
+        list[str] | None,
+        Query(
+            description="Event types, repeatable or comma-separated.",
+            json_schema_extra={"items": {"type": "string", "enum": list(EVENT_TYPES)}},
+        ),
+    ] = None,
+    customer_id: Annotated[
+        list[str] | None, Query(description="Repeatable or comma-separated customer ids.")
+    ] = None,
+    wait: Annotated[
+        float,
+        Query(ge=0, le=30, description="Seconds to hold the request until an event arrives."),
+    ] = 0,
+) -> Response:
+    types = split_values(type) or None
+    for name in types or ():
+        if name not in EVENT_TYPES:
+            raise InvalidParameter(
+                f"type: unknown value {shorten(name)!r}; allowed: {', '.join(EVENT_TYPES)}"
+            )
+    customers = split_values(customer_id) or None
+    if customers:
+        await scope(svc.refresher, customers)
+    answer = functools.partial(
+        answer_events,
+        svc,
+        after=after or 0,
+        limit=limit,
+        types=types,
+        customers=customers,
+        wait=wait,
+    )
+    response = await answer(request.headers)
+    svc.fast.remember(request.scope, answer)
+    return response
+
+
+async def answer_events(
+    svc: Services,
+    headers: Headers,
+    *,
+    after: int,
+    limit: int,
+    types: list[str] | None,
+    customers: list[str] | None,
+    wait: float,
+) -> Response:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        key = ("events", after, limit, types and tuple(types), customers and tuple(customers))
+        versioned = (*key, svc.notices.count)
+        page: tuple[bytes, int] | None = svc.answers.get(versioned)
+        if page is None:
+            page = await _page(svc, after, limit, types, customers)
+            if page[1]:
+                # A page with events stays true (ids are handed out in commit order); an
+                # empty one does not once another process writes, so it is always read.
+                svc.answers.put(versioned, page, len(page[0]))
+        content, count = page
+        remaining = deadline - loop.time()
+        if count or remaining <= 0:
+            return Response(content, media_type="application/json")
+        await svc.notices.wait(min(remaining, POLL_SECONDS))
+
+
+async def _page(
+    svc: Services,
+    after: int,
+    limit: int,
+    types: list[str] | None,
+    customers: list[str] | None,
+) -> tuple[bytes, int]:
+    async with svc.sessions() as session:
+        top = await feed.last_event_id(session)
+        rows = await feed.list_events(
+            session, after=after, upto=top, limit=limit, types=types, customer_ids=customers
+        )
+    cursor = rows[-1].id if len(rows) == limit else max(after, top)
+    items = ",".join(
+        feed.event_json(r.id, r.type, r.at, r.customer_id, r.job_id, r.alert_key, r.data)
+        for r in rows
+    )
+    return f'{{"items":[{items}],"next_cursor":"{cursor}"}}'.encode(), len(rows)

@@ -1,0 +1,268 @@
+"""Webhooks: the outbox's deliveries POSTed to their receivers, signed as Standard Webhooks says.
+
+A delivery row is written with its event (`app.store.feed.tell`), so nothing is lost across a
+restart. For each receiver a sender task (`Sender.run_url`):
+
+1. claims the deliveries that are due, at most the oldest pending one per `alert_key` (so a
+   key's events arrive in order), by setting a lease that another process respects;
+2. POSTs each event's JSON with `webhook-id` (the event id), `webhook-timestamp` and
+   `webhook-signature` (`v1,` + base64 HMAC-SHA256 of `id.timestamp.body`);
+3. records the answer: a 2xx delivers; anything else, a timeout or a refused connection
+   retries with exponential backoff and jitter (a `Retry-After` is honoured) until the
+   delivery's deadline (24 hours), when it is marked failed and the key's next event goes.
+
+Each receiver has its own task, so one that is down never delays the others. Delivery is at
+least once: a process that dies after sending but before recording sends again after the
+lease ends. Receivers de-duplicate by `webhook-id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from standardwebhooks import Webhook
+
+from app import __version__
+from app.alerting import Notices
+from app.clock import Clock
+from app.store.feed import Plan, event_json, from_driver, sql, to_driver
+from app.store.ingest import Writer
+
+log = logging.getLogger(__name__)
+
+BATCH = 50
+"""Deliveries one sender claims at a time."""
+LEASE = timedelta(seconds=60)
+"""How long a claim keeps other senders (and processes) off a delivery."""
+TIMEOUT_SECONDS = 10.0
+FIRST_RETRY_SECONDS = 5.0
+MAX_RETRY_SECONDS = 3600.0
+POLL_SECONDS = 1.0
+"""How often an idle sender looks for due deliveries (notices wake it sooner)."""
+
+
+def retry_delay(attempts: int, retry_after: float | None = None) -> float:
+    """Seconds before the next attempt after `attempts` failed ones: doubling from 5 s up to
+    an hour, with jitter so that many deliveries failing together do not retry together."""
+    base = min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2.0 ** max(0, attempts - 1))
+    delay = base * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, MAX_RETRY_SECONDS))
+    return delay
+
+
+def safe_url(url: str) -> str:
+    """A receiver's URL without credentials or query (which may hold a token)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    event_id: int
+    attempts: int
+    deadline_at: datetime
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What one POST gave: a status (None: no answer), an error text, a Retry-After."""
+
+    delivery: Claimed
+    status: int | None
+    error: str | None
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+def claim(dialect: str, url: str, now: datetime, limit: int) -> Plan[list[Claimed]]:
+    """The due deliveries of `url`, the oldest pending one per key, leased to the caller."""
+    stamp = to_driver(dialect, now)
+    rows = yield (
+        "fetch",
+        sql(
+            dialect,
+            "SELECT d.id, d.event_id, d.attempts, d.deadline_at, e.type, e.at, e.customer_id, "
+            "e.job_id, e.alert_key, e.data "
+            "FROM webhook_deliveries d JOIN events e ON e.id = d.event_id "
+            "WHERE d.url = ? AND d.state = 'pending' AND d.next_attempt_at <= ? "
+            "AND (d.lease_until IS NULL OR d.lease_until < ?) "
+            "AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.url = d.url "
+            "AND p.state = 'pending' AND p.alert_key = d.alert_key AND p.id < d.id) "
+            "ORDER BY d.id LIMIT ?",
+        ),
+        (url, stamp, stamp, limit),
+    )
+    lease = to_driver(dialect, now + LEASE)
+    claimed = []
+    for delivery_id, event_id, attempts, deadline, *event in rows:
+        taken = yield (
+            "exec",
+            sql(
+                dialect,
+                "UPDATE webhook_deliveries SET lease_until = ? WHERE id = ? "
+                "AND state = 'pending' AND (lease_until IS NULL OR lease_until < ?)",
+            ),
+            (lease, delivery_id, stamp),
+        )
+        if taken == 1:  # another process may have claimed it in between
+            deadline_at = from_driver(deadline)
+            assert deadline_at is not None
+            claimed.append(
+                Claimed(delivery_id, event_id, attempts, deadline_at, event_json(event_id, *event))
+            )
+    return claimed
+
+
+def record(dialect: str, attempts: Sequence[Attempt], now: datetime) -> Plan[None]:
+    """The outcome of each attempt: delivered, retried later, or failed past its deadline."""
+    stamp = to_driver(dialect, now)
+    for a in attempts:
+        tries = a.delivery.attempts + 1
+        if a.ok:
+            state, next_at = "delivered", stamp
+        elif now >= a.delivery.deadline_at:
+            state, next_at = "failed", stamp
+        else:
+            delay = timedelta(seconds=retry_delay(tries, a.retry_after))
+            state, next_at = "pending", to_driver(dialect, now + delay)
+        yield (
+            "exec",
+            sql(
+                dialect,
+                "UPDATE webhook_deliveries SET state = ?, attempts = ?, next_attempt_at = ?, "
+                "lease_until = NULL, last_attempt_at = ?, last_status = ?, last_error = ?, "
+                "delivered_at = ? WHERE id = ?",
+            ),
+            (
+                state,
+                tries,
+                next_at,
+                stamp,
+                a.status,
+                a.error,
+                stamp if a.ok else None,
+                a.delivery.id,
+            ),
+        )
+
+
+def _retry_after(response: httpx.Response, now: datetime) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+class Sender:
+    """Delivers the outbox to every receiver of `WEBHOOK_URLS` (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        writer: Writer,
+        sessions: async_sessionmaker[AsyncSession],
+        http: httpx.AsyncClient,
+        secret: str,
+        urls: Sequence[str],
+        notices: Notices,
+        clock: Clock,
+        on_attempt: Callable[[str, bool], None] | None = None,
+    ) -> None:
+        self.writer = writer
+        self.sessions = sessions
+        self.http = http
+        self.signer = Webhook(secret)
+        self.urls = list(urls)
+        self.notices = notices
+        self.clock = clock
+        self.on_attempt = on_attempt
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self.run_url(url) for url in self.urls))
+
+    async def run_url(self, url: str) -> None:
+        """Deliver to `url` forever: what is due now, then wait for a notice or the poll."""
+        while True:
+            try:
+                sent = await self.deliver_due(url)
+            except Exception:  # the database may be away: try again at the next poll
+                log.exception("webhook deliveries to %s failed", safe_url(url))
+                sent = 0
+            if sent < BATCH:
+                await self.notices.wait(POLL_SECONDS)
+
+    async def deliver_due(self, url: str) -> int:
+        """One round for `url`: claim what is due, send it, record the answers."""
+        now = self.clock()
+        claimed = await self.writer.run_plan(lambda dialect: claim(dialect, url, now, BATCH))
+        if not claimed:
+            return 0
+        attempts = await asyncio.gather(*(self._send(url, c) for c in claimed))
+        await self.writer.run_plan(lambda dialect: record(dialect, attempts, self.clock()))
+        return len(claimed)
+
+    async def _send(self, url: str, delivery: Claimed) -> Attempt:
+        msg_id = str(delivery.event_id)
+        sent_at = datetime.now(UTC)  # the receiver checks it against its own clock
+        headers = {
+            "content-type": "application/json",
+            "user-agent": f"jobs-gateway/{__version__}",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(sent_at.timestamp())),
+            "webhook-signature": self.signer.sign(msg_id, sent_at, delivery.body),
+        }
+        try:
+            response = await self.http.post(
+                url, content=delivery.body.encode(), headers=headers, timeout=TIMEOUT_SECONDS
+            )
+        except httpx.TimeoutException:
+            attempt = Attempt(delivery, None, f"no answer within {TIMEOUT_SECONDS:g} s")
+        except httpx.HTTPError as exc:
+            attempt = Attempt(delivery, None, f"{type(exc).__name__}: could not reach the receiver")
+        else:
+            error = None if response.is_success else f"the receiver answered {response.status_code}"
+            attempt = Attempt(
+                delivery,
+                response.status_code,
+                error,
+                _retry_after(response, sent_at) if not response.is_success else None,
+            )
+        if not attempt.ok:
+            log.warning(
+                "webhook %s to %s: %s (attempt %d)",
+                msg_id,
+                safe_url(url),
+                attempt.error,
+                delivery.attempts + 1,
+            )
+        if self.on_attempt is not None:
+            self.on_attempt("delivered" if attempt.ok else "failed", attempt.ok)
+        return attempt
