@@ -227,6 +227,35 @@ def _row(
     }
 
 
+def scripted_row(
+    *,
+    job_id: str,
+    status: int,
+    start: datetime,
+    job_type: int = 7,
+    module: int = 304,
+    name: str = "Scripted backup",
+    duration: int = 600,
+) -> dict[str, Any]:
+    """A job row a test puts in place (`Simulator.put_job`): running (status 1) rows have no
+    end, duration or size yet."""
+    running = status in (1, 6)
+    end = start + timedelta(seconds=duration)
+    return _row(
+        job_type=job_type,
+        module=module,
+        status=status,
+        job_id=job_id,
+        name=name,
+        counts=(10, 10 if status == 3 else 0, 0 if status == 3 else 10, 0, 0),
+        size=NA if running else "1 GB",
+        start=format_time(start),
+        end=NA if running else format_time(end),
+        duration=NA if running else format_duration(duration),
+        modified=format_time(start if running else end + timedelta(seconds=1)),
+    )
+
+
 def placeholder_row() -> dict[str, Any]:
     """The row the live API puts first for a customer: codes 0 and every string N/A."""
     return _row(

@@ -22,6 +22,7 @@ from app.simulator.data import (
     build_customers,
     customer_job_status,
     customer_wire,
+    scripted_row,
     seeded_rng,
     with_odd_text,
 )
@@ -59,8 +60,11 @@ class Simulator:
         # The rows last built per customer, with what they were built for: a walk's pages
         # arrive within a second and share one build.
         self._rows: dict[
-            str, tuple[tuple[int | None, int, datetime, bool], list[dict[str, Any]]]
+            str, tuple[tuple[int | None, int, datetime, bool, int], list[dict[str, Any]]]
         ] = {}
+        # Rows tests put in place, per customer and job id, listed after the generated ones.
+        self._scripted: dict[str, dict[str, dict[str, Any]]] = {}
+        self._script_version = 0
 
     # --- data -------------------------------------------------------------------------
 
@@ -102,15 +106,59 @@ class Simulator:
         history = self._histories[customer_id]
         moment = self.now() if now is None else to_second(now)
         odd = customer_id in self.config.odd_text_customers
-        key = (self.config.jobs_per_customer, self.config.history_days, moment, odd)
+        key = (
+            self.config.jobs_per_customer,
+            self.config.history_days,
+            moment,
+            odd,
+            self._script_version,
+        )
         cached = self._rows.get(customer_id)
         if cached is not None and cached[0] == key:
             return cached[1]
         rows = history.rows(self.config, moment)
+        scripted = self._scripted.get(customer_id)
+        if scripted:
+            rows = [*rows, *scripted.values()]
         if odd:
             rows = with_odd_text(rows)
         self._rows[customer_id] = (key, rows)
         return rows
+
+    def put_job(
+        self,
+        customer_id: str,
+        job_id: str,
+        *,
+        status: int,
+        start: datetime,
+        job_type: int = 7,
+        module: int = 304,
+        name: str = "Scripted backup",
+        duration: int = 600,
+    ) -> dict[str, Any]:
+        """List a job of the test's making for the customer (or change it, by job id), after
+        the generated ones; with `SimulatorConfig(jobs_per_customer=0)` only these are listed.
+        Status codes are the upstream's: 1 running, 2 finished, 3 failed, ..."""
+        if not self.is_customer(customer_id):
+            raise KeyError(customer_id)
+        row = scripted_row(
+            job_id=job_id,
+            status=status,
+            start=start,
+            job_type=job_type,
+            module=module,
+            name=name,
+            duration=duration,
+        )
+        self._scripted.setdefault(customer_id, {})[job_id] = row
+        self._script_version += 1
+        return row
+
+    def remove_job(self, customer_id: str, job_id: str) -> None:
+        """Stop listing a job `put_job` listed."""
+        self._scripted.get(customer_id, {}).pop(job_id, None)
+        self._script_version += 1
 
     def is_customer(self, customer_id: str) -> bool:
         return customer_id in self._customer_table()

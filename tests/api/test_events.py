@@ -1,0 +1,399 @@
+"""The change feed and alerts as a PSA integration meets them: the simulator's jobs go
+through failure, further failures, recovery, an overdue key and a running job, and the
+feed tells each change once, in order, whatever cursor it is read from.
+
+Every test runs on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from app.simulator import Simulator, SimulatorConfig
+from tests.api.conftest import Gateway
+from tests.clock import FakeClock
+
+HOUR = 3600.0
+FINISHED, FAILED, RUNNING, CANCELED = 2, 3, 1, 8
+EXCHANGE = {"job_type": 7, "module": 303}  # microsoft_365 / exchange_online
+
+
+@pytest.fixture
+def sim(clock: FakeClock) -> Simulator:
+    """Two customers whose only jobs are the ones a test puts in place."""
+    return Simulator(SimulatorConfig(seed=7, customers=2, jobs_per_customer=0), clock=clock)
+
+
+@pytest.fixture
+def customer(sim: Simulator) -> str:
+    return sim.customer_ids()[0]
+
+
+@pytest.fixture
+async def api(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    async with gateway(cache_ttl_seconds=60) as client:
+        yield client
+
+
+async def refresh(api: httpx.AsyncClient) -> None:
+    response = await api.get("/jobs", params={"max_age": 0})
+    assert response.status_code == 200, response.text
+
+
+async def events(api: httpx.AsyncClient, **params: Any) -> tuple[list[dict[str, Any]], str]:
+    response = await api.get("/events", params={"limit": 1000, **params})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return body["items"], body["next_cursor"]
+
+
+def kinds(items: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+    return [(e["type"], e["job_id"]) for e in items]
+
+
+async def open_alerts(api: httpx.AsyncClient) -> list[dict[str, Any]]:
+    response = await api.get("/alerts", params={"state": "open"})
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+async def test_a_failure_opens_an_alert_further_failures_raise_it_and_a_success_resolves_it(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock, customer: str
+) -> None:
+    t0 = clock.now - timedelta(hours=2)
+    sim.put_job(customer, "ok-1", status=FINISHED, start=t0, **EXCHANGE)
+    await refresh(api)
+    first, cursor = await events(api)
+    assert kinds(first) == [("job.created", "ok-1")]
+    assert first[0]["alert_key"] == f"{customer}:microsoft_365:exchange_online"
+    assert first[0]["data"]["job"]["status"] == "finished"
+    assert await open_alerts(api) == []
+
+    # A run starts: a new job, but running is not finished, so no alert.
+    clock.advance(HOUR)
+    sim.put_job(customer, "run-2", status=RUNNING, start=clock.now, **EXCHANGE)
+    await refresh(api)
+    items, cursor = await events(api, after=cursor)
+    assert kinds(items) == [("job.created", "run-2")]
+    assert items[0]["data"]["job"]["status"] == "running"
+    assert await open_alerts(api) == []
+
+    # It fails: the job's status changes and an alert opens, a warning.
+    clock.advance(HOUR)
+    sim.put_job(customer, "run-2", status=FAILED, start=clock.now - timedelta(hours=1), **EXCHANGE)
+    await refresh(api)
+    items, cursor = await events(api, after=cursor)
+    assert kinds(items) == [("job.status_changed", "run-2"), ("alert.opened", "run-2")]
+    assert items[0]["data"]["from"] == "running"
+    assert items[0]["data"]["to"] == "failed"
+    alert = items[1]["data"]["alert"]
+    assert alert["state"] == "open"
+    assert alert["reason"] == "failed"
+    assert alert["severity"] == "warning"
+    assert alert["consecutive_failures"] == 1
+    assert alert["last_success_at"] == t0.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert items[1]["data"]["job"]["job_id"] == "run-2"
+    [listed] = await open_alerts(api)
+    assert listed == alert
+
+    # A second failure: counted, still a warning, so no alert event.
+    clock.advance(HOUR)
+    sim.put_job(customer, "fail-3", status=FAILED, start=clock.now, **EXCHANGE)
+    await refresh(api)
+    items, cursor = await events(api, after=cursor)
+    assert kinds(items) == [("job.created", "fail-3")]
+    [listed] = await open_alerts(api)
+    assert listed["consecutive_failures"] == 2
+    assert listed["severity"] == "warning"
+    assert listed["last_job_id"] == "fail-3"
+
+    # The third: critical, told as alert.updated so a PSA can raise the ticket's priority.
+    clock.advance(HOUR)
+    sim.put_job(customer, "fail-4", status=FAILED, start=clock.now, **EXCHANGE)
+    await refresh(api)
+    items, cursor = await events(api, after=cursor)
+    assert kinds(items) == [("job.created", "fail-4"), ("alert.updated", "fail-4")]
+    assert items[1]["data"]["alert"]["severity"] == "critical"
+    assert items[1]["data"]["previous_severity"] == "warning"
+    assert items[1]["data"]["alert"]["consecutive_failures"] == 3
+
+    # A canceled run changes nothing about the alert.
+    clock.advance(HOUR)
+    sim.put_job(customer, "cancel-5", status=CANCELED, start=clock.now, **EXCHANGE)
+    await refresh(api)
+    items, cursor = await events(api, after=cursor)
+    assert kinds(items) == [("job.created", "cancel-5")]
+    [listed] = await open_alerts(api)
+    assert listed["consecutive_failures"] == 3
+
+    # A success resolves it.
+    clock.advance(HOUR)
+    sim.put_job(customer, "ok-6", status=FINISHED, start=clock.now, **EXCHANGE)
+    await refresh(api)
+    items, cursor = await events(api, after=cursor)
+    assert kinds(items) == [("job.created", "ok-6"), ("alert.resolved", "ok-6")]
+    resolved = items[1]["data"]["alert"]
+    assert resolved["state"] == "resolved"
+    assert resolved["resolved_at"] is not None
+    assert resolved["consecutive_failures"] == 0
+    assert resolved["first_failure_at"] is None
+    assert await open_alerts(api) == []
+    response = await api.get("/alerts", params={"state": "resolved"})
+    [old] = response.json()["items"]
+    assert old["alert_key"] == alert["alert_key"]
+    assert old["opened_at"] == alert["opened_at"]
+
+    # A refresh that sees nothing new tells nothing.
+    clock.advance(HOUR)
+    await refresh(api)
+    items, _ = await events(api, after=cursor)
+    assert items == []
+
+
+async def test_an_overdue_key_opens_a_critical_alert_and_a_success_resolves_it(
+    gateway: Gateway, sim: Simulator, clock: FakeClock, customer: str
+) -> None:
+    sim.put_job(customer, "ok-1", status=FINISHED, start=clock.now - timedelta(hours=1))
+    async with gateway(overdue_hours=36) as api:
+        await refresh(api)
+        _, cursor = await events(api)
+        svc = api._transport.app.state.services  # type: ignore[attr-defined]
+        from app.alerting import sweep_overdue
+
+        clock.advance(34 * HOUR)
+        assert await sweep_overdue(svc.writer, svc.sessions, svc.feed, svc.clock) == 0
+        # A run in progress is not a result: the key is still overdue once 36 hours pass.
+        sim.put_job(customer, "run-2", status=RUNNING, start=clock.now)
+        await refresh(api)
+        clock.advance(2 * HOUR)
+        assert await sweep_overdue(svc.writer, svc.sessions, svc.feed, svc.clock) == 1
+        items, cursor = await events(api, after=cursor)
+        assert kinds(items) == [("job.created", "run-2"), ("alert.opened", "ok-1")]
+        alert = items[1]["data"]["alert"]
+        assert alert["reason"] == "overdue"
+        assert alert["severity"] == "critical"
+        assert alert["consecutive_failures"] == 0
+        # Sweeping again finds it open already: nothing more.
+        assert await sweep_overdue(svc.writer, svc.sessions, svc.feed, svc.clock) == 0
+
+        sim.put_job(customer, "run-2", status=FINISHED, start=clock.now - timedelta(hours=2))
+        await refresh(api)
+        items, _ = await events(api, after=cursor)
+        assert kinds(items) == [("job.status_changed", "run-2"), ("alert.resolved", "run-2")]
+
+
+async def test_the_first_snapshot_tells_every_job_and_opens_what_it_already_shows(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock, customer: str
+) -> None:
+    start = clock.now - timedelta(hours=10)
+    for n in range(3):
+        sim.put_job(customer, f"f{n}", status=FAILED, start=start + timedelta(hours=n))
+    sim.put_job(customer, "ok", status=FINISHED, start=start, **EXCHANGE)
+    await refresh(api)
+    items, _ = await events(api)
+    created = [e for e in items if e["type"] == "job.created"]
+    assert sorted(e["job_id"] for e in created) == ["f0", "f1", "f2", "ok"]
+    opened = [e for e in items if e["type"] == "alert.opened"]
+    assert len(opened) == 1
+    alert = opened[0]["data"]["alert"]
+    assert alert["severity"] == "critical"  # three failures in a row already
+    assert alert["consecutive_failures"] == 3
+    assert alert["module"] == "microsoft_365_groups"
+    # Events come after the jobs they are about: job events first, then the alert.
+    assert items[-1]["type"] == "alert.opened"
+
+
+async def test_replay_from_any_cursor_gives_the_same_events_in_the_same_order(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock, customer: str
+) -> None:
+    for n in range(6):
+        sim.put_job(customer, f"j{n}", status=(FAILED, FINISHED)[n % 2], start=clock.now)
+        await refresh(api)
+        clock.advance(HOUR)
+    everything, last = await events(api)
+    ids = [e["id"] for e in everything]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    for after in (0, ids[0], ids[3], ids[-2]):
+        replay, _ = await events(api, after=after)
+        assert replay == [e for e in everything if e["id"] > after]
+    # Paged in twos, the pages put together are the feed.
+    paged: list[dict[str, Any]] = []
+    cursor = "0"
+    while True:
+        page, cursor = await events(api, after=cursor, limit=2)
+        if not page:
+            break
+        paged += page
+    assert paged == everything
+    assert cursor == last
+
+
+async def test_filters_by_type_and_customer(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock
+) -> None:
+    first, second = sim.customer_ids()
+    sim.put_job(first, "a", status=FAILED, start=clock.now)
+    sim.put_job(second, "b", status=FINISHED, start=clock.now)
+    await refresh(api)
+    items, cursor = await events(api, type="alert.opened")
+    assert kinds(items) == [("alert.opened", "a")]
+    items, _ = await events(api, customer_id=second)
+    assert kinds(items) == [("job.created", "b")]
+    items, _ = await events(api, type="job.created,alert.opened", customer_id=first)
+    assert [e["type"] for e in items] == ["job.created", "alert.opened"]
+    # A filter that matches nothing still moves the cursor to what it has looked at.
+    items, moved = await events(api, type="alert.resolved")
+    assert items == []
+    assert int(moved) >= int(cursor)
+
+
+async def test_a_long_poll_hears_of_a_failure_as_soon_as_it_is_stored(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock, customer: str
+) -> None:
+    await refresh(api)
+    _, cursor = await events(api)
+    poll = asyncio.create_task(api.get("/events", params={"after": cursor, "wait": 10}))
+    await asyncio.sleep(0.05)
+    assert not poll.done()
+    sim.put_job(customer, "late", status=FAILED, start=clock.now)
+    began = asyncio.get_running_loop().time()
+    await refresh(api)
+    response = await asyncio.wait_for(poll, 5)
+    assert asyncio.get_running_loop().time() - began < 1.0
+    assert [e["type"] for e in response.json()["items"]][:1] == ["job.created"]
+
+
+async def test_a_long_poll_with_nothing_new_answers_empty_when_its_wait_is_up(
+    api: httpx.AsyncClient,
+) -> None:
+    await refresh(api)
+    response = await api.get("/events", params={"wait": 0.3})
+    assert response.status_code == 200
+    assert response.json() == {"items": [], "next_cursor": "0"}
+
+
+@pytest.mark.parametrize(
+    ("params", "names"),
+    [
+        ({"after": "-1"}, "after"),
+        ({"after": "x"}, "after"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "1001"}, "limit"),
+        ({"wait": "31"}, "wait"),
+        ({"type": "job.deleted"}, "type"),
+        ({"customer_id": "nobody"}, "customer_id"),
+    ],
+)
+async def test_bad_parameters_are_422_naming_the_parameter(
+    api: httpx.AsyncClient, params: dict[str, str], names: str
+) -> None:
+    response = await api.get("/events", params=params)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "invalid_parameter"
+    assert names in response.json()["detail"]
+
+
+async def test_alerts_filter_by_customer_job_type_module_and_severity(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock
+) -> None:
+    first, second = sim.customer_ids()
+    sim.put_job(first, "a", status=FAILED, start=clock.now, **EXCHANGE)
+    sim.put_job(second, "b", status=FAILED, start=clock.now)
+    await refresh(api)
+    assert len(await open_alerts(api)) == 2
+
+    async def keys(**params: str) -> list[str]:
+        response = await api.get("/alerts", params=params)
+        assert response.status_code == 200, response.text
+        return [a["alert_key"] for a in response.json()["items"]]
+
+    assert await keys(customer_id=first) == [f"{first}:microsoft_365:exchange_online"]
+    assert await keys(module="microsoft_365_groups") == [
+        f"{second}:microsoft_365:microsoft_365_groups"
+    ]
+    assert len(await keys(job_type="microsoft_365", severity="warning")) == 2
+    assert await keys(severity="critical") == []
+    assert await keys(state="resolved") == []
+    page = (await api.get("/alerts", params={"limit": 1})).json()
+    assert len(page["items"]) == 1
+    rest = (await api.get("/alerts", params={"cursor": page["next_cursor"]})).json()
+    assert len(rest["items"]) == 1
+    assert rest["next_cursor"] is None
+    for bad in ({"state": "closed"}, {"module": "floppy"}, {"cursor": "abc"}, {"severity": "x"}):
+        response = await api.get("/alerts", params=bad)
+        assert response.status_code == 422, bad
+
+
+async def test_a_snooze_is_listed_on_the_alert_and_lifted_by_a_past_time(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock, customer: str
+) -> None:
+    sim.put_job(customer, "a", status=FAILED, start=clock.now)
+    await refresh(api)
+    [alert] = await open_alerts(api)
+    key = alert["alert_key"]
+    until = (clock.now + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    response = await api.post(
+        f"/alerts/{key}/snooze", json={"until": until, "reason": "mailbox decommissioned"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["snoozed_until"] == until
+    assert response.json()["snooze_reason"] == "mailbox decommissioned"
+    [listed] = await open_alerts(api)
+    assert listed["snoozed_until"] == until
+    # Events are still written while snoozed.
+    _, cursor = await events(api)
+    for n in range(2):
+        clock.advance(HOUR)
+        sim.put_job(customer, f"f{n}", status=FAILED, start=clock.now)
+    await refresh(api)
+    items, _ = await events(api, after=cursor)
+    assert [e["type"] for e in items] == ["job.created", "job.created", "alert.updated"]
+    assert items[-1]["data"]["alert"]["snoozed_until"] == until
+
+    response = await api.post(f"/alerts/{key}/snooze", json={"until": "2000-01-01T00:00:00Z"})
+    assert response.status_code == 200
+    assert response.json()["snoozed_until"] is None
+
+
+@pytest.mark.parametrize(
+    ("key", "body", "status"),
+    [
+        ("nobody:microsoft_365:onedrive", {"until": "2030-01-01T00:00:00Z"}, 404),
+        ("k", {"until": "soon"}, 422),
+        ("k", {"until": "2030-01-01T00:00:00"}, 422),
+        ("k", {}, 422),
+        ("k", {"until": "2030-01-01T00:00:00Z", "extra": 1}, 422),
+        ("k", {"until": "2030-01-01T00:00:00Z", "reason": "x" * 501}, 422),
+    ],
+)
+async def test_snoozing_what_is_not_there_or_badly_is_a_clear_4xx(
+    api: httpx.AsyncClient, key: str, body: dict[str, Any], status: int
+) -> None:
+    response = await api.post(f"/alerts/{key}/snooze", json=body)
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"error", "detail"}
+
+
+async def test_a_failed_refresh_tells_nothing_and_keeps_the_alerts(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock, customer: str
+) -> None:
+    import dataclasses
+
+    sim.put_job(customer, "a", status=FAILED, start=clock.now)
+    await refresh(api)
+    _, cursor = await events(api)
+    sim.put_job(customer, "b", status=FINISHED, start=clock.now + timedelta(minutes=1))
+    sim.config = dataclasses.replace(sim.config, failing_customers=frozenset({customer}))
+    clock.advance(120)
+    await refresh(api)
+    items, _ = await events(api, after=cursor)
+    assert items == []
+    assert len(await open_alerts(api)) == 1
