@@ -41,8 +41,11 @@ class Notices:
         event, self._event = self._event, asyncio.Event()
         event.set()
 
-    async def wait(self, seconds: float) -> bool:
-        """Whether a notice came within `seconds`."""
+    async def wait(self, seconds: float, since: int | None = None) -> bool:
+        """Whether a notice came within `seconds`; at once when one came after the caller
+        read `count` as `since` (so a notice during the caller's work is not missed)."""
+        if since is not None and self.count != since:
+            return True
         try:
             await asyncio.wait_for(self._event.wait(), seconds)
         except TimeoutError:

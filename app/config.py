@@ -117,8 +117,15 @@ class Settings(BaseSettings):
     def _http_urls(cls, value: list[str]) -> list[str]:
         for url in value:
             parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"not an http(s) URL: {url!r}")
+            try:
+                port = parts.port  # raises for a port out of range
+            except ValueError:
+                port = -1
+            if parts.scheme not in ("http", "https") or not parts.hostname or port == 0 or (
+                port is not None and port < 0
+            ):
+                # Only scheme and host are echoed: the rest may hold a token.
+                raise ValueError(f"not an http(s) URL with a valid port: {parts.scheme}://...")
         return value
 
     @field_validator("webhook_secret")

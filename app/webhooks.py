@@ -53,7 +53,8 @@ POLL_SECONDS = 1.0
 def retry_delay(attempts: int, retry_after: float | None = None) -> float:
     """Seconds before the next attempt after `attempts` failed ones: doubling from 5 s up to
     an hour, with jitter so that many deliveries failing together do not retry together."""
-    base = min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2.0 ** max(0, attempts - 1))
+    # The exponent is capped first: manual retries let attempts grow without bound.
+    base = min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2.0 ** min(max(0, attempts - 1), 30))
     delay = base * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
     if retry_after is not None:
         delay = max(delay, min(retry_after, MAX_RETRY_SECONDS))
@@ -63,9 +64,7 @@ def retry_delay(attempts: int, retry_after: float | None = None) -> float:
 def safe_url(url: str) -> str:
     """A receiver's URL without credentials or query (which may hold a token)."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    host = parts.netloc.rpartition("@")[2].lower()  # brackets of an IPv6 address kept
     return f"{parts.scheme}://{host}{parts.path}"
 
 
@@ -211,13 +210,14 @@ class Sender:
     async def run_url(self, url: str) -> None:
         """Deliver to `url` forever: what is due now, then wait for a notice or the poll."""
         while True:
+            seen = self.notices.count
             try:
                 sent = await self.deliver_due(url)
             except Exception:  # the database may be away: try again at the next poll
                 log.exception("webhook deliveries to %s failed", safe_url(url))
                 sent = 0
             if sent < BATCH:
-                await self.notices.wait(POLL_SECONDS)
+                await self.notices.wait(POLL_SECONDS, since=seen)
 
     async def deliver_due(self, url: str) -> int:
         """One round for `url`: claim what is due, send it, record the answers."""
@@ -245,7 +245,7 @@ class Sender:
             )
         except httpx.TimeoutException:
             attempt = Attempt(delivery, None, f"no answer within {TIMEOUT_SECONDS:g} s")
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # httpx's errors, and anything else a bad address raises
             attempt = Attempt(delivery, None, f"{type(exc).__name__}: could not reach the receiver")
         else:
             error = None if response.is_success else f"the receiver answered {response.status_code}"

@@ -96,8 +96,9 @@ async def answer_events(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
+        seen = svc.notices.count
         key = ("events", after, limit, types and tuple(types), customers and tuple(customers))
-        versioned = (*key, svc.notices.count)
+        versioned = (*key, seen)
         page: tuple[bytes, int] | None = svc.answers.get(versioned)
         if page is None:
             page = await _page(svc, after, limit, types, customers)
@@ -109,7 +110,7 @@ async def answer_events(
         remaining = deadline - loop.time()
         if count or remaining <= 0:
             return Response(content, media_type="application/json")
-        await svc.notices.wait(min(remaining, POLL_SECONDS))
+        await svc.notices.wait(min(remaining, POLL_SECONDS), since=seen)
 
 
 async def _page(
