@@ -118,13 +118,11 @@ class Settings(BaseSettings):
         for url in value:
             parts = urlsplit(url)
             try:
-                port = parts.port  # raises for a port out of range
-            except ValueError:
-                port = -1
-            if parts.scheme not in ("http", "https") or not parts.hostname or port == 0 or (
-                port is not None and port < 0
-            ):
-                # Only scheme and host are echoed: the rest may hold a token.
+                valid_port = parts.port != 0  # None (the default) is fine
+            except ValueError:  # out of range
+                valid_port = False
+            if parts.scheme not in ("http", "https") or not parts.hostname or not valid_port:
+                # Only the scheme is echoed: the rest may hold a token.
                 raise ValueError(f"not an http(s) URL with a valid port: {parts.scheme}://...")
         return value
 

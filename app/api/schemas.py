@@ -365,6 +365,28 @@ class Delivery(BaseModel):
     last_error: str | None
     delivered_at: UtcTime | None
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "id": 311,
+                "event_id": 1843,
+                "event_type": "alert.opened",
+                "url": "https://psa.example.com/hooks/backups",
+                "alert_key": "caf9d1f2-5ea3:microsoft_365:exchange_online",
+                "customer_id": "caf9d1f2-5ea3",
+                "state": "pending",
+                "attempts": 2,
+                "created_at": "2026-11-29T03:40:05Z",
+                "next_attempt_at": "2026-11-29T03:40:31Z",
+                "deadline_at": "2026-11-30T03:40:05Z",
+                "last_attempt_at": "2026-11-29T03:40:12Z",
+                "last_status": 503,
+                "last_error": "the receiver answered 503",
+                "delivered_at": None,
+            }
+        }
+    )
+
 
 class DeliveryPage(BaseModel):
     items: list[Delivery]
@@ -395,6 +417,30 @@ class SummaryItem(BaseModel):
     )
     freshness: FreshnessSummary | None = Field(None, description="Customers only: this one's.")
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "key": "caf9d1f2-5ea3",
+                "label": "Contoso",
+                "counts": {"failed": 3, "finished": 41, "running": 1},
+                "total": 45,
+                "last_success_at": "2026-11-29T02:28:27Z",
+                "hours_since_success": 5.5,
+                "success_rate_7d": 0.9318,
+                "health": 67,
+                "open_alerts": {"critical": 1, "warning": 0},
+                "freshness": {
+                    "customers": 1,
+                    "fresh": 1,
+                    "stale": 0,
+                    "refreshing": 0,
+                    "error": 0,
+                    "oldest_fetched_at": "2026-11-29T07:58:00Z",
+                },
+            }
+        }
+    )
+
 
 class SummaryPage(BaseModel):
     group_by: Literal["customer", "status", "job_type", "module"]
@@ -416,6 +462,12 @@ class RefreshStarted(BaseModel):
     run_id: str
     state: Literal["running", "done"]
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"run_id": "9f0c5e7a6b2d4c1e8a3f5b7d9e1c2a4b", "state": "running"}
+        }
+    )
+
 
 class RunCustomer(BaseModel):
     customer_id: str
@@ -430,3 +482,33 @@ class RefreshRun(BaseModel):
     started_at: UtcTime
     finished_at: UtcTime | None
     customers: list[RunCustomer]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "run_id": "9f0c5e7a6b2d4c1e8a3f5b7d9e1c2a4b",
+                "state": "running",
+                "started_at": "2026-11-29T08:00:00Z",
+                "finished_at": None,
+                "customers": [
+                    {"customer_id": "caf9d1f2-5ea3", "state": "ok", "jobs": 1042, "error": None},
+                    {
+                        "customer_id": "0b7e4c2a-91d0",
+                        "state": "running",
+                        "jobs": None,
+                        "error": None,
+                    },
+                    {
+                        "customer_id": "5d3a9e61-2f7c",
+                        "state": "error",
+                        "jobs": None,
+                        "error": {
+                            "kind": "http_status",
+                            "message": "the upstream answered 503",
+                            "upstream_status": 503,
+                        },
+                    },
+                ],
+            }
+        }
+    )
