@@ -95,7 +95,12 @@ def validation_detail(exc: RequestValidationError) -> str:
         name = _location(tuple(err.get("loc", ())))
         msg = str(err.get("msg", "is invalid"))
         if err.get("type") == "json_invalid":
-            msg = "is not valid JSON"
+            # Its location is ("body", <character offset>): no field to name.
+            position = err.get("loc", ("body", None))[-1]
+            name = "request body"
+            msg = "is not valid JSON" + (
+                f" (at character {position})" if isinstance(position, int) else ""
+            )
         messages.append(f"{name}: {msg}")
     return "; ".join(messages) or "the request is invalid"
 

@@ -105,11 +105,8 @@ async def answer_summary(
     version = refresher.version_of(named)
     stats_key = ("summary", filters.key, group_by, version, errors, minute)
     key = (stats_key, refresher.epoch, svc.notices.count)
-    etag = etag_of(key, freshness.view.tag)
-    if matches(headers, etag):
-        return not_modified(etag, freshness)
-    items: bytes | None = svc.answers.get(key)
-    if items is None:
+    cached: tuple[bytes, str] | None = svc.answers.get(key)
+    if cached is None:
         stats: dict[str, repo.GroupStats] | None = svc.answers.get(stats_key)
         if stats is None:
             servable = [c for c in in_scope if c not in errors] if named or errors else None
@@ -129,8 +126,15 @@ async def answer_summary(
         if group_by == "customer":
             async with svc.sessions() as session:
                 alerts = await feed.open_alert_counts(session, now)
-        items = dumps(_items(svc, filters, group_by, in_scope, stats, alerts, now))
-        svc.answers.put(key, items, len(items))
+        encoded = dumps(_items(svc, filters, group_by, in_scope, stats, alerts, now))
+        # The tag names the items themselves: the keys above move every minute (and with
+        # every refresh), the answer only when something in it does.
+        cached = (encoded, etag_of(encoded))
+        svc.answers.put(key, cached, len(encoded))
+    items, digest = cached
+    etag = etag_of(digest, freshness.view.tag)
+    if matches(headers, etag):
+        return not_modified(etag, freshness)
     content = b"".join(
         (
             b'{"group_by":',
