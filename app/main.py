@@ -35,7 +35,7 @@ from app.metrics import Metrics, watch_loop_lag
 from app.refresh import Refresher
 from app.runs import RefreshRuns
 from app.store import db
-from app.store.feed import FeedConfig
+from app.store.feed import FeedConfig, Told
 from app.store.ingest import Writer, purge_orphan_stage
 from app.upstream.auth import TokenProvider
 from app.upstream.client import AvePointClient
@@ -110,6 +110,11 @@ async def open_services(
         concurrency = settings.upstream_concurrency
         feed_config = feed_config_of(settings)
         notices = Notices()
+
+        def on_told(told: Told) -> None:
+            metrics.events_written.inc(told.events)
+            notices.notify(told)
+
         async with httpx.AsyncClient(
             transport=upstream.transport,
             timeout=httpx.Timeout(settings.upstream_timeout_seconds),
@@ -148,7 +153,7 @@ async def open_services(
                 walk_slots=concurrency + 4,
                 clock=clock,
                 feed=feed_config,
-                on_told=notices.notify,
+                on_told=on_told,
             )
             await refresher.load()
             runs = RefreshRuns(refresher, clock)
@@ -160,9 +165,7 @@ async def open_services(
             if background and settings.refresh_interval:
                 refresher.spawn(refresher.run_background())
             if background:
-                refresher.spawn(
-                    run_sweeps(writer, sessions, feed_config, clock, on_told=notices.notify)
-                )
+                refresher.spawn(run_sweeps(writer, sessions, feed_config, clock, on_told=on_told))
             sender_http: httpx.AsyncClient | None = None
             if background and settings.webhook_urls and settings.webhook_secret:
                 sender_http = httpx.AsyncClient(

@@ -70,9 +70,7 @@ def upgrade() -> None:
         sa.Column("updated_at", Timestamp, nullable=False),
         sa.CheckConstraint("state IN ('open', 'resolved')", name=op.f("ck_alerts_state")),
         sa.CheckConstraint("reason IN ('failed', 'overdue')", name=op.f("ck_alerts_reason")),
-        sa.CheckConstraint(
-            "severity IN ('warning', 'critical')", name=op.f("ck_alerts_severity")
-        ),
+        sa.CheckConstraint("severity IN ('warning', 'critical')", name=op.f("ck_alerts_severity")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_alerts")),
     )
     op.create_index(
@@ -114,9 +112,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_deliveries")),
     )
-    op.create_index(
-        "ix_webhook_deliveries_due", "webhook_deliveries", ["state", "next_attempt_at"]
-    )
+    op.create_index("ix_webhook_deliveries_due", "webhook_deliveries", ["state", "next_attempt_at"])
     op.create_index(
         "ix_webhook_deliveries_order", "webhook_deliveries", ["url", "alert_key", "state", "id"]
     )
