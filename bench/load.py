@@ -17,7 +17,8 @@ Every target is a ratio against a baseline measured in the same run, never a tim
   pages / UPSTREAM_CONCURRENCY x latency (pages = C x ceil(J/100), and never less than the
   two round trips a customer of more than one page needs). Target: walk <= 1.25 x ideal,
   and no customer in `error` once the walk is over.
-- Cached reads. `GET /jobs?status=failed&limit=100` and `GET /customers`, at c=32 from wrk
+- Cached reads. `GET /jobs?status=failed&limit=100` and `GET /customers` (and, at 100 x
+  1,000, `GET /summary`, `GET /events?limit=100` and `GET /alerts?state=open`), at c=32 from wrk
   (after a warm-up), against `bench/baseline.py`: a bare FastAPI endpoint on the same
   uvicorn settings serving the very bytes the service answered. Service and baseline take
   turns (3 rounds each by default), so a drift in the machine's other load moves both.
@@ -62,14 +63,17 @@ import httpx
 
 from bench.common import RESULTS_DIR, table, write_results
 from bench.loadkit import (
+    ALERTS_READ,
     API_KEY,
     CUSTOMERS_READ,
+    EVENTS_READ,
     JOBS_READ,
     LATENCY,
     LOAD_CORE,
     PYTHON,
     ROOT,
     SERVICE_CORE,
+    SUMMARY_READ,
     WRK_CONNECTIONS,
     Broken,
     Proc,
@@ -138,9 +142,12 @@ class Case:
         return f"{self.customers:,} × {self.jobs:,}"
 
 
+FEEDS = (SUMMARY_READ, EVENTS_READ, ALERTS_READ)
+
+
 def plan(only: str | None, quick: bool) -> list[Case]:
     if quick:
-        return [Case(50, 200, 8, (JOBS_READ, CUSTOMERS_READ), ("quick",))]
+        return [Case(50, 200, 8, (JOBS_READ, CUSTOMERS_READ, *FEEDS), ("quick",))]
     both = (JOBS_READ, CUSTOMERS_READ)
     cases: dict[tuple[int, int, int], Case] = {}
 
@@ -161,6 +168,8 @@ def plan(only: str | None, quick: bool) -> list[Case]:
         for customers, jobs in ((100, 1000), (1000, 100)):
             add(customers, jobs, 8, (), "speed")
             add(customers, jobs, 32, both, "speed")
+        # The integrations' reads, at the size the issue names, against the same targets.
+        add(100, 1000, 32, FEEDS, "speed")
     if only in (None, "memory"):
         add(1000, 1000, 32, both, "memory")
     return list(cases.values())

@@ -44,6 +44,9 @@ LATENCY = 0.05
 WRK_CONNECTIONS = 32
 JOBS_READ = "/jobs?status=failed&limit=100"
 CUSTOMERS_READ = "/customers"
+SUMMARY_READ = "/summary"
+EVENTS_READ = "/events?limit=100"
+ALERTS_READ = "/alerts?state=open&limit=100"
 
 
 class Broken(Exception):
