@@ -20,18 +20,10 @@ from app.api.common import scope
 from app.api.deps import Authorized, SafeParams, Services, ServicesDep
 from app.api.errors import InvalidParameter, NotFound
 from app.api.filters import _choices
-from app.api.params import enum_filter, shorten, split_values
+from app.api.params import enum_filter, id_cursor, shorten, split_values
 from app.store import feed
 
 router = APIRouter(tags=["alerts"], dependencies=[Authorized, SafeParams])
-
-
-def _cursor(value: str | None) -> int | None:
-    if value is None:
-        return None
-    if not value.isdigit() or len(value) > 19:
-        raise InvalidParameter("cursor: not a cursor this endpoint issued")
-    return int(value)
 
 
 @router.get(
@@ -80,7 +72,7 @@ async def list_alerts(
         job_types=_primary(catalog.JOB_TYPE, enum_filter("job_type", job_type, catalog.JOB_TYPE)),
         modules=_primary(catalog.MODULE, enum_filter("module", module, catalog.MODULE)),
         severities=_tuple(severities),
-        before=_cursor(cursor),
+        before=id_cursor(cursor),
         limit=limit,
     )
     answer = functools.partial(answer_alerts, svc, query)

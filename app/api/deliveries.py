@@ -11,15 +11,13 @@ from app.api import schemas
 from app.api.caching import dumps
 from app.api.common import scope
 from app.api.deps import Authorized, SafeParams, ServicesDep
-from app.api.errors import Conflict, InvalidParameter, NotFound
-from app.api.params import split_values
+from app.api.errors import Conflict, NotFound
+from app.api.params import MAX_ID, id_cursor, split_values
 from app.clock import iso
 from app.store import feed
 from app.webhooks import safe_url
 
 router = APIRouter(tags=["webhooks"], dependencies=[Authorized, SafeParams])
-
-MAX_ID = 2**63 - 1
 
 
 def delivery_out(row: dict[str, Any]) -> dict[str, Any]:
@@ -64,11 +62,7 @@ async def list_deliveries(
         str | None, Query(max_length=40, description="next_cursor of the previous page.")
     ] = None,
 ) -> Response:
-    before = None
-    if cursor is not None:
-        if not cursor.isdigit() or len(cursor) > 19:
-            raise InvalidParameter("cursor: not a cursor this endpoint issued")
-        before = int(cursor)
+    before = id_cursor(cursor)
     customers = split_values(customer_id) or None
     if customers:
         await scope(svc.refresher, customers)

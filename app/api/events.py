@@ -19,7 +19,7 @@ from app.api import schemas
 from app.api.common import scope
 from app.api.deps import Authorized, SafeParams, Services, ServicesDep
 from app.api.errors import InvalidParameter
-from app.api.params import shorten, split_values
+from app.api.params import MAX_ID, shorten, split_values
 from app.config import EVENT_TYPES
 from app.store import feed
 
@@ -27,7 +27,6 @@ router = APIRouter(tags=["events"], dependencies=[Authorized, SafeParams])
 
 POLL_SECONDS = 0.5
 """How often a long poll looks at the database for events other processes wrote."""
-MAX_ID = 2**63 - 1
 
 
 @router.get(

@@ -95,3 +95,16 @@ def decode_cursor(token: str, fp: str, *, size: int = 3) -> list[Any]:
             "returned it, or leave cursor out to start again"
         )
     return position
+
+
+MAX_ID = 2**63 - 1
+"""The largest id (of an event, a delivery) a parameter may name: a signed 64-bit integer."""
+
+
+def id_cursor(value: str | None) -> int | None:
+    """An id-based cursor (`next_cursor` of /alerts, /webhooks/deliveries); 422 otherwise."""
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) > MAX_ID:
+        raise InvalidParameter("cursor: not a cursor this endpoint issued")
+    return int(value)
