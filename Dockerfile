@@ -1,25 +1,22 @@
 # syntax=docker/dockerfile:1
-# Build: wheels for the app and its pinned dependencies, in a throwaway stage.
+# Build: wheels for the app (its Alembic migrations are package data) and its pinned
+# dependencies, in a throwaway stage.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY app ./app
 RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt .
 
-# Run: the installed wheels, the source with its migrations, and a non-root user.
-# The app finds its Alembic scripts beside the package (<root>/migrations), so the source is
-# laid out as in a checkout under /app and put first on the path.
+# Run: only the installed wheels and a non-root user; no source tree, no PYTHONPATH. The
+# wheels are mounted for the install, not copied, so they leave no layer behind.
 FROM python:3.11-slim
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PYTHONPATH=/app \
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     DATABASE_URL=sqlite:////var/lib/jobs-gateway/jobs-gateway.db
-RUN useradd --system --uid 10001 --home-dir /app gateway \
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links /wheels jobs-gateway
+RUN useradd --system --uid 10001 --home-dir /var/lib/jobs-gateway gateway \
     && mkdir -p /var/lib/jobs-gateway && chown gateway /var/lib/jobs-gateway
-WORKDIR /app
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels jobs-gateway && rm -rf /wheels
-COPY alembic.ini ./
-COPY app ./app
-COPY migrations ./migrations
+WORKDIR /var/lib/jobs-gateway
 USER gateway
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from app.config import ConfigError, Settings, load_settings
+from app.logs import configure_logging
 
 if TYPE_CHECKING:
     from app.refresh import RefreshOutcome
@@ -38,20 +38,17 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper() if level.upper() in logging.getLevelNamesMapping() else "INFO",
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    # httpx logs every request URL at INFO; our own client logs what matters.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-
-
 def settings_or_exit(**overrides: object) -> Settings:
     try:
         settings = load_settings(**overrides)
         settings.check()
+        if settings.avepoint_certificate_file and settings.avepoint_private_key_file:
+            from app.upstream.auth import ClientAssertion
+
+            # Read now, so a bad key or certificate is one line here, not a failed start-up.
+            ClientAssertion.from_files(
+                settings.avepoint_certificate_file, settings.avepoint_private_key_file
+            )
     except ConfigError as exc:
         fail(str(exc))
     return settings
@@ -70,17 +67,25 @@ def run_server(settings: Settings, host: str, port: int, *, warm: bool = False) 
     import uvicorn
 
     from app.main import create_app
+    from app.server import STOP_GRACE_SECONDS, StoppingServer
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     migrate_or_exit(settings)
-    uvicorn.run(
-        create_app(settings, warm=warm),
+    app = create_app(settings, warm=warm)
+    config = uvicorn.Config(
+        app,
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
+        # app.logs configured uvicorn's loggers already, in LOG_FORMAT.
+        log_config=None,
         proxy_headers=True,
         server_header=False,
+        # SIGTERM: requests in flight get this long; the lifespan's shutdown follows, and
+        # the whole stop stays within the 10 s an orchestrator gives before SIGKILL.
+        timeout_graceful_shutdown=STOP_GRACE_SECONDS,
     )
+    StoppingServer(config, app).run()
 
 
 @cli.command()
@@ -121,7 +126,7 @@ def demo(
 def migrate() -> None:
     """Apply the database migrations (DATABASE_URL) and exit."""
     settings = load_settings_or_exit()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     migrate_or_exit(settings)
     out.print("database is at the latest migration")
 
@@ -142,7 +147,7 @@ def refresh(
 ) -> None:
     """Refresh customers from the upstream now and store the snapshots."""
     settings = settings_or_exit()
-    configure_logging("WARNING")
+    configure_logging("WARNING", settings.log_format)
     migrate_or_exit(settings)
     outcomes = asyncio.run(_refresh(settings, customer or []))
     table = Table(title="Refresh")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import binascii
 from functools import lru_cache
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -51,6 +52,10 @@ class Settings(BaseSettings):
     avepoint_token_url: str = "https://identity.avepointonlineservices.com/connect/token"  # noqa: S105
     avepoint_client_id: str | None = None
     avepoint_client_secret: SecretStr | None = None
+    # Certificate authentication (a JWT client assertion, RS256), instead of the secret: the
+    # app's certificate (PEM) and its private key (PEM, unencrypted), as files.
+    avepoint_certificate_file: Path | None = None
+    avepoint_private_key_file: Path | None = None
     avepoint_scope: str = "elements.jobs.read.all elements.customers.read.all"
     customer_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
     database_url: str = DEFAULT_DATABASE_URL
@@ -68,6 +73,10 @@ class Settings(BaseSettings):
     demo_customers: int = Field(12, ge=1, le=10_000)
     demo_seed: int = 42
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    # Older history, events, deliveries, snapshots, and jobs the upstream stopped reporting
+    # are purged; 0 keeps everything.
+    retention_days: float = Field(90, ge=0, le=100 * 366)
     # Alerts, the change feed and webhooks (see app.alerts, app.store.feed, app.webhooks).
     alert_statuses: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_ALERT_STATUSES)
@@ -144,14 +153,24 @@ class Settings(BaseSettings):
 
     def check(self) -> None:
         """Refuse to start, with one line naming the variable, when the service cannot work."""
-        if not self.demo and not (
-            self.avepoint_client_id
-            and self.avepoint_client_secret
-            and self.avepoint_client_secret.get_secret_value()
-        ):
+        certificate = self.avepoint_certificate_file or self.avepoint_private_key_file
+        if certificate and not (self.avepoint_certificate_file and self.avepoint_private_key_file):
             raise ConfigError(
-                "AVEPOINT_CLIENT_ID and AVEPOINT_CLIENT_SECRET must be set "
-                "(or set DEMO=true to use the built-in simulator)"
+                "AVEPOINT_CERTIFICATE_FILE and AVEPOINT_PRIVATE_KEY_FILE go together: "
+                "set both for certificate authentication"
+            )
+        for name, path in (
+            ("AVEPOINT_CERTIFICATE_FILE", self.avepoint_certificate_file),
+            ("AVEPOINT_PRIVATE_KEY_FILE", self.avepoint_private_key_file),
+        ):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{name}: no readable file at {path}")
+        secret = self.avepoint_client_secret and self.avepoint_client_secret.get_secret_value()
+        if not self.demo and not (self.avepoint_client_id and (secret or certificate)):
+            raise ConfigError(
+                "AVEPOINT_CLIENT_ID and AVEPOINT_CLIENT_SECRET must be set (or "
+                "AVEPOINT_CERTIFICATE_FILE and AVEPOINT_PRIVATE_KEY_FILE for certificate "
+                "authentication, or DEMO=true to use the built-in simulator)"
             )
         if not self.demo and not self.api_keys and not self.auth_disabled:
             raise ConfigError(

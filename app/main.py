@@ -29,15 +29,17 @@ from app.alerts import Rules
 from app.api import alerts, customers, deliveries, errors, events, export, jobs, meta, runs, summary
 from app.api.answers import AnswerCache, FastReads, FastReadsMiddleware
 from app.api.deps import Services
+from app.api.requestid import RequestIdMiddleware
 from app.clock import Clock, utcnow
 from app.config import Settings
 from app.metrics import Metrics, watch_loop_lag
 from app.refresh import Refresher
+from app.replicas import Bus
 from app.runs import RefreshRuns
 from app.store import db
 from app.store.feed import FeedConfig, Told
 from app.store.ingest import Writer, purge_orphan_stage
-from app.upstream.auth import TokenProvider
+from app.upstream.auth import ClientAssertion, TokenProvider
 from app.upstream.client import AvePointClient
 
 DESCRIPTION = """
@@ -63,6 +65,8 @@ class Upstream:
     client_id: str
     client_secret: str = field(repr=False)
     transport: httpx.AsyncBaseTransport | None  # None: the network
+    # Certificate authentication; when set, it is used instead of the secret.
+    client_assertion: ClientAssertion | None = field(default=None, repr=False)
 
 
 def upstream_of(settings: Settings, transport: httpx.AsyncBaseTransport | None) -> Upstream:
@@ -79,12 +83,17 @@ def upstream_of(settings: Settings, transport: httpx.AsyncBaseTransport | None) 
             transport=transport or httpx.ASGITransport(app=create_simulator_app(Simulator(config))),
         )
     secret = settings.avepoint_client_secret
+    certificate, key = settings.avepoint_certificate_file, settings.avepoint_private_key_file
+    # The certificate wins over a secret set too: AvePoint recommends it. A file that cannot
+    # sign is a ConfigError naming its variable.
+    assertion = ClientAssertion.from_files(certificate, key) if certificate and key else None
     return Upstream(
         base_url=settings.avepoint_base_url,
         token_url=settings.avepoint_token_url,
         client_id=settings.avepoint_client_id or "",
-        client_secret=secret.get_secret_value() if secret else "",
+        client_secret=secret.get_secret_value() if secret and assertion is None else "",
         transport=transport,
+        client_assertion=assertion,
     )
 
 
@@ -111,9 +120,13 @@ async def open_services(
         feed_config = feed_config_of(settings)
         notices = Notices()
 
+        bus: Bus | None = None
+
         def on_told(told: Told) -> None:
             metrics.events_written.inc(told.events)
             notices.notify(told)
+            if bus is not None and told.events:
+                bus.events_written()
 
         async with httpx.AsyncClient(
             transport=upstream.transport,
@@ -128,7 +141,9 @@ async def open_services(
                 token_url=upstream.token_url,
                 client_id=upstream.client_id,
                 client_secret=upstream.client_secret,
+                client_assertion=upstream.client_assertion,
                 scope=settings.avepoint_scope,
+                wall_clock=lambda: clock().timestamp(),
             )
             client = AvePointClient(
                 http,
@@ -154,8 +169,16 @@ async def open_services(
                 clock=clock,
                 feed=feed_config,
                 on_told=on_told,
+                shared=engine.dialect.name == "postgresql",
             )
             await refresher.load()
+            metrics.oldest_fresh_age.set_function(refresher.oldest_snapshot_age)
+            if background:
+                refresher.spawn(webhooks.watch_backlog(sessions, metrics.webhook_backlog))
+            if background and refresher.shared:
+                bus = Bus(settings.database_url, sessions, refresher, notices.notify)
+                refresher.on_settled = bus.settled
+                refresher.spawn(bus.run())
             runs = RefreshRuns(refresher, clock)
             # What start-up built lives as long as the process: keep it out of every
             # garbage collection, whose full passes otherwise stall the loop under load.
@@ -166,6 +189,15 @@ async def open_services(
                 refresher.spawn(refresher.run_background())
             if background:
                 refresher.spawn(run_sweeps(writer, sessions, feed_config, clock, on_told=on_told))
+            if background and settings.retention_days > 0:
+                from app.retention import run_retention
+
+                # A purge of jobs moves their customers' data versions: cached answers follow.
+                refresher.spawn(
+                    run_retention(
+                        writer, settings.retention_days, clock, on_jobs_purged=refresher.reload
+                    )
+                )
             sender_http: httpx.AsyncClient | None = None
             if background and settings.webhook_urls and settings.webhook_secret:
                 sender_http = httpx.AsyncClient(
@@ -311,6 +343,7 @@ def create_app(
     app.add_middleware(FastReadsMiddleware)
     app.add_middleware(HeadAsGet)
     app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(export.router)
     app.include_router(jobs.router)
     app.include_router(customers.router)

@@ -19,13 +19,15 @@ class Metrics:
         r = self.registry
         self.upstream_requests = Counter(
             "jobs_gateway_upstream_requests",
-            "Upstream HTTP requests by outcome (ok, retried status, error kind).",
-            ["outcome"],
+            "Upstream HTTP requests by endpoint (jobs, customers), outcome (ok, or the error "
+            "kind) and HTTP status ('none' when no answer came).",
+            ["endpoint", "outcome", "status"],
             registry=r,
         )
         self.upstream_latency = Histogram(
             "jobs_gateway_upstream_request_seconds",
-            "Latency of one upstream HTTP request.",
+            "Latency of one upstream HTTP request, by endpoint.",
+            ["endpoint"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -89,12 +91,43 @@ class Metrics:
             registry=r,
         )
 
+        self.customer_refreshes = Counter(
+            "jobs_gateway_customer_refreshes",
+            "Refreshes by customer and outcome (success, error).",
+            ["customer_id", "outcome"],
+            registry=r,
+        )
+        self.customer_refresh_seconds = Gauge(
+            "jobs_gateway_customer_refresh_seconds",
+            "How long the customer's last refresh took.",
+            ["customer_id"],
+            registry=r,
+        )
+        self.oldest_fresh_age = Gauge(
+            "jobs_gateway_oldest_snapshot_age_seconds",
+            "Age of the oldest last good snapshot among the customers: alert when it nears "
+            "CACHE_TTL_SECONDS (refreshes fall behind) or STALE_IF_ERROR_SECONDS.",
+            registry=r,
+        )
+        self.webhook_backlog = Gauge(
+            "jobs_gateway_webhook_backlog",
+            "Webhook deliveries pending (all receivers).",
+            registry=r,
+        )
+        self.leases_held = Gauge(
+            "jobs_gateway_refresh_leases_held",
+            "Customer refresh leases this process holds (PostgreSQL replicas).",
+            registry=r,
+        )
+
     def webhook_attempt(self, outcome: str, ok: bool) -> None:
         self.webhook_attempts.labels(outcome).inc()
 
-    def upstream_request(self, outcome: str, seconds: float) -> None:
-        self.upstream_requests.labels(outcome).inc()
-        self.upstream_latency.observe(seconds)
+    def upstream_request(
+        self, outcome: str, seconds: float, endpoint: str = "jobs", status: int | None = None
+    ) -> None:
+        self.upstream_requests.labels(endpoint, outcome, str(status or "none")).inc()
+        self.upstream_latency.labels(endpoint).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -21,18 +21,33 @@ are written, in one short transaction at the end (`app.store.ingest`). At most `
 customers are fetched at once and `COMMIT_SLOTS` more wait to be written, and the upstream
 client's semaphore bounds the requests.
 
-Each customer has a data version that grows when one of its refreshes changed something, and
-the refresher a global one; the API keys its encoded answers by them.
+Each customer has a data version that grows when one of its refreshes changed something (the
+database's `customers.data_version`, so every process agrees on it), and the refresher a
+fingerprint of them all; the API keys its encoded answers, and their ETags, by them.
+
+Several processes on one PostgreSQL database (`shared`) share the work:
+
+- a process takes the customer's lease (`app.store.leases`) before it walks; one that finds
+  it taken waits for the holder's result (or serves what is stored when the wait is up);
+- a failed refresh keeps the lease as a backoff, so no process asks the upstream again
+  before it ends;
+- what one process stores, the others load (`reload`) as soon as they hear of it, through
+  PostgreSQL's LISTEN/NOTIFY or, at the latest, the next look at the database
+  (`app.replicas`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
+import os
 import random
+import socket
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,8 +57,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import Clock, iso, to_second, utcnow
+from app.logs import upstream_fields
 from app.metrics import Metrics
-from app.store import repo
+from app.store import leases, repo
 from app.store.feed import FeedConfig, Told
 from app.store.ingest import Ingest, IngestResult, SnapshotRecord, Writer, open_ingest
 from app.upstream.client import AvePointClient
@@ -66,6 +82,11 @@ ROWS_PER_SLICE = 500
 
 # Walks done fetching that may wait for the writer at once, each with its changed rows.
 COMMIT_SLOTS = 4
+
+LEASE_SECONDS = 120.0
+"""How long a refresh lease lasts unless renewed; a walk renews it when half has passed."""
+LOOK_SECONDS = 0.25
+"""How often a process waiting on another's refresh looks at the database meanwhile."""
 
 
 class DiscoveryFailed(Exception):
@@ -185,6 +206,8 @@ class RefreshOutcome:
     written: int = 0
     error: SourceError | None = None
     stored_at: datetime | None = None
+    data_version: int | None = None
+    remote: bool = False  # another process refreshed it (or backs it off)
 
 
 class CustomerDirectory:
@@ -269,7 +292,12 @@ class CustomerDirectory:
                 )
         except (UpstreamError, SQLAlchemyError) as exc:
             reason = str(exc) if isinstance(exc, UpstreamError) else "the database failed"
-            log.warning("customer discovery failed: %s", reason)
+            # The message names the upstream's request id when it sent one; so does a field.
+            log.warning(
+                "customer discovery failed: %s",
+                reason,
+                extra=upstream_fields(exc) if isinstance(exc, UpstreamError) else {},
+            )
             self.failures += 1
             self.failure = reason
             self.retry_at = self.clock() + timedelta(
@@ -303,11 +331,18 @@ class Refresher:
         clock: Clock = utcnow,
         feed: FeedConfig | None = None,
         on_told: Callable[[Told], None] | None = None,
+        shared: bool = False,
     ) -> None:
         self.client = client
         self.feed = feed
         self.on_told = on_told
         self.walking: set[str] = set()  # customers whose walk holds a slot now
+        # Shared with other processes (PostgreSQL): leases, and state they store reloaded.
+        self.shared = shared
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.on_settled: Callable[[str], Coroutine[Any, Any, None]] | None = None
+        self._landed: dict[str, asyncio.Event] = {}
+        self._fingerprint: str | None = None
         self.sessions = sessions
         self.writer = writer
         self.metrics = metrics
@@ -341,23 +376,81 @@ class Refresher:
         async with self.sessions() as session:
             states = await repo.customer_states(session)
         for cid, state in states.items():
-            error = state.last_error
-            self.status[cid] = CustomerStatus(
-                customer_id=cid,
-                name=state.customer_name,
-                last_success_at=state.last_success_at,
-                error=(
-                    SourceError(
-                        error.error_kind or "upstream",
-                        error.error_message or "the last refresh failed",
-                        error.upstream_status,
-                    )
-                    if error is not None
-                    else None
-                ),
-            )
+            self.status[cid] = CustomerStatus(cid)
+            self._take_state(state)
         self.directory.load(list(states))
         self._changed(data=True)
+        if self.shared:
+            await self._release_dead_leases()
+
+    async def _release_dead_leases(self) -> None:
+        """Hand back the leases of this host's processes that are gone (a restart after a
+        crash need not wait for their expiry). A container restarted keeps its host name
+        and its process id, so a lease of this very pid but another nonce is a past life."""
+        host, pid, _ = self.holder.split(":")
+        for holder in await self.writer.run_plan(lambda d: leases.holders_on(d, host)):
+            parts = holder.split(":")
+            if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+                continue
+            if holder == self.holder:
+                continue
+            other = int(parts[1])
+            if other == int(pid) or not _alive(other):
+                count = await self.writer.run_plan(
+                    lambda d, h=holder: leases.give_back_all(d, h)  # type: ignore[misc]
+                )
+                log.info("handed back %d leases of %s, a process that is gone", count, holder)
+
+    def _take_state(self, state: repo.CustomerState) -> bool:
+        """A customer's stored state into memory; whether its data or state moved."""
+        status = self._status(state.customer_id)
+        error = state.last_error
+        before = (status.last_success_at, status.error, status.version)
+        status.name = state.customer_name or status.name
+        status.last_success_at = state.last_success_at
+        status.error = (
+            SourceError(
+                error.error_kind or "upstream",
+                error.error_message or "the last refresh failed",
+                error.upstream_status,
+            )
+            if error is not None
+            else None
+        )
+        status.version = state.data_version
+        return (status.last_success_at, status.error, status.version) != before
+
+    async def reload(self, customer_ids: Sequence[str]) -> None:
+        """Load what another process stored for these customers (its refresh landed)."""
+        if not customer_ids:
+            return
+        async with self.sessions() as session:
+            states = await repo.customer_states(session, customer_ids)
+        now = self.clock()
+        moved = data = False
+        for cid, state in states.items():
+            if cid not in self.status and state.last_attempt_at is None:
+                continue  # nothing stored of it: nothing to load
+            status = self._status(cid)
+            version = status.version
+            if self._take_state(state):
+                moved = True
+                data = data or status.version != version
+                if status.error is None and status.last_success_at is not None:
+                    status.failures = 0
+                    status.backoff_until = None
+                    if self.interval:
+                        delay = self.interval * random.uniform(0.9, 1.0)  # noqa: S311
+                        status.due_at = status.last_success_at + timedelta(seconds=delay)
+                elif status.backoff_until is None or status.backoff_until < now:
+                    # Its holder backs it off; the lease says until when, at the latest the TTL.
+                    status.backoff_until = now + timedelta(seconds=max(self.ttl, 1.0))
+                    status.due_at = status.backoff_until
+            landed = self._landed.pop(cid, None)
+            if landed is not None:
+                landed.set()
+        if moved:
+            self._changed(data=data)
 
     def _status(self, cid: str) -> CustomerStatus:
         status = self.status.get(cid)
@@ -369,6 +462,7 @@ class Refresher:
         self.epoch += 1
         if data:
             self.data_version += 1
+            self._fingerprint = None
 
     def _names_changed(self, names: dict[str, str | None]) -> None:
         changed = False
@@ -376,15 +470,19 @@ class Refresher:
             status = self._status(cid)
             if name is not None and status.name != name:
                 status.name = name
-                status.version += 1
                 changed = True
         self._changed(data=changed)
 
-    def version_of(self, customer_ids: Sequence[str] | None) -> int | tuple[int, ...]:
-        """The data version of an answer over these customers (None: all of them)."""
+    def version_of(self, customer_ids: Sequence[str] | None) -> object:
+        """The data version of an answer over these customers (None: all of them): the
+        same in every process that holds the same data, so that their ETags agree."""
         if customer_ids is None:
-            return self.data_version
-        return tuple(self._status(cid).version for cid in customer_ids)
+            if self._fingerprint is None:
+                parts = sorted((cid, s.version, s.name) for cid, s in self.status.items())
+                digest = hashlib.blake2b(repr(parts).encode("utf-8", "surrogatepass"))
+                self._fingerprint = digest.hexdigest()[:32]
+            return self._fingerprint
+        return tuple((s.version, s.name) for s in map(self._status, customer_ids))
 
     def name_of(self, cid: str) -> str | None:
         status = self.status.get(cid)
@@ -409,6 +507,11 @@ class Refresher:
         if age <= self.ttl:
             return Part(cid, "fresh", last, None), last + timedelta(seconds=self.ttl)
         return Part(cid, "stale", last, None), None
+
+    def oldest_snapshot_age(self) -> float:
+        """Seconds since the oldest last good snapshot of any customer (0 with none)."""
+        times = [s.last_success_at for s in self.status.values() if s.last_success_at]
+        return _age(self.clock(), min(times)) if times else 0.0
 
     def source(self, cid: str) -> Source:
         """How current one customer's data is now."""
@@ -547,6 +650,70 @@ class Refresher:
             del self._inflight[customer_id]
 
     async def _refresh(self, cid: str) -> RefreshOutcome:
+        if self.shared:
+            now = self.clock()
+            taken = await self.writer.run_plan(
+                lambda d: leases.take(
+                    d, cid, self.holder, now, now + timedelta(seconds=LEASE_SECONDS)
+                )
+            )
+            if not taken.ours:
+                return await self._await_other(cid, taken, now)
+            self.metrics.leases_held.inc()
+        try:
+            outcome = await self._refresh_here(cid)
+        finally:
+            if self.shared:
+                self.metrics.leases_held.dec()
+                await asyncio.shield(self._hand_back(cid))
+        return outcome
+
+    async def _hand_back(self, cid: str) -> None:
+        """Give the lease back after a refresh (kept as a backoff after a failed one), and
+        tell the other processes."""
+        status = self._status(cid)
+        until = status.backoff_until if status.error is not None else None
+        try:
+            if until is not None and until > self.clock():
+                await self.writer.run_plan(lambda d: leases.back_off(d, cid, self.holder, until))
+            else:
+                await self.writer.run_plan(lambda d: leases.give_back(d, cid, self.holder))
+            if self.on_settled is not None:
+                await self.on_settled(cid)
+        except Exception:  # the lease expires by itself; the others look again
+            log.exception("could not hand back the lease of customer %s", cid)
+
+    async def _await_other(self, cid: str, taken: leases.Taken, since: datetime) -> RefreshOutcome:
+        """Another process holds the customer's lease: wait for its result (at most the
+        request's wait), then serve what it stored; a backoff is taken as it is."""
+        status = self._status(cid)
+        if taken.holder == leases.BACKOFF:
+            status.backoff_until = taken.expires_at
+            status.due_at = taken.expires_at
+            await self.reload([cid])
+            status.backoff_until = max(status.backoff_until or taken.expires_at, taken.expires_at)
+            return RefreshOutcome(cid, ok=False, error=status.error, remote=True)
+        landed = self._landed.setdefault(cid, asyncio.Event())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait
+        while loop.time() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(landed.wait()), LOOK_SECONDS)
+            if landed.is_set() or await self._landed_since(cid, since):
+                break
+            if self.clock() >= taken.expires_at:  # its holder died: the lease is free
+                return await self._refresh(cid)
+        await self.reload([cid])
+        last = status.last_success_at
+        ok = status.error is None and last is not None and last >= since
+        return RefreshOutcome(cid, ok=ok, error=status.error, remote=True)
+
+    async def _landed_since(self, cid: str, since: datetime) -> bool:
+        async with self.sessions() as session:
+            state = (await repo.customer_states(session, [cid]))[cid]
+        return state.last_attempt_at is not None and state.last_attempt_at >= since
+
+    async def _refresh_here(self, cid: str) -> RefreshOutcome:
         self.metrics.refreshes_in_flight.inc()
         began = time.perf_counter()
         started = self.clock()
@@ -554,7 +721,12 @@ class Refresher:
         try:
             outcome = await self._walk(cid, started)
         except UpstreamError as exc:
-            log.warning("refresh of customer %s failed: %s", cid, exc)
+            log.warning(
+                "refresh of customer %s failed: %s",
+                cid,
+                exc,
+                extra={"customer_id": cid, **upstream_fields(exc)},
+            )
             error = SourceError(exc.kind, exc.message, exc.status)
             retry_after = exc.retry_after
             await self._record_failure(cid, started, error, exc.request_id)
@@ -567,8 +739,12 @@ class Refresher:
             outcome = RefreshOutcome(cid, ok=False, error=error)
         finally:
             self.metrics.refreshes_in_flight.dec()
-            self.metrics.refresh_latency.observe(time.perf_counter() - began)
-        self.metrics.refreshes.labels("success" if outcome.ok else "error").inc()
+            took = time.perf_counter() - began
+            self.metrics.refresh_latency.observe(took)
+            self.metrics.customer_refresh_seconds.labels(cid).set(took)
+        result = "success" if outcome.ok else "error"
+        self.metrics.refreshes.labels(result).inc()
+        self.metrics.customer_refreshes.labels(cid, result).inc()
         self._settle(cid, outcome, retry_after)
         return outcome
 
@@ -588,8 +764,16 @@ class Refresher:
         try:
             async with self.sessions() as session:
                 ingest = await open_ingest(session, cid)
+            renew_at = started + timedelta(seconds=LEASE_SECONDS / 2)
             async for page in self.client.iter_job_pages(cid):
                 pages += 1
+                if self.shared and self.clock() >= renew_at:  # a long walk keeps its lease
+                    now = self.clock()
+                    renew_at = now + timedelta(seconds=LEASE_SECONDS / 2)
+                    until = now + timedelta(seconds=LEASE_SECONDS)
+                    await self.writer.run_plan(
+                        lambda d: leases.extend(d, cid, self.holder, until)  # noqa: B023
+                    )
                 request_id = page.request_id or request_id
                 rows = page.rows
                 for start in range(0, len(rows), ROWS_PER_SLICE):
@@ -635,6 +819,7 @@ class Refresher:
             rows_skipped=result.rows_skipped,
             written=result.written,
             stored_at=snapshot.finished_at,
+            data_version=result.data_version,
         )
 
     def _settle(self, cid: str, outcome: RefreshOutcome, retry_after: float | None) -> None:
@@ -652,7 +837,9 @@ class Refresher:
                 delay = self.interval * random.uniform(0.9, 1.0)  # noqa: S311
                 status.due_at = outcome.stored_at + timedelta(seconds=delay)
             if outcome.written:
-                status.version += 1
+                status.version = (
+                    outcome.data_version if outcome.data_version is not None else status.version + 1
+                )
             self._changed(data=bool(outcome.written))
             return
         status.error = outcome.error
@@ -738,6 +925,21 @@ class Refresher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.shared:
+            try:
+                await self.writer.run_plan(lambda d: leases.give_back_all(d, self.holder))
+            except Exception:  # they expire by themselves
+                log.exception("could not hand back this process's leases")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _backoff_seconds(failures: int, ttl: float) -> float:

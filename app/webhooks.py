@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -34,6 +35,7 @@ from standardwebhooks import Webhook
 from app import __version__
 from app.alerting import Notices
 from app.clock import Clock
+from app.store import feed
 from app.store.feed import Plan, event_json, from_driver, sql, to_driver
 from app.store.ingest import Writer
 
@@ -266,3 +268,16 @@ class Sender:
         if self.on_attempt is not None:
             self.on_attempt("delivered" if attempt.ok else "failed", attempt.ok)
         return attempt
+
+
+async def watch_backlog(
+    sessions: async_sessionmaker[AsyncSession], gauge: Any, every: float = 15.0
+) -> None:
+    """Keep the webhook backlog gauge (pending deliveries) current, forever."""
+    while True:
+        try:
+            async with sessions() as session:
+                gauge.set(await feed.pending_deliveries(session))
+        except Exception as exc:  # the database may be away for a while
+            log.info("could not count the webhook backlog: %s", type(exc).__name__)
+        await asyncio.sleep(every)

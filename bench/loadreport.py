@@ -475,5 +475,5 @@ def git_state() -> str:
         return done.stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "app", "migrations")
-    return f"{commit}{' with uncommitted changes to app/ or migrations/' if dirty else ''}"
+    dirty = git("status", "--porcelain", "--", "app")
+    return f"{commit}{' with uncommitted changes to app/' if dirty else ''}"

@@ -1,4 +1,5 @@
-"""Fixtures every suite shares: a fresh database of each backend.
+"""Fixtures every suite shares: a fresh database of each backend; and a scan of every log
+line of the session for secrets.
 
 `database_url` is an empty database, fresh for every test: a SQLite file in `tmp_path`, or a
 PostgreSQL database created for the test and dropped after it. PostgreSQL comes from
@@ -10,16 +11,23 @@ with the reason, or fail when JOBS_GATEWAY_REQUIRE_POSTGRES=1 (as in CI).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy.engine import make_url
 
+from app.logs import JsonFormatter
 from app.store.db import safe_url
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -81,3 +89,185 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         yield make_url(admin).set(database=name).render_as_string(hide_password=False)
     finally:
         await _admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- No secret in any log line of the suite --------------------------------------------------
+#
+# For the whole session a handler on the root logger keeps every line our code and the
+# libraries log (formatted as LOG_FORMAT=json prints them, extras and tracebacks included;
+# the `app` loggers at DEBUG, so that every line the service could print is seen); e2e tests
+# add what their server processes printed. At the end the lines are searched for the secrets
+# the suite uses, for webhook secrets and bearer tokens of any value, and for every token the
+# simulator issued: a hit fails the session and names the secret and the logger.
+
+KNOWN_SECRETS: dict[str, str] = {
+    "demo-secret": "the simulator's client secret",
+    "very-secret-client-secret-42": "the client secret of the upstream client's tests",
+    "wrong-secret-s3cr3t": "the client secret of tests/api/test_errors.py",
+    "a-secret-value": "the client secret of tests/e2e/test_serve.py",
+    "test-key-0123456789": "the API key of tests/api",
+    "e2e-key-not-secret": "the API key of tests/e2e",
+    "bench-key-0123456789": "the API key of the benchmarks",
+    "pw-live-7q": "a webhook URL's password",
+    "pw-dead-5x": "a webhook URL's password",
+    "tok-live-3k": "a webhook URL's query token",
+    "tok-dead-9m": "a webhook URL's query token",
+    "pw-s3cret": "a DATABASE_URL's password",
+}
+SECRET_PATTERNS: dict[str, re.Pattern[str]] = {
+    # Standard Webhooks secrets are `whsec_<base64>`.
+    "a webhook secret": re.compile(r"whsec_[A-Za-z0-9+/]{8,}"),
+    # An Authorization header's value; a digit tells a credential from prose ("Bearer <key>").
+    "a bearer token": re.compile(r"Bearer\s+(?=[A-Za-z0-9._~+/-]*[0-9])[A-Za-z0-9._~+/-]{8,}"),
+}
+_TOKEN_CHARACTERS = re.compile(r"[A-Za-z0-9_-]{8,}")  # what secrets.token_urlsafe() gives
+
+
+@dataclass(frozen=True)
+class Leak:
+    what: str  # which secret, in words: never its value
+    source: str  # the logger, or the process whose output it was
+    line: str  # the line, the secret masked
+
+    def __str__(self) -> str:
+        return f"{self.what} in a line of {self.source}: {self.line[:300]}"
+
+
+class SecretScan:
+    """Log lines and process output, searched for secrets by `leaks()`."""
+
+    def __init__(self, secrets: dict[str, str] | None = None) -> None:
+        self.secrets = dict(KNOWN_SECRETS if secrets is None else secrets)
+        self.tokens: set[str] = set()  # the simulator's bearer tokens
+        self.lines: list[tuple[str, str]] = []  # (logger or process, line)
+        self.handler = _Lines(self)
+
+    def output(self, text: str, source: str) -> None:
+        """A process's stdout and stderr, e.g. a server an e2e test started."""
+        self.lines.extend((source, line) for line in text.splitlines())
+
+    def leaks(self) -> list[Leak]:
+        found = []
+        lengths = {len(token) for token in self.tokens}
+        for source, line in self.lines:
+            hits = [(f"{what} ({s!r})", s) for s, what in self.secrets.items() if s in line]
+            hits += [
+                (what, m.group()) for what, p in SECRET_PATTERNS.items() for m in p.finditer(line)
+            ]
+            if lengths:
+                hits += [
+                    ("a token the simulator issued", t) for t in self._tokens_in(line, lengths)
+                ]
+            hits = list(dict.fromkeys(hits))  # a secret twice in a line is one leak
+            masked = line
+            for _, value in hits:
+                masked = masked.replace(value, "<" + "*" * 8 + ">")
+            found += [Leak(what, source, masked) for what, _ in hits]
+        return found
+
+    def _tokens_in(self, line: str, lengths: set[int]) -> set[str]:
+        # A token is a run of URL-safe characters, maybe glued to others (a JSON line's
+        # escaped newline, `\n`, before it): every window of a token's length is looked up.
+        found = set()
+        for run in _TOKEN_CHARACTERS.findall(line):
+            for n in lengths:
+                for start in range(len(run) - n + 1):
+                    if run[start : start + n] in self.tokens:
+                        found.add(run[start : start + n])
+        return found
+
+
+class _Lines(logging.Handler):
+    def __init__(self, scan: SecretScan) -> None:
+        super().__init__(logging.NOTSET)
+        self.scan = scan
+        self.setFormatter(JsonFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            line = f"{record.msg!r} {record.args!r} {record.exc_text or ''}"
+        self.scan.lines.append((record.name, line))
+
+
+SECRET_SCAN = pytest.StashKey[SecretScan]()
+
+
+class SecretScanPlugin:
+    """Runs one `SecretScan` over the whole session (see above)."""
+
+    def __init__(self) -> None:
+        self.scan = SecretScan()
+        self.patches = pytest.MonkeyPatch()
+        self.app_level = logging.NOTSET
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        from app.simulator import Simulator
+
+        scan = self.scan
+        issue = Simulator.issue_token
+
+        def issue_token(sim: Simulator, client_id: str | None, secret: str | None) -> str | None:
+            token = issue(sim, client_id, secret)
+            if token is not None:
+                scan.tokens.add(token)
+            return token
+
+        self.patches.setattr(Simulator, "issue_token", issue_token)
+        logging.getLogger().addHandler(scan.handler)
+        app = logging.getLogger("app")
+        self.app_level = app.level
+        app.setLevel(logging.DEBUG)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        logging.getLogger().removeHandler(self.scan.handler)
+        logging.getLogger("app").setLevel(self.app_level)
+        self.patches.undo()
+        leaks = self.scan.leaks()
+        if not leaks:
+            return
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        title = f"{len(leaks)} log line(s) hold a secret"
+        lines = [str(leak) for leak in leaks[:50]]
+        if reporter is None:
+            print("\n".join([title, *lines]), file=sys.stderr)
+            return
+        reporter.write_line("")  # the progress line may still be open
+        reporter.write_sep("=", title, red=True, bold=True)
+        for line in lines:
+            reporter.write_line(line)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    plugin = SecretScanPlugin()
+    config.stash[SECRET_SCAN] = plugin.scan
+    config.pluginmanager.register(plugin, "jobs-gateway-secret-scan")
+
+
+@pytest.fixture(scope="session")
+def secret_scan(pytestconfig: pytest.Config) -> SecretScan:
+    """The session's scan: e2e tests pass it what their server processes printed."""
+    return pytestconfig.stash[SECRET_SCAN]
+
+
+@pytest.fixture(autouse=True)
+def _scan_what_e2e_servers_printed(request: pytest.FixtureRequest) -> None:
+    """An e2e module that stops its processes with `stop(process) -> output` (as
+    tests/e2e/test_serve.py does) has that output scanned too. The simulator's is not: it
+    plays the identity server, and prints its demo credentials on purpose."""
+    stop = getattr(request.module, "stop", None)
+    if request.node.get_closest_marker("e2e") is None or not callable(stop):
+        return
+    scan = request.config.stash[SECRET_SCAN]
+
+    def scanned_stop(process: subprocess.Popen[bytes]) -> Any:
+        output = stop(process)
+        args = list(process.args) if isinstance(process.args, list | tuple) else [process.args]
+        if isinstance(output, str) and "simulate" not in args:
+            scan.output(output, f"the process {' '.join(map(str, args[1:]))}")
+        return output
+
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+    monkeypatch.setattr(request.module, "stop", scanned_stop)

@@ -44,6 +44,12 @@ class Services:
     notices: Notices
     runs: RefreshRuns
     clock: Clock
+    stopping: bool = False  # SIGTERM came: not ready, long polls answer now
+
+    def stop(self) -> None:
+        """The process is stopping: say so on /readyz and let long polls go."""
+        self.stopping = True
+        self.notices.notify()
 
 
 async def services(request: Request) -> Services:

@@ -107,7 +107,7 @@ async def answer_events(
                 svc.answers.put(versioned, page, len(page[0]))
         content, count = page
         remaining = deadline - loop.time()
-        if count or remaining <= 0:
+        if count or remaining <= 0 or svc.stopping:
             return Response(content, media_type="application/json")
         await svc.notices.wait(min(remaining, POLL_SECONDS), since=seen)
 

@@ -54,6 +54,9 @@ async def healthz() -> schemas.Health:
     responses={503: {"model": schemas.Health, "description": "Not ready."}},
 )
 async def readyz(svc: ServicesDep) -> Response:
+    if svc.stopping:
+        # A load balancer sends no more requests here; those in flight are finished.
+        return JSONResponse({"status": "unavailable", "detail": "stopping"}, status_code=503)
     try:
         current = await db.migrations_current(svc.engine)
     except Exception as exc:  # any failure to reach the database means: not ready

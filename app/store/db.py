@@ -1,9 +1,9 @@
 """Engines, sessions and migrations.
 
 Nothing here runs at import time: the application's lifespan calls `create_engine` and
-`migrate`, and disposes the engine. The Alembic scripts live in `migrations/` at the root of
-the checkout; `MIGRATIONS_DIR` finds them from this package, so the working directory does
-not matter.
+`migrate`, and disposes the engine. The Alembic scripts ship inside the package
+(`app/migrations/`, package data of the wheel); `MIGRATIONS_DIR` finds them from this module,
+so neither the working directory nor a source checkout matters.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
-"""The Alembic script directory of this checkout (`<repo>/migrations`)."""
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
+"""The Alembic script directory, inside the installed package (`app/migrations`)."""
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10
@@ -114,7 +114,7 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 
 def alembic_config(url: str | None = None) -> Config:
-    """An Alembic config for this checkout's migrations, independent of the working directory."""
+    """An Alembic config for the package's migrations, independent of the working directory."""
     if not (MIGRATIONS_DIR / "env.py").is_file():
         raise DatabaseUnavailable(
             f"DATABASE_URL: the migrations directory {MIGRATIONS_DIR} is missing from this install"

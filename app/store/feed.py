@@ -795,3 +795,9 @@ def retry_delivery(
             (to_driver(dialect, now), to_driver(dialect, now + window), delivery_id),
         )
     return state
+
+
+async def pending_deliveries(session: AsyncSession) -> int:
+    d = DELIVERIES
+    count = await session.scalar(select(func.count()).select_from(d).where(d.c.state == "pending"))
+    return int(count or 0)

@@ -45,7 +45,7 @@ from sqlalchemy import Table, and_, delete, func, literal, or_, select, text, up
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app import catalog
+from app import catalog, retention
 from app.normalize import NormalizedJob, job_id_of, normalize_row
 from app.store import feed
 from app.store.db import apply_sqlite_pragmas, session_factory, sqlite_file
@@ -330,6 +330,8 @@ class IngestResult:
     job_count: int  # jobs stored for the customer afterwards
     changes: list[StatusChange]  # new jobs and changed statuses
     told: Told = field(default_factory=Told)  # events, deliveries and alert transitions
+    data_version: int = 0  # the customer's data version afterwards
+    unreported: tuple[int, int] = (0, 0)  # jobs marked as no longer reported, and unmarked
 
     @property
     def changed(self) -> bool:
@@ -488,6 +490,11 @@ class Ingest:
             await feed.run_async(
                 conn, feed.bump_version(dialect, cid, job_count if self.created else None)
             )
+        if self.spilled and moved:
+            self.known = await feed.run_async(conn, feed.read_known(dialect, cid))
+        unreported = await feed.run_async(
+            conn, retention.note_reported(dialect, cid, self.known, self.seen, at)
+        )
         told = Told()
         if config is not None and job_changes:
             told = await feed.run_async(conn, feed.tell(dialect, cid, at, job_changes, config))
@@ -501,6 +508,8 @@ class Ingest:
             job_count=job_count,
             changes=changes,
             told=told,
+            data_version=version + 1 if written else version,
+            unreported=unreported,
         )
 
     async def commit(
@@ -532,6 +541,9 @@ class Ingest:
             feed.run_sync(
                 conn, feed.bump_version("sqlite", cid, job_count if self.created else None)
             )
+        unreported = feed.run_sync(
+            conn, retention.note_reported("sqlite", cid, self.known, self.seen, at)
+        )
         told = Told()
         if config is not None and job_changes:
             told = feed.run_sync(conn, feed.tell("sqlite", cid, at, job_changes, config))
@@ -550,6 +562,8 @@ class Ingest:
             job_count=job_count,
             changes=changes,
             told=told,
+            data_version=version + 1 if self.pending else version,
+            unreported=unreported,
         )
 
     async def discard(self, writer: Writer) -> None:

@@ -88,6 +88,7 @@ class CustomerState:
     last_attempt_at: datetime | None
     last_error: SnapshotRecord | None
     job_count: int
+    data_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +306,7 @@ async def customer_states(
         last_id.label("last_id"),
         last_success.label("last_success_at"),
         c.c.job_count,
+        c.c.data_version,
     ).order_by(c.c.id)
     if customer_ids is not None:
         stmt = stmt.where(c.c.id.in_(list(customer_ids)))
@@ -328,6 +330,7 @@ async def customer_states(
                 _snapshot_record(last) if last is not None and last["outcome"] == "error" else None
             ),
             job_count=row["job_count"],
+            data_version=row["data_version"],
         )
     for customer_id in customer_ids or ():
         states.setdefault(customer_id, CustomerState(customer_id, None, None, None, None, 0))

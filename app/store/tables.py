@@ -1,6 +1,6 @@
 """The database tables, as SQLAlchemy 2 typed models.
 
-Alembic migrations in `migrations/versions/` are the only source of the schema; these models
+Alembic migrations in `app/migrations/versions/` are the only source of the schema; these models
 describe it for queries and for the drift test, which fails when the two disagree.
 
 - `customers`: every customer of the partner, with the name from the customer listing and
@@ -160,6 +160,13 @@ class Job(Base):
         Index("ix_jobs_customer_sort_start", "customer_id", "sort_start", "job_id"),
         # Counts by status per customer (GET /customers, /summary).
         Index("ix_jobs_customer_status", "customer_id", "status"),
+        # The jobs the upstream stopped reporting, for the retention purge (few: partial).
+        Index(
+            "ix_jobs_unreported_since",
+            "unreported_since",
+            sqlite_where=text("unreported_since IS NOT NULL"),
+            postgresql_where=text("unreported_since IS NOT NULL"),
+        ),
     )
 
     customer_id: Mapped[str] = mapped_column(String(), ForeignKey("customers.id"), primary_key=True)
@@ -189,6 +196,10 @@ class Job(Base):
     sort_duration: Mapped[int] = mapped_column(BigInteger)
     # A 64-bit hash of the upstream's row: a refresh rewrites only the rows whose hash moved.
     content_hash: Mapped[int | None] = mapped_column(BigInteger)
+    # When a successful refresh of the customer first did not report the job; NULL while the
+    # newest successful refresh reports it (`app.retention`). Marking a job also clears its
+    # content hash, so that its next sighting rewrites it (and clears this).
+    unreported_since: Mapped[datetime | None]
 
 
 class JobStage(Base):
@@ -238,6 +249,8 @@ class JobStatusHistory(Base):
             ondelete="CASCADE",
         ),
         Index("ix_job_status_history_job", "customer_id", "job_id", "changed_at", "id"),
+        # The retention purge walks history from its oldest row.
+        Index("ix_job_status_history_changed_at", "changed_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -334,3 +347,13 @@ class WebhookDelivery(Base):
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None]
+
+
+class RefreshLease(Base):
+    """Which process refreshes a customer now, until when (see `app.store.leases`)."""
+
+    __tablename__ = "refresh_leases"
+
+    customer_id: Mapped[str] = mapped_column(String(), primary_key=True)
+    holder: Mapped[str] = mapped_column(String())
+    expires_at: Mapped[datetime]

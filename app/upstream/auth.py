@@ -4,21 +4,36 @@
 expires, and makes concurrent callers share one token request. `renew` replaces a token
 the API has refused (401), unless another caller already did. Any failure is an
 `UpstreamAuthError` whose message never holds the secret or a token.
+
+The app proves who it is with a client secret or, as AvePoint recommends, a certificate:
+`ClientAssertion` signs a fresh RS256 JWT (RFC 7523, the form IdentityServer and the
+Microsoft identity platform accept) for every token request. Its files are read once, at
+start-up; a file that cannot serve is a `ClientAssertionError`, a `ConfigError` whose one
+line names the variable. Neither the key nor an assertion is ever logged or repeated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
+import jwt
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 
+from app.config import ConfigError
 from app.upstream.errors import UpstreamAuthError
 from app.upstream.wire import count_or_none, is_transient, request_id_of, retry_after_of
 
@@ -31,9 +46,131 @@ DEFAULT_EXPIRES_IN = 300.0
 # repeated, since an error body is opaque and might echo what we sent.
 _OAUTH_ERROR_CODE = re.compile(r"[a-z_]{1,64}")
 
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# An assertion is made for one token request, so a short life is plenty; 5 minutes leaves
+# room for clocks that disagree a little (Microsoft's samples use 5 to 10 minutes).
+ASSERTION_LIFETIME_SECONDS = 300
+# Less than 2048 bits is refused by the Microsoft identity platform, and weak anyway.
+MIN_RSA_KEY_BITS = 2048
+
+CERTIFICATE_VARIABLE = "AVEPOINT_CERTIFICATE_FILE"
+PRIVATE_KEY_VARIABLE = "AVEPOINT_PRIVATE_KEY_FILE"
+
+
+class ClientAssertionError(ConfigError):
+    """The certificate or private key cannot sign assertions; one line naming the variable."""
+
+
+class ClientAssertion:
+    """Signs RS256 client assertions with the app's private key, naming its certificate.
+
+    The header carries the certificate's thumbprints: `x5t` (SHA-1, which the Microsoft
+    identity platform and IdentityServer look the certificate up by) and `x5t#S256`.
+    """
+
+    def __init__(self, private_key: rsa.RSAPrivateKey, certificate: x509.Certificate) -> None:
+        if private_key.key_size < MIN_RSA_KEY_BITS:
+            raise ClientAssertionError(
+                f"{PRIVATE_KEY_VARIABLE}: the RSA key has {private_key.key_size} bits; "
+                f"at least {MIN_RSA_KEY_BITS} are needed"
+            )
+        if not _same_public_key(certificate, private_key):
+            raise ClientAssertionError(
+                f"{CERTIFICATE_VARIABLE}: the certificate does not match the private key "
+                f"of {PRIVATE_KEY_VARIABLE}"
+            )
+        self._private_key = private_key
+        self.thumbprint = _b64url(certificate.fingerprint(hashes.SHA1()))  # noqa: S303
+        self.thumbprint_sha256 = _b64url(certificate.fingerprint(hashes.SHA256()))
+        self.not_valid_after = certificate.not_valid_after_utc
+
+    @classmethod
+    def from_files(cls, certificate_file: Path, private_key_file: Path) -> ClientAssertion:
+        """The signer for a PEM certificate and its unencrypted PEM private key.
+
+        Either may be one file holding both; the certificate file may hold a chain, whose
+        certificate of this key is the one named.
+        """
+        key_pem = _read(PRIVATE_KEY_VARIABLE, private_key_file)
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except TypeError:  # what cryptography raises for an encrypted key without password
+            raise ClientAssertionError(
+                f"{PRIVATE_KEY_VARIABLE}: the private key is encrypted; "
+                "an unencrypted PEM private key is needed"
+            ) from None
+        except (ValueError, UnsupportedAlgorithm):
+            raise ClientAssertionError(
+                f"{PRIVATE_KEY_VARIABLE}: not an unencrypted PEM private key"
+            ) from None
+        if not isinstance(key, rsa.RSAPrivateKey):
+            kind = type(key).__name__.removesuffix("PrivateKey") or "another kind"
+            raise ClientAssertionError(
+                f"{PRIVATE_KEY_VARIABLE}: an RSA private key is needed for RS256, not {kind}"
+            )
+        try:
+            certificates = x509.load_pem_x509_certificates(
+                _read(CERTIFICATE_VARIABLE, certificate_file)
+            )
+        except ValueError:
+            raise ClientAssertionError(f"{CERTIFICATE_VARIABLE}: not a PEM certificate") from None
+        certificate = next((c for c in certificates if _same_public_key(c, key)), certificates[0])
+        assertion = cls(key, certificate)
+        now = datetime.now(UTC)
+        if now >= assertion.not_valid_after:
+            # Refusing to start would also refuse the cached data; the identity server's
+            # refusals (invalid_client) will say the rest.
+            logger.warning(
+                "AvePoint certificate %s expired at %s; token requests will be refused",
+                assertion.thumbprint,
+                assertion.not_valid_after.isoformat(),
+            )
+        return assertion
+
+    def __repr__(self) -> str:
+        return f"ClientAssertion(x5t={self.thumbprint!r})"
+
+    def make(self, token_url: str, client_id: str, now: float) -> str:
+        """A signed assertion for one token request at `now` (seconds since the epoch)."""
+        issued = int(now)
+        claims = {
+            "iss": client_id,
+            "sub": client_id,
+            "aud": token_url,
+            "jti": str(uuid.uuid4()),
+            "iat": issued,
+            "nbf": issued,
+            "exp": issued + ASSERTION_LIFETIME_SECONDS,
+        }
+        headers = {"typ": "JWT", "x5t": self.thumbprint, "x5t#S256": self.thumbprint_sha256}
+        return jwt.encode(claims, self._private_key, algorithm="RS256", headers=headers)
+
+
+def _read(variable: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ClientAssertionError(f"{variable}: cannot read {path} ({reason})") from None
+
+
+def _same_public_key(certificate: x509.Certificate, key: rsa.RSAPrivateKey) -> bool:
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return bool(
+        certificate.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+    )
+
+
+def _b64url(digest: bytes) -> str:
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
 
 class TokenProvider:
-    """Bearer tokens for one registered app, cached and shared between tasks."""
+    """Bearer tokens for one registered app, cached and shared between tasks.
+
+    The app proves itself with `client_secret` or with `client_assertion` (a certificate),
+    not both. `clock` times the token's life (monotonic); `wall_clock` dates assertions.
+    """
 
     def __init__(
         self,
@@ -41,19 +178,27 @@ class TokenProvider:
         *,
         token_url: str,
         client_id: str,
-        client_secret: str | SecretStr,
+        client_secret: str | SecretStr | None = None,
+        client_assertion: ClientAssertion | None = None,
         scope: str,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         early_refresh_seconds: float = 60,
     ) -> None:
+        if isinstance(client_secret, str):
+            client_secret = SecretStr(client_secret)
+        if client_assertion is not None and client_secret and client_secret.get_secret_value():
+            raise ValueError("a client secret or a client assertion, not both")
+        if client_assertion is None and client_secret is None:
+            raise ValueError("a client secret or a client assertion is needed")
         self._http = http
         self._token_url = token_url
         self._client_id = client_id
-        self._client_secret = (
-            client_secret if isinstance(client_secret, SecretStr) else SecretStr(client_secret)
-        )
+        self._client_secret = client_secret if client_assertion is None else None
+        self._client_assertion = client_assertion
         self._scope = scope
         self._clock = clock
+        self._wall_clock = wall_clock
         self._early_refresh_seconds = early_refresh_seconds
         self._lock = asyncio.Lock()
         self._token: str | None = None
@@ -111,12 +256,18 @@ class TokenProvider:
             return token
 
     async def _request(self) -> tuple[str, float]:
-        form = {
-            "grant_type": "client_credentials",
-            "client_id": self._client_id,
-            "client_secret": self._client_secret.get_secret_value(),
-            "scope": self._scope,
-        }
+        form = {"grant_type": "client_credentials", "client_id": self._client_id}
+        if self._client_assertion is not None:
+            # A fresh one each time: an identity server may refuse a jti it has seen.
+            form["scope"] = self._scope
+            form["client_assertion_type"] = CLIENT_ASSERTION_TYPE
+            form["client_assertion"] = self._client_assertion.make(
+                self._token_url, self._client_id, now=self._wall_clock()
+            )
+        else:
+            assert self._client_secret is not None  # __init__ holds one or the other
+            form["client_secret"] = self._client_secret.get_secret_value()
+            form["scope"] = self._scope
         try:
             response = await self._http.post(
                 self._token_url, data=form, headers={"Accept": "application/json"}

@@ -46,6 +46,7 @@ from urllib.parse import quote
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
+from app.logs import upstream_fields
 from app.upstream.auth import TokenProvider
 from app.upstream.errors import (
     UpstreamAuthError,
@@ -72,7 +73,8 @@ logger = logging.getLogger("app.upstream")
 CUSTOMERS_PATH = "/partner/external/v3/general/customers/batch"
 JOBS_PATH = "/partner/external/v3/general/customers/{customer_id}/avpt-products/jobs/batch"
 
-MetricsHook = Callable[[str, float], None]
+MetricsHook = Callable[[str, float, str, int | None], None]
+"""(outcome, seconds, endpoint, HTTP status or None) of each upstream exchange."""
 """Called once per HTTP exchange with its outcome ("ok" or an error kind) and seconds."""
 
 
@@ -236,6 +238,7 @@ class AvePointClient:
                     index,
                     skipped,
                     answer.request_id,
+                    extra={"page": index, "upstream_request_id": answer.request_id},
                 )
             metadata = answer.envelope.metadata
             size = usable_page_size(metadata.page_size, self.PAGE_SIZE)
@@ -389,12 +392,15 @@ class AvePointClient:
             raise error.gave_up(state.attempt_number, progress.stop_reason) from None
 
         def before_sleep(state: RetryCallState) -> None:
+            # The error's message names the upstream's request id when it sent one.
+            error = _failure(state)
             logger.warning(
                 "%s; retry %d of %d in %.2fs",
-                _failure(state),
+                error,
                 state.attempt_number,
                 self._retry.attempts - 1,
                 state.upcoming_sleep,
+                extra=upstream_fields(error),
             )
 
         retrying = AsyncRetrying(
@@ -435,12 +441,14 @@ class AvePointClient:
         if response.status_code == 401 and not progress.renewed:
             # Once per logical request: a token refused twice is not a stale token.
             progress.renewed = True
-            self._observe(UpstreamAuthError.kind, seconds)
+            self._observe(UpstreamAuthError.kind, seconds, call.what, 401)
+            request_id = request_id_of(response.headers)
             logger.info(
                 "AvePoint refused the token for %s page %d (request id %s); renewing it",
                 call.customer_id or call.what,
                 call.page,
-                request_id_of(response.headers),
+                request_id,
+                extra={"upstream_status": 401, "upstream_request_id": request_id},
             )
             token = await self._token(call, stale=token)
             response, seconds = await self._send(call, token)
@@ -468,7 +476,7 @@ class AvePointClient:
                 )
             except httpx.RequestError as exc:
                 error = _transport_error(call, exc)
-                self._observe(error.kind, self._clock() - started)
+                self._observe(error.kind, self._clock() - started, call.what, None)
                 # `from None`: the httpx error holds the request and its Authorization.
                 raise error from None
             seconds = self._clock() - started
@@ -496,9 +504,9 @@ class AvePointClient:
                 request_id=request_id,
             )
         except UpstreamError as error:
-            self._observe(error.kind, seconds)
+            self._observe(error.kind, seconds, call.what, status)
             raise
-        self._observe("ok", seconds)
+        self._observe("ok", seconds, call.what, status)
         return _Answer(envelope, request_id)
 
     def _status_error(
@@ -527,11 +535,11 @@ class AvePointClient:
             summary += "; the customer may be outside the app's customer scope"
         return UpstreamStatusError(summary, **context)
 
-    def _observe(self, outcome: str, seconds: float) -> None:
+    def _observe(self, outcome: str, seconds: float, endpoint: str, status: int | None) -> None:
         if self._metrics is None:
             return
         try:
-            self._metrics(outcome, seconds)
+            self._metrics(outcome, seconds, endpoint, status)
         except Exception:
             # Metrics are a side channel: a broken hook must not fail a refresh.
             logger.exception("AvePoint metrics hook failed")

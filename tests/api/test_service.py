@@ -44,8 +44,28 @@ async def test_metrics_count_requests_refreshes_and_the_cache(api: httpx.AsyncCl
         if line.startswith("jobs_gateway_cache_lookups_total{")
     ]
     assert sum(lookups) == 3, "three requests asked for freshness: three lookups, none stale"
-    assert 'jobs_gateway_upstream_requests_total{outcome="ok"}' in text
-    assert "jobs_gateway_upstream_request_seconds_bucket" in text
+    assert 'jobs_gateway_upstream_requests_total{endpoint="jobs",outcome="ok",status="200"}' in text
+    assert (
+        'jobs_gateway_upstream_requests_total{endpoint="customers",outcome="ok",status="200"}'
+        in (text)
+    )
+    assert 'jobs_gateway_upstream_request_seconds_bucket{endpoint="jobs"' in text
+    # What an operator alerts on: per customer refreshes, the oldest snapshot, the webhook
+    # backlog, the event loop, the leases (PostgreSQL replicas).
+    customer = text.split('jobs_gateway_customer_refreshes_total{customer_id="', 1)[1][:36]
+    assert (
+        f'jobs_gateway_customer_refreshes_total{{customer_id="{customer}",outcome="success"}} 1.0'
+        in text
+    )
+    assert f'jobs_gateway_customer_refresh_seconds{{customer_id="{customer}"}}' in text
+    for name in (
+        "jobs_gateway_oldest_snapshot_age_seconds",
+        "jobs_gateway_webhook_backlog",
+        "jobs_gateway_refresh_leases_held",
+        "jobs_gateway_event_loop_lag_seconds_bucket",
+        "jobs_gateway_events_total",
+    ):
+        assert f"\n{name}" in text, name
 
 
 async def test_swagger_ui_is_served_without_any_cdn(api: httpx.AsyncClient) -> None:

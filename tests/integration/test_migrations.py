@@ -38,6 +38,7 @@ EXPECTED_TABLES = {
     "events",  # since 0005
     "alerts",
     "webhook_deliveries",
+    "refresh_leases",  # since 0006
     "job_status_history",
     "alembic_version",
 }
@@ -258,9 +259,11 @@ async def test_unusable_sqlite_path_raises_database_unavailable(tmp_path: Path) 
         await migrate(f"sqlite:///{blocker / 'sub' / 'db.sqlite'}")
 
 
-def test_migrations_are_found_relative_to_the_package() -> None:
-    assert MIGRATIONS_DIR == REPO_ROOT / "migrations"
+def test_migrations_are_found_inside_the_package() -> None:
+    assert MIGRATIONS_DIR == REPO_ROOT / "app" / "migrations"
     assert (MIGRATIONS_DIR / "env.py").is_file()
+    assert (MIGRATIONS_DIR / "script.py.mako").is_file()
+    assert not (REPO_ROOT / "migrations").exists(), "the old top-level migrations/ is back"
 
 
 def test_alembic_command_line_upgrades_and_finds_no_drift(tmp_path: Path) -> None:

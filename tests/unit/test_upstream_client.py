@@ -255,7 +255,7 @@ class Build:
             retry=retry or RetryPolicy(),
             sleep=self.time.sleep,
             clock=self.time.clock,
-            metrics=lambda outcome, seconds: self.outcomes.append((outcome, seconds)),
+            metrics=lambda outcome, seconds, *_: self.outcomes.append((outcome, seconds)),
             # The top of each full-jitter range, so the sleeps are predictable.
             jitter=lambda low, high: high,
             utcnow=utcnow or (lambda: datetime(2026, 11, 29, 8, 0, 0, tzinfo=UTC)),

@@ -1,0 +1,168 @@
+"""Several processes on one PostgreSQL database: each hears what the others stored.
+
+`Bus` listens on the channel `jobs_gateway` (PostgreSQL LISTEN/NOTIFY) on a connection of its
+own and publishes on it:
+
+- `r|<holder>|<customer_id>` when a process has settled a refresh of that customer (stored
+  new data, or a failure): the others reload that customer's state (`Refresher.reload`), so
+  its freshness, version (and the answers and ETags built on it) agree everywhere at once;
+- `e|<holder>` when a process has written events: the others wake their long polls and
+  webhook senders, and move the answers built on alerts.
+
+A notification can be lost (a process dies between its commit and its NOTIFY, or the
+connection drops), so `Bus` also looks at the database once a second: one cheap query for
+the newest snapshot and event ids; a move it did not hear of reloads the customers concerned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.refresh import Refresher
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "jobs_gateway"
+LOOK_SECONDS = 1.0
+RECONNECT_SECONDS = 2.0
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    url = make_url(database_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+def _set(event: asyncio.Event, *_: object) -> None:
+    event.set()
+
+
+class Bus:
+    def __init__(
+        self,
+        database_url: str,
+        sessions: async_sessionmaker[AsyncSession],
+        refresher: Refresher,
+        on_events: Callable[[], None],
+    ) -> None:
+        self.dsn = asyncpg_dsn(database_url)
+        self.sessions = sessions
+        self.refresher = refresher
+        self.holder = refresher.holder
+        self.on_events = on_events
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+        self._seen: tuple[int, int] | None = None
+        self._pending: set[str] = set()
+        self._wake = asyncio.Event()
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def settled(self, customer_id: str) -> None:
+        await self._notify(f"r|{self.holder}|{customer_id}")
+
+    def events_written(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._notify(f"e|{self.holder}"))
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _notify(self, payload: str) -> None:
+        conn = self._conn
+        if conn is None:
+            return  # the others find it at their next look
+        try:
+            async with self._lock:
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+        except Exception as exc:  # the connection is being replaced: the look covers it
+            log.info("could not notify the other processes: %s", type(exc).__name__)
+
+    # -- listening -------------------------------------------------------------------------
+
+    def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        # A holder is host:pid:nonce, so the fields are split by a bar.
+        kind, _, rest = payload.partition("|")
+        holder, _, customer_id = rest.partition("|")
+        if holder == self.holder:
+            return
+        if kind == "r" and customer_id:
+            self._pending.add(customer_id)
+            self._wake.set()
+        elif kind == "e":
+            self.on_events()
+
+    async def run(self) -> None:
+        """Listen (reconnecting when the connection drops) and look, forever."""
+        await asyncio.gather(self._listen(), self._look(), self._apply())
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=10)
+                await conn.add_listener(CHANNEL, self._heard)
+                self._conn = conn
+                closed = asyncio.Event()
+                conn.add_termination_listener(functools.partial(_set, closed))
+                await closed.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("LISTEN connection failed (%s); retrying", type(exc).__name__)
+            finally:
+                conn, self._conn = self._conn, None
+                if conn is not None and not conn.is_closed():
+                    await conn.close()
+            await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def _apply(self) -> None:
+        """Reload what the notifications named, in batches."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            ids, self._pending = sorted(self._pending), set()
+            try:
+                await self.refresher.reload(ids)
+            except Exception:
+                log.exception("could not reload customers another process refreshed")
+
+    async def _look(self) -> None:
+        while True:
+            try:
+                await self.look()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("could not look at the database: %s", type(exc).__name__)
+            await asyncio.sleep(LOOK_SECONDS)
+
+    async def look(self) -> None:
+        """One look: the newest snapshot and event ids; what moved unheard is reloaded."""
+        async with self.sessions() as session:
+            row = (
+                await session.execute(
+                    text(
+                        "SELECT (SELECT COALESCE(MAX(id), 0) FROM snapshots), "
+                        "(SELECT COALESCE(MAX(id), 0) FROM events)"
+                    )
+                )
+            ).one()
+            snapshots, events = int(row[0]), int(row[1])
+            seen = self._seen
+            self._seen = (snapshots, events)
+            if seen is None:
+                return
+            if snapshots > seen[0]:
+                moved = await session.execute(
+                    text("SELECT DISTINCT customer_id FROM snapshots WHERE id > :after"),
+                    {"after": seen[0]},
+                )
+                self._pending.update(r[0] for r in moved.all())
+                self._wake.set()
+        if events > seen[1]:
+            self.on_events()
