@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from app.config import ConfigError, Settings, load_settings
 from app.logs import configure_logging
@@ -33,9 +35,29 @@ OPENAPI_PATH = Path("openapi/openapi.json")
 DEMO_KEY = "demo-key"
 
 
+def _json_logs() -> bool:
+    """Whether LOG_FORMAT asks for JSON lines (then set up for them). Read directly: a
+    refusal may come before the settings could be read at all."""
+    if os.environ.get("LOG_FORMAT", "").strip().lower() != "json":
+        return False
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO"), "json")
+    return True
+
+
 def fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    if _json_logs():
+        logging.getLogger("app.cli").error(message)
+    else:
+        err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
+
+
+def say(message: str) -> None:
+    """A line for the person at the terminal; with LOG_FORMAT=json, a log line like any."""
+    if _json_logs():
+        logging.getLogger("app.cli").info(Text.from_markup(message).plain)
+    else:
+        out.print(message)
 
 
 def settings_or_exit(**overrides: object) -> Settings:
@@ -112,13 +134,13 @@ def demo(
     key = settings.api_keys[0].get_secret_value()
     shown = key if keys == DEMO_KEY else "<one of your API_KEYS>"
     url = f"http://{'127.0.0.1' if host in {'0.0.0.0', '::'} else host}:{port}"  # noqa: S104
-    out.print(
+    say(
         f"[bold]Jobs Gateway demo[/]: {settings.demo_customers} simulated customers, "
         f"database {path}"
     )
-    out.print(f"  Swagger UI:  {url}/docs   (Authorize with the key {shown})")
-    out.print(f"  Try:         curl -H 'X-API-Key: {shown}' '{url}/jobs?status=failed&limit=5'")
-    out.print("  Stop with Ctrl+C.\n")
+    say(f"  Swagger UI:  {url}/docs   (Authorize with the key {shown})")
+    say(f"  Try:         curl -H 'X-API-Key: {shown}' '{url}/jobs?status=failed&limit=5'")
+    say("  Stop with Ctrl+C.\n")
     run_server(settings, host, port, warm=True)
 
 
@@ -128,7 +150,7 @@ def migrate() -> None:
     settings = load_settings_or_exit()
     configure_logging(settings.log_level, settings.log_format)
     migrate_or_exit(settings)
-    out.print("database is at the latest migration")
+    say("database is at the latest migration")
 
 
 def load_settings_or_exit() -> Settings:

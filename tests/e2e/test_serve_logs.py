@@ -109,3 +109,35 @@ def test_with_log_format_json_every_line_is_json_and_a_request_is_traceable(
     assert len(refreshed) == 3, about  # one line per customer the request refreshed
     other_ids = {e["request_id"] for e in entries if e["logger"] == "uvicorn.access"}
     assert len(other_ids) == sum(e["logger"] == "uvicorn.access" for e in entries)
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "status"),
+    [
+        # A refusal at start-up: one JSON line naming the variable.
+        (["serve"], {}, 1),
+        # The demo's banner and a migration's last word are log lines too.
+        (["migrate"], {"DATABASE_URL": "sqlite:///{tmp}/m.db"}, 0),
+    ],
+)
+def test_the_cli_speaks_json_too(
+    command: list[str], env: dict[str, str], status: int, tmp_path: Path
+) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AVEPOINT_", "DEMO"))}
+    base |= {"LOG_FORMAT": "json", "API_KEYS": KEY}
+    base |= {k: v.format(tmp=tmp_path) for k, v in env.items()}
+    result = subprocess.run(
+        [sys.executable, "-m", "app", *command],
+        env=base,
+        capture_output=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == status
+    lines = (result.stdout + result.stderr).decode().splitlines()
+    assert lines
+    entries = [json.loads(line) for line in lines]
+    if status:
+        assert "AVEPOINT_CLIENT_ID" in entries[-1]["msg"]
+        assert entries[-1]["level"] == "ERROR"
