@@ -173,3 +173,57 @@ def test_two_processes_walk_each_customer_once_and_agree(
             assert tag != before or sim.stats.walks
 
     asyncio.run(scenario())
+
+
+@pytest.fixture
+def background_replicas(
+    upstream: tuple[str, Simulator], postgres_database: str
+) -> Iterator[list[str]]:
+    base, _ = upstream
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AVEPOINT_", "DEMO"))}
+    env |= {
+        "AVEPOINT_BASE_URL": base,
+        "AVEPOINT_TOKEN_URL": f"{base}/connect/token",
+        "AVEPOINT_CLIENT_ID": "demo-client",
+        "AVEPOINT_CLIENT_SECRET": "demo-secret",
+        "API_KEYS": KEY,
+        "DATABASE_URL": postgres_database,
+        "CACHE_TTL_SECONDS": "3",
+        "REFRESH_INTERVAL_SECONDS": "2",
+        "UPSTREAM_CONCURRENCY": "4",
+    }
+    ports = [free_port(), free_port()]
+    processes = [start(["serve", "--port", str(p)], env) for p in ports]
+    try:
+        for port, process in zip(ports, processes, strict=True):
+            wait_until_up(f"http://127.0.0.1:{port}/readyz", process)
+        yield [f"http://127.0.0.1:{p}" for p in ports]
+    finally:
+        for p in processes:
+            stop(p)
+
+
+def _refreshes(metrics: str) -> int:
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in metrics.splitlines()
+        if line.startswith("jobs_gateway_customer_refreshes_total{")
+    )
+
+
+def test_the_background_refresh_is_spread_over_the_processes_not_repeated(
+    background_replicas: list[str], upstream: tuple[str, Simulator]
+) -> None:
+    _, sim = upstream
+    seconds = 8.0
+    time.sleep(seconds)
+    walks = Counter(sim.stats.walks)
+    assert set(walks) == set(sim.customer_ids())
+    # Every 2 s (jittered down to 1.8 s) by one process or the other: at most one walk per
+    # interval and customer, plus the first; two processes on their own would make twice that.
+    most = 1 + int(seconds / 1.8) + 1
+    assert max(walks.values()) <= most, walks
+    done = [
+        _refreshes(httpx.get(base + "/metrics", timeout=10).text) for base in background_replicas
+    ]
+    assert all(n > 0 for n in done), f"one process did all the work: {done}"
