@@ -8,21 +8,16 @@ once, both processes then answer with the same ETag, and the change feed tells e
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from sqlalchemy.engine import make_url
 
-from app.simulator import Simulator, SimulatorConfig, create_simulator_app
-from tests.conftest import _admin
+from app.simulator import Simulator, SimulatorConfig
+from tests.e2e.conftest import serve_env, simulator_over_http
 from tests.e2e.test_serve import free_port, start, stop, wait_until_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -32,39 +27,11 @@ CUSTOMERS = 6
 
 
 @pytest.fixture
-def postgres_database(postgres_url: str) -> Iterator[str]:
-    name = f"jobs_gateway_replicas_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(postgres_url, f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(_admin(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@pytest.fixture
 def upstream() -> Iterator[tuple[str, Simulator]]:
     """The simulator over HTTP, with some latency so that walks overlap requests."""
     sim = Simulator(SimulatorConfig(seed=11, customers=CUSTOMERS, latency_seconds=0.05))
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_simulator_app(sim),
-            host="127.0.0.1",
-            port=port,
-            log_level=None,
-            log_config=None,
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", sim
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with simulator_over_http(sim) as base:
+        yield base, sim
 
 
 @pytest.fixture
@@ -72,21 +39,15 @@ def replicas(
     upstream: tuple[str, Simulator], postgres_database: str, tmp_path: Path
 ) -> Iterator[list[str]]:
     base, _ = upstream
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AVEPOINT_", "DEMO"))}
-    env |= {
-        "AVEPOINT_BASE_URL": base,
-        "AVEPOINT_TOKEN_URL": f"{base}/connect/token",
-        "AVEPOINT_CLIENT_ID": "demo-client",
-        "AVEPOINT_CLIENT_SECRET": "demo-secret",
-        "API_KEYS": KEY,
-        "DATABASE_URL": postgres_database,
-        "CUSTOMER_IDS": "",
-        "CACHE_TTL_SECONDS": "3600",
+    env = serve_env(
+        base,
+        postgres_database,
+        KEY,
+        CACHE_TTL_SECONDS="3600",
         # Requests drive the refreshes, so that the test decides when they happen.
-        "REFRESH_INTERVAL_SECONDS": "0",
-        "UPSTREAM_CONCURRENCY": "4",
-        "LOG_LEVEL": "INFO",
-    }
+        REFRESH_INTERVAL_SECONDS="0",
+        UPSTREAM_CONCURRENCY="4",
+    )
     ports = [free_port(), free_port()]
     processes = [start(["serve", "--port", str(p)], env) for p in ports]
     try:
@@ -180,18 +141,14 @@ def background_replicas(
     upstream: tuple[str, Simulator], postgres_database: str
 ) -> Iterator[list[str]]:
     base, _ = upstream
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AVEPOINT_", "DEMO"))}
-    env |= {
-        "AVEPOINT_BASE_URL": base,
-        "AVEPOINT_TOKEN_URL": f"{base}/connect/token",
-        "AVEPOINT_CLIENT_ID": "demo-client",
-        "AVEPOINT_CLIENT_SECRET": "demo-secret",
-        "API_KEYS": KEY,
-        "DATABASE_URL": postgres_database,
-        "CACHE_TTL_SECONDS": "3",
-        "REFRESH_INTERVAL_SECONDS": "2",
-        "UPSTREAM_CONCURRENCY": "4",
-    }
+    env = serve_env(
+        base,
+        postgres_database,
+        KEY,
+        CACHE_TTL_SECONDS="3",
+        REFRESH_INTERVAL_SECONDS="2",
+        UPSTREAM_CONCURRENCY="4",
+    )
     ports = [free_port(), free_port()]
     processes = [start(["serve", "--port", str(p)], env) for p in ports]
     try:

@@ -4,22 +4,19 @@ answered, leases handed back, exit status 0 within 10 seconds; on SQLite and Pos
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy.engine import make_url
 
-from app.simulator import Simulator, SimulatorConfig, create_simulator_app
-from tests.conftest import _admin
+from app.simulator import Simulator, SimulatorConfig
+from tests.e2e.conftest import serve_env, simulator_over_http
 from tests.e2e.test_serve import free_port, start, wait_until_up
 
 pytestmark = pytest.mark.e2e
@@ -28,42 +25,20 @@ KEY = "e2e-stop-key"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/stop.db"
-        return
-    admin = request.getfixturevalue("postgres_url")
-    name = f"jobs_gateway_stop_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        return f"sqlite:///{tmp_path}/stop.db"
+    url: str = request.getfixturevalue("postgres_database")
+    return url
 
 
 @pytest.fixture
 def slow_upstream() -> Iterator[str]:
     """The simulator over HTTP, answering each jobs page after 0.5 s."""
-    sim = Simulator(SimulatorConfig(seed=3, customers=4, latency_seconds=0.5))
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_simulator_app(sim),
-            host="127.0.0.1",
-            port=port,
-            log_level=None,
-            log_config=None,
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with simulator_over_http(
+        Simulator(SimulatorConfig(seed=3, customers=4, latency_seconds=0.5))
+    ) as base:
+        yield base
 
 
 def _leases(database: str) -> int | None:
@@ -85,17 +60,9 @@ def _leases(database: str) -> int | None:
 def test_sigterm_finishes_what_is_in_flight_and_exits_0(
     database: str, slow_upstream: str, secret_scan: object
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AVEPOINT_", "DEMO"))}
-    env |= {
-        "AVEPOINT_BASE_URL": slow_upstream,
-        "AVEPOINT_TOKEN_URL": f"{slow_upstream}/connect/token",
-        "AVEPOINT_CLIENT_ID": "demo-client",
-        "AVEPOINT_CLIENT_SECRET": "demo-secret",
-        "API_KEYS": KEY,
-        "DATABASE_URL": database,
-        "CACHE_TTL_SECONDS": "3600",
-        "REFRESH_INTERVAL_SECONDS": "0",
-    }
+    env = serve_env(
+        slow_upstream, database, KEY, CACHE_TTL_SECONDS="3600", REFRESH_INTERVAL_SECONDS="0"
+    )
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     process = start(["serve", "--port", str(port)], env)
@@ -144,15 +111,7 @@ def test_sigterm_finishes_what_is_in_flight_and_exits_0(
 
 def test_a_second_sigterm_changes_nothing(database: str, slow_upstream: str) -> None:
     """An orchestrator may repeat the signal: the stop stays clean."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AVEPOINT_", "DEMO"))}
-    env |= {
-        "AVEPOINT_BASE_URL": slow_upstream,
-        "AVEPOINT_TOKEN_URL": f"{slow_upstream}/connect/token",
-        "AVEPOINT_CLIENT_ID": "demo-client",
-        "AVEPOINT_CLIENT_SECRET": "demo-secret",
-        "API_KEYS": KEY,
-        "DATABASE_URL": database,
-    }
+    env = serve_env(slow_upstream, database, KEY)
     port = free_port()
     process: subprocess.Popen[bytes] = start(["serve", "--port", str(port)], env)
     try:

@@ -1,0 +1,68 @@
+"""What the end-to-end tests share: the simulator over HTTP from the test's own process (so
+its counters and knobs are in reach), a fresh PostgreSQL database, and a `serve` environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import uvicorn
+from sqlalchemy.engine import make_url
+
+from app.simulator import Simulator, create_simulator_app
+from tests.conftest import _admin
+from tests.e2e.test_serve import free_port
+
+
+@contextmanager
+def simulator_over_http(sim: Simulator) -> Iterator[str]:
+    """`sim` served on a free loopback port in a thread; yields its base URL."""
+    port = free_port()
+    # No logging config and no levels: uvicorn leaves the process's logging alone.
+    config = uvicorn.Config(
+        create_simulator_app(sim), host="127.0.0.1", port=port, log_level=None, log_config=None
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def serve_env(upstream: str, database_url: str, key: str, **settings: str) -> dict[str, str]:
+    """The environment of a `serve` process against `upstream` (the simulator)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AVEPOINT_", "DEMO"))}
+    return env | {
+        "AVEPOINT_BASE_URL": upstream,
+        "AVEPOINT_TOKEN_URL": f"{upstream}/connect/token",
+        "AVEPOINT_CLIENT_ID": "demo-client",
+        "AVEPOINT_CLIENT_SECRET": "demo-secret",
+        "API_KEYS": key,
+        "DATABASE_URL": database_url,
+        "CUSTOMER_IDS": "",
+        **settings,
+    }
+
+
+@pytest.fixture
+def postgres_database(postgres_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for processes to share (dropped afterwards)."""
+    name = f"jobs_gateway_e2e_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(postgres_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_admin(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
