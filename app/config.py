@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     # Older history, events, deliveries, snapshots, and jobs the upstream stopped reporting
     # are purged; 0 keeps everything.
     retention_days: float = Field(90, ge=0, le=100 * 366)
+    # Origins whose pages may call the API from a browser (CORS); empty: none.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Alerts, the change feed and webhooks (see app.alerts, app.store.feed, app.webhooks).
     alert_statuses: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_ALERT_STATUSES)
@@ -94,6 +96,7 @@ class Settings(BaseSettings):
         "alert_statuses",
         "webhook_urls",
         "webhook_events",
+        "cors_origins",
         mode="before",
     )
     @classmethod
@@ -134,6 +137,20 @@ class Settings(BaseSettings):
                 # Only the scheme is echoed: the rest may hold a token.
                 raise ValueError(f"not an http(s) URL with a valid port: {parts.scheme}://...")
         return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            parts = urlsplit(origin)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or parts.path not in ("", "/")
+                or parts.query
+            ):
+                raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
+        return [o.rstrip("/") for o in value]
 
     @field_validator("webhook_secret")
     @classmethod

@@ -18,6 +18,7 @@ from pathlib import Path
 import fastapi_offline
 import httpx
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -54,6 +55,28 @@ how current each customer's data is (`sources`); one failing customer never fail
 SIMULATOR_URL = "http://simulator.invalid"
 
 _DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+
+DOCS_HEADERS = {
+    # Everything from this origin (no CDN); Swagger UI's page starts it with an inline script.
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+        "style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+"""Security headers of the Swagger UI page: where a stored key is typed, nothing may frame
+it or load code from elsewhere."""
+
+CORS_REQUEST_HEADERS = [
+    "Authorization",
+    "X-API-Key",
+    "Content-Type",
+    "If-None-Match",
+    "X-Request-ID",
+]
 
 
 @dataclass(frozen=True)
@@ -343,6 +366,17 @@ def create_app(
     app.add_middleware(FastReadsMiddleware)
     app.add_middleware(HeadAsGet)
     app.add_middleware(RequestMetrics)
+    if settings.cors_origins:
+        # Preflights are answered here, before any key is asked for; an origin not listed
+        # gets no allow header, so the browser keeps its page out.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=["ETag", "Cache-Status", "X-Request-ID", "Location", "Retry-After"],
+            max_age=600,
+        )
     app.add_middleware(RequestIdMiddleware)
     app.include_router(export.router)
     app.include_router(jobs.router)
@@ -357,7 +391,7 @@ def create_app(
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url="/openapi.json",
             title="Jobs Gateway",
             swagger_js_url="/docs/assets/swagger-ui-bundle.js",
@@ -365,5 +399,7 @@ def create_app(
             swagger_favicon_url="/docs/assets/favicon.png",
             swagger_ui_parameters={"persistAuthorization": True, "displayRequestDuration": True},
         )
+        page.headers.update(DOCS_HEADERS)
+        return page
 
     return app
