@@ -45,6 +45,11 @@ def _set(event: asyncio.Event, *_: object) -> None:
     event.set()
 
 
+def _terminate(connecting: asyncio.Future[Any]) -> None:
+    if not connecting.cancelled() and connecting.exception() is None:
+        connecting.result().terminate()
+
+
 class Bus:
     def __init__(
         self,
@@ -103,8 +108,15 @@ class Bus:
 
     async def _listen(self) -> None:
         while True:
+            conn: Any = None
             try:
-                conn = await asyncpg.connect(self.dsn, timeout=10)
+                connecting = asyncio.ensure_future(asyncpg.connect(self.dsn, timeout=10))
+                try:
+                    conn = await asyncio.shield(connecting)
+                except asyncio.CancelledError:
+                    # Stopping while connecting: close the connection when it arrives.
+                    connecting.add_done_callback(_terminate)
+                    raise
                 await conn.add_listener(CHANNEL, self._heard)
                 self._conn = conn
                 closed = asyncio.Event()
@@ -115,9 +127,9 @@ class Bus:
             except Exception as exc:
                 log.warning("LISTEN connection failed (%s); retrying", type(exc).__name__)
             finally:
-                conn, self._conn = self._conn, None
+                self._conn = None
                 if conn is not None and not conn.is_closed():
-                    await conn.close()
+                    conn.terminate()  # at once: a cancelled close would leave it open
             await asyncio.sleep(RECONNECT_SECONDS)
 
     async def _apply(self) -> None:
