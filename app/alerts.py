@@ -20,7 +20,7 @@ Times of failures and successes are the jobs' start times.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
@@ -226,7 +226,3 @@ def group_by_key(
             continue
         keys.setdefault((job_type, module), []).append(KeyJob(job_id, status, start))
     return keys
-
-
-def worst_first(alerts: Sequence[AlertState]) -> list[AlertState]:
-    return sorted(alerts, key=lambda a: (-_RANK[a.severity], a.opened_at, a.alert_key))

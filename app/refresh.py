@@ -207,7 +207,6 @@ class RefreshOutcome:
     error: SourceError | None = None
     stored_at: datetime | None = None
     data_version: int | None = None
-    remote: bool = False  # another process refreshed it (or backs it off)
 
 
 class CustomerDirectory:
@@ -361,7 +360,6 @@ class Refresher:
             on_names=self._names_changed,
         )
         self.status: dict[str, CustomerStatus] = {}
-        self.data_version = 0  # grows with every change of any customer's data
         self.epoch = 0  # grows with every change of any customer's state
         self._view_all: tuple[int, int, View] | None = None  # (epoch, scope size, view)
         self._inflight: dict[str, asyncio.Task[RefreshOutcome]] = {}
@@ -461,7 +459,6 @@ class Refresher:
     def _changed(self, *, data: bool) -> None:
         self.epoch += 1
         if data:
-            self.data_version += 1
             self._fingerprint = None
 
     def _names_changed(self, names: dict[str, str | None]) -> None:
@@ -692,7 +689,7 @@ class Refresher:
             status.due_at = taken.expires_at
             await self.reload([cid])
             status.backoff_until = max(status.backoff_until or taken.expires_at, taken.expires_at)
-            return RefreshOutcome(cid, ok=False, error=status.error, remote=True)
+            return RefreshOutcome(cid, ok=False, error=status.error)
         landed = self._landed.setdefault(cid, asyncio.Event())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait
@@ -706,7 +703,7 @@ class Refresher:
         await self.reload([cid])
         last = status.last_success_at
         ok = status.error is None and last is not None and last >= since
-        return RefreshOutcome(cid, ok=ok, error=status.error, remote=True)
+        return RefreshOutcome(cid, ok=ok, error=status.error)
 
     async def _landed_since(self, cid: str, since: datetime) -> bool:
         async with self.sessions() as session:

@@ -100,15 +100,6 @@ def give_back_all(dialect: str, holder: str) -> Plan[int]:
     return int(count or 0)
 
 
-def held(dialect: str, holder: str, now: datetime) -> Plan[int]:
-    rows = yield (
-        "fetch",
-        sql(dialect, "SELECT COUNT(*) FROM refresh_leases WHERE holder = ? AND expires_at > ?"),
-        (holder, to_driver(dialect, now)),
-    )
-    return int(rows[0][0])
-
-
 def holders_on(dialect: str, host: str) -> Plan[list[str]]:
     """Holders of leases taken by processes of this host."""
     rows = yield (

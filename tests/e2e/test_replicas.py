@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -34,20 +34,9 @@ def upstream() -> Iterator[tuple[str, Simulator]]:
         yield base, sim
 
 
-@pytest.fixture
-def replicas(
-    upstream: tuple[str, Simulator], postgres_database: str, tmp_path: Path
-) -> Iterator[list[str]]:
-    base, _ = upstream
-    env = serve_env(
-        base,
-        postgres_database,
-        KEY,
-        CACHE_TTL_SECONDS="3600",
-        # Requests drive the refreshes, so that the test decides when they happen.
-        REFRESH_INTERVAL_SECONDS="0",
-        UPSTREAM_CONCURRENCY="4",
-    )
+@contextmanager
+def two_processes(env: dict[str, str]) -> Iterator[list[str]]:
+    """Two `serve` processes with `env`, up and ready; yields their base URLs."""
     ports = [free_port(), free_port()]
     processes = [start(["serve", "--port", str(p)], env) for p in ports]
     try:
@@ -55,9 +44,23 @@ def replicas(
             wait_until_up(f"http://127.0.0.1:{port}/readyz", process)
         yield [f"http://127.0.0.1:{p}" for p in ports]
     finally:
-        logs = [stop(p) for p in processes]
-        for log in logs:
+        for log in [stop(p) for p in processes]:
             assert "demo-secret" not in log
+
+
+@pytest.fixture
+def replicas(upstream: tuple[str, Simulator], postgres_database: str) -> Iterator[list[str]]:
+    env = serve_env(
+        upstream[0],
+        postgres_database,
+        KEY,
+        CACHE_TTL_SECONDS="3600",
+        # Requests drive the refreshes, so that the test decides when they happen.
+        REFRESH_INTERVAL_SECONDS="0",
+        UPSTREAM_CONCURRENCY="4",
+    )
+    with two_processes(env) as bases:
+        yield bases
 
 
 async def _get(client: httpx.AsyncClient, url: str, **params: object) -> httpx.Response:
@@ -140,24 +143,16 @@ def test_two_processes_walk_each_customer_once_and_agree(
 def background_replicas(
     upstream: tuple[str, Simulator], postgres_database: str
 ) -> Iterator[list[str]]:
-    base, _ = upstream
     env = serve_env(
-        base,
+        upstream[0],
         postgres_database,
         KEY,
         CACHE_TTL_SECONDS="3",
         REFRESH_INTERVAL_SECONDS="2",
         UPSTREAM_CONCURRENCY="4",
     )
-    ports = [free_port(), free_port()]
-    processes = [start(["serve", "--port", str(p)], env) for p in ports]
-    try:
-        for port, process in zip(ports, processes, strict=True):
-            wait_until_up(f"http://127.0.0.1:{port}/readyz", process)
-        yield [f"http://127.0.0.1:{p}" for p in ports]
-    finally:
-        for p in processes:
-            stop(p)
+    with two_processes(env) as bases:
+        yield bases
 
 
 def _refreshes(metrics: str) -> int:
