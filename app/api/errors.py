@@ -23,6 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("app.api")
 
+UNEXPECTED = "an unexpected error occurred; it has been logged"
+"""The detail of every 500: what went wrong is in the log, never in the answer."""
+
 
 class ApiError(Exception):
     status = 500
@@ -127,4 +130,4 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return envelope(500, "internal", "an unexpected error occurred; it has been logged")
+        return envelope(500, "internal", UNEXPECTED)

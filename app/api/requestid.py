@@ -15,13 +15,11 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import envelope
+from app.api.errors import UNEXPECTED, envelope
 from app.logs import REQUEST_ID
 
 HEADER = b"x-request-id"
 MAX_LENGTH = 128
-# The detail of `app.api.errors`' answer to an unexpected error.
-UNEXPECTED = "an unexpected error occurred; it has been logged"
 _SANE = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_LENGTH)
 
 
