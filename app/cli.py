@@ -16,10 +16,11 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 from rich.text import Text
 
-from app.config import ConfigError, Settings, load_settings
+from app.config import NO_KEY, ConfigError, Settings, load_settings
 from app.logs import configure_logging
 
 if TYPE_CHECKING:
+    from app import keys as keys_module
     from app.refresh import RefreshOutcome
 
 cli = typer.Typer(
@@ -91,6 +92,11 @@ def run_server(settings: Settings, host: str, port: int, *, warm: bool = False) 
     from app.main import create_app
     from app.server import STOP_GRACE_SECONDS, StoppingServer
 
+    if settings.needs_stored_key:
+        # Before logging is set up, so that a refusal is its one line and nothing else.
+        migrate_or_exit(settings)
+        if not asyncio.run(_live_keys(settings)):
+            fail(NO_KEY)
     configure_logging(settings.log_level, settings.log_format)
     migrate_or_exit(settings)
     app = create_app(settings, warm=warm)
@@ -224,6 +230,174 @@ async def _refresh(settings: Settings, customers: list[str]) -> list[RefreshOutc
 
             # gather keeps the order of `ids`, whatever order the refreshes finish in.
             return list(await asyncio.gather(*(one(cid) for cid in ids)))
+
+
+keys_cli = typer.Typer(
+    help="API keys kept in the database: made, listed and revoked without a restart.",
+    no_args_is_help=True,
+)
+cli.add_typer(keys_cli, name="keys")
+
+
+@keys_cli.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="A name for the key, e.g. the integration's.")],
+    customers: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated customer ids the key may see. Default: every one."),
+    ] = None,
+    rate_per_minute: Annotated[
+        int | None,
+        typer.Option(
+            help="Requests a minute for this key (0: no limit). Default: RATE_LIMIT_PER_MINUTE.",
+            min=0,
+        ),
+    ] = None,
+) -> None:
+    """Make a new API key, store only its hash, and print the key once, on the last line."""
+    from app import keys
+
+    settings = load_settings_or_exit()
+    configure_logging("WARNING", settings.log_format)
+    migrate_or_exit(settings)
+    scope = [c.strip() for c in customers.split(",")] if customers is not None else None
+    try:
+        key, unknown = asyncio.run(_create_key(settings, name, scope, rate_per_minute))
+    except keys.KeyRefused as exc:
+        fail(str(exc))
+    rate = (
+        f"{rate_per_minute} requests a minute"
+        if rate_per_minute
+        else "no rate limit"
+        if rate_per_minute == 0
+        else f"RATE_LIMIT_PER_MINUTE ({settings.rate_limit_per_minute} a minute)"
+    )
+    err.print(f"made key {name.strip()!r}: {keys.scope_text(scope)}; {rate}", highlight=False)
+    if unknown:
+        err.print(
+            f"[yellow]note:[/] not (yet) a known customer: {', '.join(unknown)}",
+            highlight=False,
+        )
+    err.print("Keep it now: it is shown only this once. Send it as 'X-API-Key: <key>'.")
+    # Alone on the last line of standard output, for `| tail -n 1`.
+    print(key)
+
+
+async def _create_key(
+    settings: Settings, name: str, scope: list[str] | None, rate: int | None
+) -> tuple[str, list[str]]:
+    from sqlalchemy import select
+
+    from app import keys
+    from app.clock import utcnow
+    from app.store import db
+    from app.store.ingest import Writer
+    from app.store.tables import Customer
+
+    engine = db.create_engine(settings.database_url)
+    writer = Writer.for_engine(engine)
+    try:
+        key = await keys.create_key(
+            writer, name, customers=scope, rate_per_minute=rate, now=utcnow()
+        )
+        unknown: list[str] = []
+        if scope:
+            async with writer.sessions() as session:
+                known = set((await session.scalars(select(Customer.id))).all())
+            unknown = [c for c in scope if c and c not in known]
+        return key, unknown
+    finally:
+        writer.close()
+        await engine.dispose()
+
+
+@keys_cli.command("list")
+def keys_list(
+    show_revoked: Annotated[bool, typer.Option("--all", help="Revoked keys too.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one key each.")] = False,
+) -> None:
+    """The keys: name, scope, rate limit, created and last used. Never the key."""
+    from app import keys
+
+    settings = load_settings_or_exit()
+    configure_logging("WARNING", settings.log_format)
+    migrate_or_exit(settings)
+    infos = asyncio.run(_list_keys(settings, show_revoked))
+    if as_json:
+        for info in infos:
+            print(json.dumps(keys.describe(info)))
+        return
+    table = Table(title="API keys (API_KEYS not shown)")
+    for column in ("name", "customers", "rate / min", "created", "last used"):
+        table.add_column(column, overflow="fold")
+    if show_revoked:
+        table.add_column("revoked", overflow="fold")
+    for info in infos:
+        row = [
+            info.name,
+            keys.scope_text(info.customers),
+            "default" if info.rate_per_minute is None else str(info.rate_per_minute or "none"),
+            f"{info.created_at:%Y-%m-%d %H:%M:%S}Z",
+            f"{info.last_used_at:%Y-%m-%d %H:%M:%S}Z" if info.last_used_at else "never",
+        ]
+        if show_revoked:
+            row.append(f"{info.revoked_at:%Y-%m-%d %H:%M:%S}Z" if info.revoked_at else "")
+        table.add_row(*row)
+    out.print(table)
+
+
+async def _list_keys(settings: Settings, revoked: bool) -> list[keys_module.KeyInfo]:
+    from app import keys
+    from app.store import db
+
+    engine = db.create_engine(settings.database_url)
+    try:
+        async with db.session_factory(engine)() as session:
+            return await keys.list_keys(session, revoked=revoked)
+    finally:
+        await engine.dispose()
+
+
+@keys_cli.command("revoke")
+def keys_revoke(
+    name: Annotated[str, typer.Argument(help="The name of the key to revoke.")],
+) -> None:
+    """Revoke a key: running servers refuse it within seconds, without a restart."""
+    from app import keys
+
+    settings = load_settings_or_exit()
+    configure_logging("WARNING", settings.log_format)
+    migrate_or_exit(settings)
+    if not asyncio.run(_revoke_key(settings, name)):
+        fail(f"no live key named {name!r} (see `jobs-gateway keys list`)")
+    say(f"revoked key {name!r}: running servers refuse it within {keys.RELOAD_SECONDS:g} seconds")
+
+
+async def _revoke_key(settings: Settings, name: str) -> bool:
+    from app import keys
+    from app.clock import utcnow
+    from app.store import db
+    from app.store.ingest import Writer
+
+    engine = db.create_engine(settings.database_url)
+    writer = Writer.for_engine(engine)
+    try:
+        return await keys.revoke_key(writer, name, now=utcnow())
+    finally:
+        writer.close()
+        await engine.dispose()
+
+
+async def _live_keys(settings: Settings) -> int:
+    from app import keys
+    from app.store import db
+
+    engine = db.create_engine(settings.database_url)
+    try:
+        async with db.session_factory(engine)() as session:
+            return len(await keys.live_keys(session))
+    finally:
+        await engine.dispose()
 
 
 @cli.command()

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     # Older history, events, deliveries, snapshots, and jobs the upstream stopped reporting
     # are purged; 0 keeps everything.
     retention_days: float = Field(90, ge=0, le=100 * 366)
+    # Requests per key per minute (a key created with `keys create` may have its own); 0: off.
+    rate_limit_per_minute: int = Field(600, ge=0, le=10_000_000)
+    # Upstream requests per second, all customers together, so that a fan-out over many
+    # customers never bursts past what the tenant may send; 0: no pace, only
+    # UPSTREAM_CONCURRENCY. AvePoint publishes no number: this is a cautious default.
+    upstream_rate_per_second: float = Field(50, ge=0, le=100_000)
     # Origins whose pages may call the API from a browser (CORS); empty: none.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Alerts, the change feed and webhooks (see app.alerts, app.store.feed, app.webhooks).
@@ -189,11 +195,6 @@ class Settings(BaseSettings):
                 "AVEPOINT_CERTIFICATE_FILE and AVEPOINT_PRIVATE_KEY_FILE for certificate "
                 "authentication, or DEMO=true to use the built-in simulator)"
             )
-        if not self.demo and not self.api_keys and not self.auth_disabled:
-            raise ConfigError(
-                "API_KEYS must list at least one key "
-                "(or set AUTH_DISABLED=true to run without authentication on purpose)"
-            )
         if self.webhook_urls and self.webhook_secret is None:
             raise ConfigError(
                 "WEBHOOK_SECRET must be set with WEBHOOK_URLS "
@@ -208,8 +209,21 @@ class Settings(BaseSettings):
         return 0.8 * self.cache_ttl_seconds
 
     @property
+    def needs_stored_key(self) -> bool:
+        """Whether start-up needs a key made with `keys create`: outside DEMO, with no
+        API_KEYS, and authentication not turned off on purpose (see `NO_KEY`)."""
+        return not (self.demo or self.api_keys or self.auth_disabled)
+
+    @property
     def auth_required(self) -> bool:
         return bool(self.api_keys) or not (self.demo or self.auth_disabled)
+
+
+NO_KEY = (
+    "API_KEYS must list at least one key, or a key must be made with "
+    "`jobs-gateway keys create NAME` (or set AUTH_DISABLED=true to run without "
+    "authentication on purpose)"
+)
 
 
 def load_settings(**overrides: Any) -> Settings:

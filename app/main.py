@@ -8,6 +8,7 @@ process), builds the refresher, and closes all of it on shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,10 +31,13 @@ from app.alerts import Rules
 from app.api import alerts, customers, deliveries, errors, events, export, jobs, meta, runs, summary
 from app.api.answers import AnswerCache, FastReads, FastReadsMiddleware
 from app.api.deps import Services
+from app.api.limits import RequestLimits
 from app.api.requestid import RequestIdMiddleware
 from app.clock import Clock, utcnow
 from app.config import Settings
+from app.keys import KeyBook
 from app.metrics import Metrics, watch_loop_lag
+from app.ratelimit import RateLimits
 from app.refresh import Refresher
 from app.replicas import Bus
 from app.runs import RefreshRuns
@@ -41,14 +45,17 @@ from app.store import db
 from app.store.feed import FeedConfig, Told
 from app.store.ingest import Writer, purge_orphan_stage
 from app.upstream.auth import ClientAssertion, TokenProvider
-from app.upstream.client import AvePointClient
+from app.upstream.breaker import CircuitBreaker
+from app.upstream.client import AvePointClient, rate_limiter_for
 
 DESCRIPTION = """
 Every customer's AvePoint backup jobs in one place: fanned out over the partner's customers,
 every page walked, codes turned into names, durations into seconds, sizes into bytes; cached
 and kept in a database, so `GET /jobs?status=failed` answers across all customers at once.
 
-Send an API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Every answer says
+Send an API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`: one of `API_KEYS`, or
+one made with `jobs-gateway keys create` (which may be limited to some customers: for it, the
+others do not exist). Past a key's rate limit, a 429 says when to come back. Every answer says
 how current each customer's data is (`sources`); one failing customer never fails a request.
 """
 
@@ -175,6 +182,12 @@ async def open_services(
                 concurrency=concurrency,
                 metrics=metrics.upstream_request,
                 sleep=sleep,
+                # One of each per process, shared by every customer's requests.
+                rate_limiter=rate_limiter_for(settings.upstream_rate_per_second),
+                breaker=CircuitBreaker(
+                    on_state=metrics.upstream_breaker,
+                    on_refused=metrics.upstream_breaker_refused.inc,
+                ),
             )
             refresher = Refresher(
                 client=client,
@@ -203,6 +216,20 @@ async def open_services(
                 refresher.on_settled = bus.settled
                 refresher.spawn(bus.run())
             runs = RefreshRuns(refresher, clock)
+            keys = KeyBook(
+                settings.api_keys,
+                required=settings.auth_required,
+                disabled=settings.auth_disabled,
+            )
+            await keys.reload(sessions)
+            metrics.api_keys_live.set_function(lambda: keys.live)
+            limits = RateLimits()
+            if background:
+                # A revoked key is refused within RELOAD_SECONDS, by every replica.
+                refresher.spawn(keys.run(sessions, writer))
+            if background and refresher.shared:
+                # Replicas add each other's requests to their counts (app.ratelimit).
+                refresher.spawn(limits.share(engine, refresher.holder))
             # What start-up built lives as long as the process: keep it out of every
             # garbage collection, whose full passes otherwise stall the loop under load.
             gc.collect()
@@ -252,9 +279,13 @@ async def open_services(
                     notices=notices,
                     runs=runs,
                     clock=clock,
+                    keys=keys,
+                    limits=limits,
                 )
             finally:
                 await refresher.aclose()
+                with contextlib.suppress(Exception):  # best effort: `keys list` shows it
+                    await keys.flush_used(writer)
                 if sender_http is not None:
                     await sender_http.aclose()
                 writer.close()
@@ -365,6 +396,7 @@ def create_app(
     errors.install(app)
     app.add_middleware(FastReadsMiddleware)
     app.add_middleware(HeadAsGet)
+    app.add_middleware(RequestLimits)  # inside RequestId and CORS: its errors carry both
     app.add_middleware(RequestMetrics)
     if settings.cors_origins:
         # Preflights are answered here, before any key is asked for; an origin not listed

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+"""The value of `jobs_gateway_upstream_breaker_state` for each state of the breaker."""
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -119,6 +122,27 @@ class Metrics:
             "Customer refresh leases this process holds (PostgreSQL replicas).",
             registry=r,
         )
+        self.upstream_breaker_state = Gauge(
+            "jobs_gateway_upstream_breaker_state",
+            "The upstream circuit breaker: 0 closed, 1 half-open (one probe request goes), "
+            "2 open (upstream requests refused, stale data served).",
+            registry=r,
+        )
+        self.upstream_breaker_refused = Counter(
+            "jobs_gateway_upstream_breaker_refused",
+            "Upstream requests the open circuit breaker refused without sending them.",
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "jobs_gateway_rate_limited_requests",
+            "Requests refused with 429 for passing their key's rate limit.",
+            registry=r,
+        )
+        self.api_keys_live = Gauge(
+            "jobs_gateway_api_keys_live",
+            "Live keys made with `jobs-gateway keys create` (API_KEYS not counted).",
+            registry=r,
+        )
 
     def webhook_attempt(self, outcome: str, ok: bool) -> None:
         self.webhook_attempts.labels(outcome).inc()
@@ -128,6 +152,10 @@ class Metrics:
     ) -> None:
         self.upstream_requests.labels(endpoint, outcome, str(status or "none")).inc()
         self.upstream_latency.labels(endpoint).observe(seconds)
+
+    def upstream_breaker(self, state: str) -> None:
+        """The circuit breaker changed state ("closed", "half_open" or "open")."""
+        self.upstream_breaker_state.set(BREAKER_STATES.get(state, 2))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

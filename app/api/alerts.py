@@ -16,11 +16,11 @@ from starlette.datastructures import Headers
 from app import catalog
 from app.api import schemas
 from app.api.caching import dumps
-from app.api.common import scope
-from app.api.deps import Authorized, SafeParams, Services, ServicesDep
+from app.api.common import customers_of, visible
+from app.api.deps import Authorized, PrincipalDep, SafeParams, Services, ServicesDep
 from app.api.errors import InvalidParameter, NotFound
 from app.api.filters import _choices
-from app.api.params import enum_filter, id_cursor, shorten, split_values
+from app.api.params import choice_filter, enum_filter, id_cursor, shorten, split_values
 from app.store import feed
 
 router = APIRouter(tags=["alerts"], dependencies=[Authorized, SafeParams])
@@ -36,6 +36,7 @@ router = APIRouter(tags=["alerts"], dependencies=[Authorized, SafeParams])
 async def list_alerts(
     request: Request,
     svc: ServicesDep,
+    principal: PrincipalDep,
     state: Annotated[
         Literal["open", "resolved"] | None, Query(description="Open or resolved; both if absent.")
     ] = None,
@@ -56,15 +57,8 @@ async def list_alerts(
         str | None, Query(max_length=40, description="next_cursor of the previous page.")
     ] = None,
 ) -> Response:
-    severities = split_values(severity) or None
-    for name in severities or ():
-        if name not in ("warning", "critical"):
-            raise InvalidParameter(
-                f"severity: unknown value {shorten(name)!r}; allowed: warning, critical"
-            )
-    customers = split_values(customer_id) or None
-    if customers:
-        await scope(svc.refresher, customers)
+    severities = choice_filter("severity", severity, ("warning", "critical"))
+    customers = await customers_of(svc, principal, split_values(customer_id) or None)
     query = feed.AlertQuery(
         state=state,
         customer_ids=_tuple(customers),
@@ -77,7 +71,7 @@ async def list_alerts(
     )
     answer = functools.partial(answer_alerts, svc, query)
     response = await answer(request.headers)
-    svc.fast.remember(request.scope, answer)
+    svc.fast.remember(request.scope, principal.customers, answer)
     return response
 
 
@@ -115,13 +109,22 @@ async def answer_alerts(svc: Services, query: feed.AlertQuery, headers: Headers)
 )
 async def snooze_alert(
     svc: ServicesDep,
+    principal: PrincipalDep,
     alert_key: str,
     body: schemas.Snooze,
 ) -> Response:
     until = _aware(body.until)
     now = svc.clock()
-    alert = await svc.writer.run_plan(
-        lambda dialect: feed.snooze(dialect, alert_key, until, body.reason, now)
+    # The key is customer_id:job_type:module, and names have no colon: the customer is what
+    # comes before the last two. For a key limited to some customers, the others' alerts
+    # do not exist.
+    customer_id = alert_key.rsplit(":", 2)[0]
+    alert = (
+        await svc.writer.run_plan(
+            lambda dialect: feed.snooze(dialect, alert_key, until, body.reason, now)
+        )
+        if visible(principal, customer_id)
+        else None
     )
     if alert is None:
         raise NotFound(

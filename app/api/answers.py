@@ -8,19 +8,24 @@ recently used entries make room for new ones. Nothing here expires by time.
 `FastReads`: FastAPI validates every query parameter of every request, which costs more than
 answering a cached read. A listing route, once it has validated a query string, remembers
 how to answer it (`remember`): the ASGI middleware `FastReadsMiddleware` answers the same
-path and query string again straight from there, after the same key check, and leaves
-anything it does not know, or cannot answer, to the full route.
+path and query string again straight from there, after the same key check and rate limit,
+and leaves anything it does not know, or cannot answer, to the full route. An answer is
+remembered under the customers the key may see too: a key limited to some customers never
+gets an answer built for a key that sees more.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+T = TypeVar("T")
 
 DEFAULT_MAX_BYTES = 64 * 2**20
 DEFAULT_MAX_ENTRIES = 4096
@@ -38,6 +43,26 @@ class AnswerCache:
         self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        self._building: dict[Hashable, asyncio.Future[Any]] = {}
+
+    async def build_once(self, key: Hashable, build: Callable[[], Awaitable[T]]) -> T:
+        """`await build()`, shared by every caller asking for `key` while it runs: when data
+        changes under many clients, they all miss the same key at once, and one query
+        answers them all instead of one each. A caller that goes away (a client that
+        disconnects) does not cancel the build for the others."""
+        future = self._building.get(key)
+        if future is None:
+            future = asyncio.ensure_future(build())
+            self._building[key] = future
+
+            def done(f: asyncio.Future[Any]) -> None:
+                self._building.pop(key, None)
+                if not f.cancelled():
+                    f.exception()  # retrieved: every waiter may have gone
+
+            future.add_done_callback(done)
+        result: T = await asyncio.shield(future)
+        return result
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -80,17 +105,24 @@ class FastReads:
 
     def __init__(self, max_entries: int = DEFAULT_FAST_ENTRIES) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[str, bytes], tuple[Any, Answer]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, bytes, frozenset[str] | None], tuple[Any, Answer]] = (
+            OrderedDict()
+        )
 
-    def remember(self, scope: Scope, answer: Answer) -> None:
-        key = (scope["path"], scope["query_string"])
+    def remember(self, scope: Scope, customers: frozenset[str] | None, answer: Answer) -> None:
+        """`answer` answers this path and query string for a key that sees `customers`
+        (None: every customer)."""
+        key = (scope["path"], scope["query_string"], customers)
         self._entries[key] = (scope.get("route"), answer)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
-    def lookup(self, scope: Scope) -> tuple[Any, Answer] | None:
-        key = (scope["path"], scope["query_string"])
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, scope: Scope, customers: frozenset[str] | None) -> tuple[Any, Answer] | None:
+        key = (scope["path"], scope["query_string"], customers)
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
@@ -112,17 +144,24 @@ class FastReadsMiddleware:
         await self.app(scope, receive, send)
 
     async def _answer(self, scope: Scope) -> Response | None:
-        from app.api.deps import key_accepted, offered_keys
+        from app.api.deps import offered_keys, rate_limited
+        from app.api.errors import envelope
 
         svc = getattr(scope["app"].state, "services", None)
-        if svc is None:
-            return None
-        entry = svc.fast.lookup(scope)
-        if entry is None:
+        if svc is None or not svc.fast:
             return None
         headers = Headers(scope=scope)
-        if not key_accepted(svc.settings, offered_keys(headers)):
+        principal = svc.keys.authenticate(offered_keys(headers))
+        if principal is None:
             return None  # the full route says why
+        entry = svc.fast.lookup(scope, principal.customers)
+        if entry is None:
+            return None
+        refused = rate_limited(svc, principal, scope)
+        if refused is not None:
+            return envelope(refused.status, refused.error, refused.detail, refused.headers)
+        # Counted: should the full route answer after all, it does not count it again.
+        scope.setdefault("state", {})["principal"] = principal
         route, answer = entry
         try:
             response: Response = await answer(headers)

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.api.errors import InvalidParameter, Unavailable
 from app.api.params import shorten
 from app.clock import iso
+from app.keys import Principal
+
+if TYPE_CHECKING:
+    from app.api.deps import Services
 from app.refresh import DiscoveryFailed, Refresher, Source
 
 
-async def scope(refresher: Refresher, customer_ids: list[str] | None) -> list[str]:
-    """The customers a request covers: all of the partner's, or the ones it names (422 for
-    one that is not the partner's)."""
+async def scope(
+    refresher: Refresher, customer_ids: list[str] | None, principal: Principal
+) -> list[str]:
+    """The customers a request covers: all those its key may see, or the ones it names (422
+    for one that is not the partner's, or that the key may not see: for a key limited to
+    some customers, the others do not exist)."""
     try:
         known = await refresher.customer_ids()
     except DiscoveryFailed as exc:
@@ -21,6 +28,8 @@ async def scope(refresher: Refresher, customer_ids: list[str] | None) -> list[st
             "set CUSTOMER_IDS or try again later",
             headers={"Retry-After": "10"},
         ) from None
+    if principal.customers is not None:
+        known = [cid for cid in known if cid in principal.customers]
     if not customer_ids:
         return known
     known_set = set(known)
@@ -31,6 +40,35 @@ async def scope(refresher: Refresher, customer_ids: list[str] | None) -> list[st
                 "(see GET /customers)"
             )
     return customer_ids
+
+
+async def covered(
+    refresher: Refresher, customer_ids: list[str] | None, principal: Principal
+) -> tuple[list[str], list[str] | None]:
+    """`scope`, and the customers the request names for queries and data versions: None
+    only for a key that sees every customer and names none (then: every customer, also
+    those discovered later)."""
+    in_scope = await scope(refresher, customer_ids, principal)
+    if customer_ids is None and principal.customers is not None:
+        return in_scope, in_scope
+    return in_scope, customer_ids
+
+
+async def customers_of(
+    svc: Services, principal: Principal, named: list[str] | None
+) -> list[str] | None:
+    """The customers a listing of stored records (events, alerts, deliveries) is limited
+    to: the ones named (each checked as `scope` does), else all the key may see (None: no
+    limit)."""
+    if named:
+        await scope(svc.refresher, named, principal)
+        return named
+    return sorted(principal.customers) if principal.customers is not None else None
+
+
+def visible(principal: Principal, customer_id: str) -> bool:
+    """Whether the key may see this customer at all."""
+    return principal.customers is None or customer_id in principal.customers
 
 
 def source_out(source: Source) -> dict[str, Any]:

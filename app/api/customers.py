@@ -15,8 +15,9 @@ from starlette.datastructures import Headers
 from app.api import schemas
 from app.api.caching import dumps, etag_of, json_answer, matches, not_modified
 from app.api.common import scope, source_out
-from app.api.deps import Authorized, SafeParams, Services, ServicesDep
+from app.api.deps import Authorized, PrincipalDep, SafeParams, Services, ServicesDep
 from app.api.params import decode_cursor, encode_cursor, fingerprint
+from app.keys import Principal
 from app.store import repo
 
 router = APIRouter(tags=["customers"], dependencies=[Authorized, SafeParams])
@@ -34,21 +35,29 @@ _FINGERPRINT = fingerprint(endpoint="customers")
 async def list_customers(
     request: Request,
     svc: ServicesDep,
+    principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=2000)] = None,
     max_age: Annotated[int | None, Query(ge=0, le=10_000_000)] = None,
 ) -> Response:
     after = decode_cursor(cursor, _FINGERPRINT, size=1)[0] if cursor else None
     answer = functools.partial(
-        answer_customers, svc, limit=limit, cursor=cursor, after=after, max_age=max_age
+        answer_customers,
+        svc,
+        principal,
+        limit=limit,
+        cursor=cursor,
+        after=after,
+        max_age=max_age,
     )
     response = await answer(request.headers)
-    svc.fast.remember(request.scope, answer)
+    svc.fast.remember(request.scope, principal.customers, answer)
     return response
 
 
 async def answer_customers(
     svc: Services,
+    principal: Principal,
     headers: Headers,
     *,
     limit: int,
@@ -58,7 +67,7 @@ async def answer_customers(
 ) -> Response:
     """A page of `/customers` for validated parameters."""
     refresher = svc.refresher
-    everyone = await scope(refresher, None)
+    everyone = await scope(refresher, None, principal)
     ids = sorted(everyone)
     if after is not None:
         ids = [cid for cid in ids if cid > str(after)]
@@ -68,7 +77,7 @@ async def answer_customers(
     freshness = (
         await refresher.ensure(page, max_age=max_age)
         if max_age is not None
-        else await refresher.ensure(everyone, everyone=True)
+        else await refresher.ensure(everyone, everyone=principal.customers is None)
     )
     version = refresher.version_of(page)
     counts_key = ("customer-counts", tuple(page), version)
@@ -79,7 +88,7 @@ async def answer_customers(
         if refresher.version_of(page) == version:
             svc.answers.put(counts_key, counts, 64 * len(page))
     now_second = int(freshness.now.timestamp())
-    key = ("customers", cursor, limit, version, refresher.epoch, now_second)
+    key = ("customers", principal.customers, cursor, limit, version, refresher.epoch, now_second)
     answer: tuple[bytes, str] | None = svc.answers.get(key)
     if answer is None:
         sources = [refresher.source(cid) for cid in page]

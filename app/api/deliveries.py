@@ -9,8 +9,8 @@ from fastapi import APIRouter, Path, Query, Response
 
 from app.api import schemas
 from app.api.caching import dumps
-from app.api.common import scope
-from app.api.deps import Authorized, SafeParams, ServicesDep
+from app.api.common import customers_of, visible
+from app.api.deps import Authorized, PrincipalDep, SafeParams, ServicesDep
 from app.api.errors import Conflict, NotFound
 from app.api.params import MAX_ID, id_cursor, split_values
 from app.clock import iso
@@ -50,6 +50,7 @@ def delivery_out(row: dict[str, Any]) -> dict[str, Any]:
 )
 async def list_deliveries(
     svc: ServicesDep,
+    principal: PrincipalDep,
     state: Annotated[
         Literal["pending", "delivered", "failed"] | None,
         Query(description="Only deliveries in this state."),
@@ -63,9 +64,7 @@ async def list_deliveries(
     ] = None,
 ) -> Response:
     before = id_cursor(cursor)
-    customers = split_values(customer_id) or None
-    if customers:
-        await scope(svc.refresher, customers)
+    customers = await customers_of(svc, principal, split_values(customer_id) or None)
     async with svc.sessions() as session:
         rows = await feed.list_deliveries(
             session, state=state, customer_ids=customers, before=before, limit=limit
@@ -87,10 +86,18 @@ async def list_deliveries(
 )
 async def retry_delivery(
     svc: ServicesDep,
+    principal: PrincipalDep,
     delivery_id: Annotated[int, Path(ge=1, le=MAX_ID, examples=[1])],
 ) -> Response:
     now = svc.clock()
     window = svc.feed.delivery_window
+    if principal.customers is not None:
+        # A key limited to some customers retries only their deliveries; the others'
+        # do not exist for it.
+        async with svc.sessions() as session:
+            row = await feed.get_delivery(session, delivery_id)
+        if row is None or not visible(principal, row["customer_id"]):
+            raise NotFound(f"no webhook delivery {delivery_id} (see GET /webhooks/deliveries)")
     before = await svc.writer.run_plan(
         lambda dialect: feed.retry_delivery(dialect, delivery_id, now, window)
     )

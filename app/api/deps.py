@@ -6,7 +6,7 @@ costs more than the work on the cached read path.
 
 from __future__ import annotations
 
-import hmac
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
@@ -15,13 +15,16 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.datastructures import Headers
+from starlette.types import Scope
 
 from app.alerting import Notices
 from app.api.answers import AnswerCache, FastReads
-from app.api.errors import InvalidParameter, Unauthorized
+from app.api.errors import InvalidParameter, RateLimited, Unauthorized
 from app.clock import Clock
 from app.config import Settings
+from app.keys import ANYONE, KeyBook, Principal
 from app.metrics import Metrics
+from app.ratelimit import RateLimits
 from app.refresh import Refresher
 from app.runs import RefreshRuns
 from app.store.feed import FeedConfig
@@ -44,6 +47,8 @@ class Services:
     notices: Notices
     runs: RefreshRuns
     clock: Clock
+    keys: KeyBook
+    limits: RateLimits
     stopping: bool = False  # SIGTERM came: not ready, long polls answer now
 
     def stop(self) -> None:
@@ -74,44 +79,63 @@ async def refresher(svc: ServicesDep) -> Refresher:
 
 RefresherDep = Annotated[Refresher, Depends(refresher)]
 
-_bearer = HTTPBearer(auto_error=False, description="An API key from API_KEYS.")
-_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key from API_KEYS.")
+_KEY_HELP = "An API key: one of API_KEYS, or one made with `jobs-gateway keys create`."
+_bearer = HTTPBearer(auto_error=False, description=_KEY_HELP)
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description=_KEY_HELP)
 
 
 async def require_key(
+    request: Request,
     svc: ServicesDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header_key: Annotated[str | None, Depends(_api_key)],
-) -> None:
-    """401 unless the request carries one of API_KEYS (compared in constant time)."""
+) -> Principal:
+    """Who is asking: 401 without a valid key, 429 past the key's rate limit."""
+    state = request.scope.setdefault("state", {})
+    known: Principal | None = state.get("principal")
+    if known is not None:  # FastReadsMiddleware checked and counted this request already
+        return known
     offered = [k for k in (bearer.credentials if bearer else None, header_key) if k]
-    if key_accepted(svc.settings, offered):
-        return
-    detail = (
-        "the API key is not valid"
-        if offered
-        else "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-    )
-    raise Unauthorized(detail, headers={"WWW-Authenticate": "Bearer"})
+    principal = svc.keys.authenticate(offered)
+    if principal is None:
+        detail = (
+            "the API key is not valid"
+            if offered
+            else "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+        )
+        raise Unauthorized(detail, headers={"WWW-Authenticate": "Bearer"})
+    wait = rate_limited(svc, principal, request.scope)
+    if wait is not None:
+        raise wait
+    state["principal"] = principal
+    return principal
 
 
 Authorized = Depends(require_key)
+PrincipalDep = Annotated[Principal, Depends(require_key)]
 
 
-def key_accepted(settings: Settings, offered: list[str]) -> bool:
-    """Whether one of the offered keys is one of API_KEYS (or no key is needed at all)."""
-    if not settings.auth_required:
-        return True
-    keys = [k.get_secret_value().encode() for k in settings.api_keys]
-    for candidate in offered:
-        given = candidate.encode()
-        # Compare against every key, always, so timing tells nothing about which matched.
-        matched = False
-        for key in keys:
-            matched |= hmac.compare_digest(given, key)
-        if matched:
-            return True
-    return False
+def rate_limited(svc: Services, principal: Principal, scope: Scope) -> RateLimited | None:
+    """Count the request against its key's limit; the 429 to answer when it is past it."""
+    limit = principal.rate_per_minute
+    if limit is None:
+        limit = svc.settings.rate_limit_per_minute
+    if limit <= 0:
+        return None
+    identity = principal.identity
+    if principal is ANYONE:  # no keys: count per client address instead
+        client = scope.get("client")
+        identity = f"addr:{client[0] if client else '-'}"
+    wait = svc.limits.hit(identity, limit)
+    if wait is None:
+        return None
+    seconds = max(1, math.ceil(wait))
+    svc.metrics.rate_limited.inc()
+    return RateLimited(
+        f"more than {limit} requests a minute with this API key; try again in {seconds} s "
+        "(Retry-After)",
+        headers={"Retry-After": str(seconds)},
+    )
 
 
 def offered_keys(headers: Headers) -> list[str]:

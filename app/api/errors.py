@@ -4,7 +4,10 @@
     ├── Unauthorized        401 unauthorized
     ├── NotFound            404 not_found
     ├── Conflict            409 conflict
+    ├── TooLarge            413 too_large
+    ├── UriTooLong          414 uri_too_long
     ├── InvalidParameter    422 invalid_parameter
+    ├── RateLimited         429 rate_limited
     └── Unavailable         503 unavailable
 
 Validation errors from FastAPI, Starlette's HTTP errors (unknown route, wrong method) and any
@@ -52,9 +55,24 @@ class Conflict(ApiError):
     error = "conflict"
 
 
+class TooLarge(ApiError):
+    status = 413
+    error = "too_large"
+
+
+class UriTooLong(ApiError):
+    status = 414
+    error = "uri_too_long"
+
+
 class InvalidParameter(ApiError):
     status = 422
     error = "invalid_parameter"
+
+
+class RateLimited(ApiError):
+    status = 429
+    error = "rate_limited"
 
 
 class Unavailable(ApiError):
@@ -70,7 +88,9 @@ _STATUS_ERRORS = {
     405: "method_not_allowed",
     406: "not_acceptable",
     409: "conflict",
+    408: "request_timeout",
     413: "too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
     422: "invalid_parameter",
     429: "rate_limited",
@@ -108,6 +128,19 @@ def validation_detail(exc: RequestValidationError) -> str:
     return "; ".join(messages) or "the request is invalid"
 
 
+BODY_UNREADABLE = "There was an error parsing the body"
+"""FastAPI's detail of the 400 for a body it could not decode at all (not UTF-8 text, nested
+too deeply): anything but a `json.JSONDecodeError`."""
+
+
+def unreadable_body_detail(cause: BaseException | None) -> str:
+    if isinstance(cause, UnicodeDecodeError):
+        return "request body: is not valid JSON (it is not UTF-8 text)"
+    if isinstance(cause, RecursionError):
+        return "request body: is nested too deeply to be read"
+    return "request body: is not valid JSON"
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -125,6 +158,10 @@ def install(app: FastAPI) -> None:
             detail = f"no such endpoint: {request.url.path}; see /docs for the API"
         if exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}; see /docs"
+        if exc.status_code == 400 and detail == BODY_UNREADABLE:
+            # Invalid JSON is a 422 (`validation_detail`); a body that cannot even be decoded
+            # is the same mistake, and gets the same answer.
+            return envelope(422, "invalid_parameter", unreadable_body_detail(exc.__cause__))
         return envelope(exc.status_code, error, detail, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)

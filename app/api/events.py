@@ -16,10 +16,9 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import Headers
 
 from app.api import schemas
-from app.api.common import scope
-from app.api.deps import Authorized, SafeParams, Services, ServicesDep
-from app.api.errors import InvalidParameter
-from app.api.params import MAX_ID, shorten, split_values
+from app.api.common import customers_of
+from app.api.deps import Authorized, PrincipalDep, SafeParams, Services, ServicesDep
+from app.api.params import MAX_ID, choice_filter, split_values
 from app.config import EVENT_TYPES
 from app.store import feed
 
@@ -39,6 +38,7 @@ POLL_SECONDS = 0.5
 async def list_events(
     request: Request,
     svc: ServicesDep,
+    principal: PrincipalDep,
     after: Annotated[
         int | None,
         Query(ge=0, le=MAX_ID, description="next_cursor of the last page: events after it."),
@@ -59,15 +59,8 @@ async def list_events(
         Query(ge=0, le=30, description="Seconds to hold the request until an event arrives."),
     ] = 0,
 ) -> Response:
-    types = split_values(type) or None
-    for name in types or ():
-        if name not in EVENT_TYPES:
-            raise InvalidParameter(
-                f"type: unknown value {shorten(name)!r}; allowed: {', '.join(EVENT_TYPES)}"
-            )
-    customers = split_values(customer_id) or None
-    if customers:
-        await scope(svc.refresher, customers)
+    types = choice_filter("type", type, EVENT_TYPES)
+    customers = await customers_of(svc, principal, split_values(customer_id) or None)
     answer = functools.partial(
         answer_events,
         svc,
@@ -78,7 +71,7 @@ async def list_events(
         wait=wait,
     )
     response = await answer(request.headers)
-    svc.fast.remember(request.scope, answer)
+    svc.fast.remember(request.scope, principal.customers, answer)
     return response
 
 
@@ -96,7 +89,13 @@ async def answer_events(
     deadline = loop.time() + wait
     while True:
         seen = svc.notices.count
-        key = ("events", after, limit, types and tuple(types), customers and tuple(customers))
+        key = (
+            "events",
+            after,
+            limit,
+            types and tuple(types),
+            None if customers is None else tuple(customers),
+        )
         versioned = (*key, seen)
         page: tuple[bytes, int] | None = svc.answers.get(versioned)
         if page is None:

@@ -18,8 +18,8 @@ from fastapi.responses import StreamingResponse
 
 from app.api import schemas
 from app.api.caching import cache_status
-from app.api.common import scope
-from app.api.deps import Authorized, SafeParams, Services, ServicesDep
+from app.api.common import covered
+from app.api.deps import Authorized, PrincipalDep, SafeParams, Services, ServicesDep
 from app.api.filters import JobFilters, JobFiltersDep
 from app.api.jobs import MaxAge
 from app.clock import iso
@@ -183,14 +183,15 @@ async def csv_body(
     },
 )
 async def export_jobs_csv(
-    svc: ServicesDep, filters: JobFiltersDep, max_age: MaxAge = None
+    svc: ServicesDep, principal: PrincipalDep, filters: JobFiltersDep, max_age: MaxAge = None
 ) -> StreamingResponse:
     refresher = svc.refresher
-    named = filters.customer_ids
-    in_scope = await scope(refresher, named)
+    in_scope, named = await covered(refresher, filters.customer_ids, principal)
     freshness = await refresher.ensure(in_scope, max_age=max_age, everyone=named is None)
     errors = freshness.errors
-    servable = [cid for cid in in_scope if cid not in errors] if named or errors else None
+    servable = (
+        [cid for cid in in_scope if cid not in errors] if named is not None or errors else None
+    )
     # The first batch is read before the answer starts, so a database that fails now gives
     # an error response rather than a download cut short after its header row.
     first = await read_batch(svc, filters, servable, None)

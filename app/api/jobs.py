@@ -16,12 +16,13 @@ from starlette.datastructures import Headers
 
 from app.api import schemas
 from app.api.caching import dumps, etag_of, json_answer, matches, not_modified
-from app.api.common import scope, source_out
-from app.api.deps import Authorized, RefresherDep, SafeParams, Services, ServicesDep
+from app.api.common import covered, scope, source_out, visible
+from app.api.deps import Authorized, PrincipalDep, RefresherDep, SafeParams, Services, ServicesDep
 from app.api.errors import InvalidParameter, NotFound
 from app.api.filters import JobFilters, JobFiltersDep
 from app.api.params import decode_cursor, encode_cursor, shorten
 from app.clock import iso
+from app.keys import Principal
 from app.store import repo
 
 router = APIRouter(tags=["jobs"], dependencies=[Authorized, SafeParams])
@@ -77,6 +78,7 @@ def job_out(row: repo.JobRow, customer_name: str | None) -> dict[str, Any]:
 async def list_jobs(
     request: Request,
     svc: ServicesDep,
+    principal: PrincipalDep,
     filters: JobFiltersDep,
     limit: Annotated[int, Query(ge=1, le=500, description="Jobs per page.")] = 100,
     cursor: Annotated[
@@ -86,15 +88,23 @@ async def list_jobs(
 ) -> Response:
     position = decode_cursor(cursor, filters.key) if cursor else None
     answer = functools.partial(
-        answer_jobs, svc, filters, limit=limit, cursor=cursor, position=position, max_age=max_age
+        answer_jobs,
+        svc,
+        principal,
+        filters,
+        limit=limit,
+        cursor=cursor,
+        position=position,
+        max_age=max_age,
     )
     response = await answer(request.headers)
-    svc.fast.remember(request.scope, answer)
+    svc.fast.remember(request.scope, principal.customers, answer)
     return response
 
 
 async def answer_jobs(
     svc: Services,
+    principal: Principal,
     filters: JobFilters,
     headers: Headers,
     *,
@@ -105,32 +115,38 @@ async def answer_jobs(
 ) -> Response:
     """A page of `/jobs` for validated parameters: from memory when the data has not moved."""
     refresher = svc.refresher
-    named = filters.customer_ids
-    in_scope = await scope(refresher, named)
+    in_scope, named = await covered(refresher, filters.customer_ids, principal)
     freshness = await refresher.ensure(in_scope, max_age=max_age, everyone=named is None)
     errors = freshness.errors
     version = refresher.version_of(named)
-    key = ("jobs", filters.key, cursor, limit, version, errors)
+    key = ("jobs", filters.key, principal.customers, cursor, limit, version, errors)
     etag = etag_of(key, freshness.view.tag)
     if matches(headers, etag):
         return not_modified(etag, freshness)
     page: tuple[bytes, str | None] | None = svc.answers.get(key)
     if page is None:
-        servable = [cid for cid in in_scope if cid not in errors] if named or errors else None
+        servable = (
+            [cid for cid in in_scope if cid not in errors] if named is not None or errors else None
+        )
         query = filters.query(servable, limit=limit, after=tuple(position) if position else None)
-        try:
-            async with svc.sessions() as session:
-                rows = await repo.query_jobs(session, query)
-        except repo.InvalidCursor:
-            raise InvalidParameter("cursor: not a cursor this endpoint issued") from None
-        next_cursor = None
-        if len(rows) > limit:
-            rows = rows[:limit]
-            next_cursor = encode_cursor(repo.keyset_of(rows[-1], filters.sort), filters.key)
-        items = dumps([job_out(r, refresher.name_of(r.customer_id)) for r in rows])
-        page = (items, next_cursor)
-        if refresher.version_of(named) == version:  # no refresh landed while we read
-            svc.answers.put(key, page, len(items))
+
+        async def build() -> tuple[bytes, str | None]:
+            try:
+                async with svc.sessions() as session:
+                    rows = await repo.query_jobs(session, query)
+            except repo.InvalidCursor:
+                raise InvalidParameter("cursor: not a cursor this endpoint issued") from None
+            next_cursor = None
+            if len(rows) > limit:
+                rows = rows[:limit]
+                next_cursor = encode_cursor(repo.keyset_of(rows[-1], filters.sort), filters.key)
+            items = dumps([job_out(r, refresher.name_of(r.customer_id)) for r in rows])
+            built = (items, next_cursor)
+            if refresher.version_of(named) == version:  # no refresh landed while we read
+                svc.answers.put(key, built, len(items))
+            return built
+
+        page = await svc.answers.build_once(key, build)
     items, next_cursor = page
     content = b"".join(
         (
@@ -161,10 +177,11 @@ async def get_job(
     job_id: str,
     refresher: RefresherDep,
     svc: ServicesDep,
+    principal: PrincipalDep,
     max_age: MaxAge = None,
 ) -> Response:
-    known = await scope(refresher, None)
-    if customer_id not in known:
+    known = await scope(refresher, None, principal)
+    if customer_id not in known or not visible(principal, customer_id):
         raise NotFound(f"no customer {shorten(customer_id)!r} (see GET /customers)")
     freshness = await refresher.ensure([customer_id], max_age=max_age)
     async with svc.sessions() as session:

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Body, Path, Response
 
 from app.api import schemas
 from app.api.caching import dumps
-from app.api.common import scope
-from app.api.deps import Authorized, SafeParams, ServicesDep
+from app.api.common import scope, visible
+from app.api.deps import Authorized, PrincipalDep, SafeParams, ServicesDep
 from app.api.errors import InvalidParameter, NotFound
 from app.api.params import shorten
 
@@ -27,6 +27,7 @@ router = APIRouter(tags=["refresh"], dependencies=[Authorized, SafeParams])
 )
 async def start_refresh(
     svc: ServicesDep,
+    principal: PrincipalDep,
     body: Annotated[schemas.RefreshRequest | None, Body()] = None,
 ) -> Response:
     named = body.customer_ids if body is not None else None
@@ -36,7 +37,7 @@ async def start_refresh(
         for cid in named:
             if "\x00" in cid:
                 raise InvalidParameter("customer_ids: must not contain a NUL character")
-    customers = await scope(svc.refresher, list(named) if named else None)
+    customers = await scope(svc.refresher, list(named) if named else None, principal)
     run = svc.runs.start(customers)
     return Response(
         dumps({"run_id": run.run_id, "state": run.state}),
@@ -55,9 +56,13 @@ async def start_refresh(
 )
 async def get_refresh_run(
     svc: ServicesDep,
+    principal: PrincipalDep,
     run_id: Annotated[str, Path(max_length=100)],
 ) -> Response:
     run = svc.runs.get(run_id)
+    # A key limited to some customers sees only the runs of its customers.
+    if run is not None and not all(visible(principal, c) for c in run.customer_ids):
+        run = None
     if run is None:
         raise NotFound(
             f"no refresh run {shorten(run_id)!r}: runs are kept in memory, the newest 200"

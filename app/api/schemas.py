@@ -99,7 +99,10 @@ class Job(BaseModel):
 
 class SourceErrorBody(BaseModel):
     kind: str = Field(
-        description="timeout, connection, http_status, rate_limited, auth, malformed, ..."
+        description=(
+            "timeout, connection, http_status, rate_limited, auth, malformed, circuit_open "
+            "(the upstream failed for every customer: not asked until the breaker's next try), ..."
+        )
     )
     message: str
     upstream_status: int | None
@@ -204,11 +207,16 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "No valid API key (Authorization: Bearer <key> or X-API-Key).",
         404: "Not found.",
         409: "The request conflicts with the resource's state: the detail says how.",
+        413: "The request body is larger than the API takes.",
+        414: "The query string is longer than the API takes.",
         422: "A bad parameter: the detail names it (and lists allowed values for enums).",
+        429: "Past the key's rate limit: Retry-After says when to come back.",
         503: "The upstream or the database is unavailable and nothing could be served.",
     }
     out: dict[int | str, dict[str, Any]] = {}
-    for status in statuses:
+    if 401 in statuses:  # what needs a key is also counted against the key's rate limit
+        statuses = (*statuses, 414, 429)
+    for status in sorted(set(statuses)):
         if status == 304:
             out[status] = {"description": descriptions[status]}
         else:

@@ -26,11 +26,12 @@ from starlette.datastructures import Headers
 from app import catalog
 from app.api import schemas
 from app.api.caching import dumps, etag_of, json_answer, matches, not_modified
-from app.api.common import scope, source_out
-from app.api.deps import Authorized, SafeParams, Services, ServicesDep
+from app.api.common import covered, source_out
+from app.api.deps import Authorized, PrincipalDep, SafeParams, Services, ServicesDep
 from app.api.filters import JobFilters, JobFiltersDep
 from app.api.jobs import MaxAge
 from app.clock import iso
+from app.keys import Principal
 from app.store import feed, repo
 
 router = APIRouter(tags=["summary"], dependencies=[Authorized, SafeParams])
@@ -77,18 +78,22 @@ def _label(group_by: GroupBy, key: str, svc: Services) -> str | None:
 async def get_summary(
     request: Request,
     svc: ServicesDep,
+    principal: PrincipalDep,
     filters: JobFiltersDep,
     group_by: Annotated[GroupBy, Query(description="How to group the jobs.")] = "customer",
     max_age: MaxAge = None,
 ) -> Response:
-    answer = functools.partial(answer_summary, svc, filters, group_by=group_by, max_age=max_age)
+    answer = functools.partial(
+        answer_summary, svc, principal, filters, group_by=group_by, max_age=max_age
+    )
     response = await answer(request.headers)
-    svc.fast.remember(request.scope, answer)
+    svc.fast.remember(request.scope, principal.customers, answer)
     return response
 
 
 async def answer_summary(
     svc: Services,
+    principal: Principal,
     filters: JobFilters,
     headers: Headers,
     *,
@@ -96,24 +101,23 @@ async def answer_summary(
     max_age: int | None,
 ) -> Response:
     refresher = svc.refresher
-    named = filters.customer_ids
-    in_scope = await scope(refresher, named)
+    in_scope, named = await covered(refresher, filters.customer_ids, principal)
     freshness = await refresher.ensure(in_scope, max_age=max_age, everyone=named is None)
     errors = freshness.errors
     now = svc.clock()
     minute = int(now.timestamp() // 60)
     version = refresher.version_of(named)
-    stats_key = ("summary", filters.key, group_by, version, errors, minute)
+    stats_key = ("summary", filters.key, principal.customers, group_by, version, errors, minute)
     key = (stats_key, refresher.epoch, svc.notices.count)
     cached: tuple[bytes, str] | None = svc.answers.get(key)
     if cached is None:
-        stats: dict[str, repo.GroupStats] | None = svc.answers.get(stats_key)
-        if stats is None:
-            servable = [c for c in in_scope if c not in errors] if named or errors else None
-            query = filters.query(servable, limit=1, after=None)
-            since = datetime.fromtimestamp(minute * 60, now.tzinfo) - WINDOW
+        servable = [c for c in in_scope if c not in errors] if named is not None or errors else None
+        query = filters.query(servable, limit=1, after=None)
+        since = datetime.fromtimestamp(minute * 60, now.tzinfo) - WINDOW
+
+        async def build_stats() -> dict[str, repo.GroupStats]:
             async with svc.sessions() as session:
-                stats = await repo.summarize(
+                built = await repo.summarize(
                     session,
                     query,
                     group_by,
@@ -121,16 +125,25 @@ async def answer_summary(
                     failures=sorted(svc.feed.rules.statuses),
                 )
             if refresher.version_of(named) == version:
-                svc.answers.put(stats_key, stats, 200 * len(stats) + 100)
-        alerts: dict[str, dict[str, int]] = {}
-        if group_by == "customer":
-            async with svc.sessions() as session:
-                alerts = await feed.open_alert_counts(session, now)
-        encoded = dumps(_items(svc, filters, group_by, in_scope, stats, alerts, now))
-        # The tag names the items themselves: the keys above move every minute (and with
-        # every refresh), the answer only when something in it does.
-        cached = (encoded, etag_of(encoded))
-        svc.answers.put(key, cached, len(encoded))
+                svc.answers.put(stats_key, built, 200 * len(built) + 100)
+            return built
+
+        async def build() -> tuple[bytes, str]:
+            stats: dict[str, repo.GroupStats] | None = svc.answers.get(stats_key)
+            if stats is None:
+                stats = await svc.answers.build_once(stats_key, build_stats)
+            alerts: dict[str, dict[str, int]] = {}
+            if group_by == "customer":
+                async with svc.sessions() as session:
+                    alerts = await feed.open_alert_counts(session, now)
+            encoded = dumps(_items(svc, filters, group_by, in_scope, stats, alerts, now))
+            # The tag names the items themselves: the keys above move every minute (and with
+            # every refresh), the answer only when something in it does.
+            built = (encoded, etag_of(encoded))
+            svc.answers.put(key, built, len(encoded))
+            return built
+
+        cached = await svc.answers.build_once(key, build)
     items, digest = cached
     etag = etag_of(digest, freshness.view.tag)
     if matches(headers, etag):

@@ -357,3 +357,41 @@ class RefreshLease(Base):
     customer_id: Mapped[str] = mapped_column(String(), primary_key=True)
     holder: Mapped[str] = mapped_column(String())
     expires_at: Mapped[datetime]
+
+
+class ApiKey(Base):
+    """A key made with `jobs-gateway keys create`, stored as a salted hash (see `app.keys`)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        # A revoked key's name may be given to a new key.
+        Index(
+            "ix_api_keys_live_name",
+            "name",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String())
+    key_id: Mapped[str] = mapped_column(String(), unique=True)
+    salt: Mapped[str] = mapped_column(String())
+    digest: Mapped[str] = mapped_column(String())
+    customers: Mapped[list[str] | None] = mapped_column(JSON().with_variant(JSONB(), "postgresql"))
+    rate_per_minute: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class RateCount(Base):
+    """One process's requests of one key in one minute window (see `app.ratelimit`)."""
+
+    __tablename__ = "rate_counts"
+
+    window: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    identity: Mapped[str] = mapped_column(String(), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(), primary_key=True)
+    hits: Mapped[int] = mapped_column(BigInteger)

@@ -25,7 +25,27 @@ customer list also ends on a short or empty page, walked one page at a time.
 
 Every failure is an `UpstreamError` naming the customer, page, status and request id; a
 429 or 5xx that came with Retry-After keeps those seconds in `retry_after`, also when the
-client gave up because the wait was longer than its budget.
+client gave up because the wait was longer than its budget. A 403 or 404 of a customer's
+jobs says the app may not read that customer (its customer scope) and what to do about it.
+
+Two guards shared by every customer, both off unless given (`open_services` gives both):
+
+- `rate_limiter` (one `aiolimiter.AsyncLimiter` per process, `UPSTREAM_RATE_PER_SECOND`)
+  paces every request to the Graph API, retries and the repeat after a 401 included; it is
+  acquired inside the semaphore, just before sending, so its pace is the sending pace.
+  Token requests are not paced: they go to the identity server, not the Graph API whose
+  limit this is, once an hour and shared by every caller; pacing them would also hold
+  every task waiting for a token behind a queue of page requests.
+- `breaker` (`app.upstream.breaker`) watches every attempt and, when the upstream fails
+  for several customers at once, refuses requests for a while with `UpstreamCircuitOpen`
+  (not retried; its `retry_after` is the time until the breaker's next try). Counted as
+  failures: 5xx and 408 answers, timeouts and connection failures, of the Graph API and
+  of the token endpoint; a token-endpoint failure counts as every customer's (without a
+  token nobody is served), and once, however many tasks shared the one token request.
+  Any 2xx ends a run of failures. Other 4xx answers count neither way: 403/404 (a
+  customer outside the app's scope), 429, a 401 after renewal, and refused client
+  credentials (a setting to fix, which an open breaker would only hide). A refused
+  attempt asks neither for a token nor for a page.
 """
 
 from __future__ import annotations
@@ -36,20 +56,23 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import aclosing
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, ClassVar, NoReturn
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, NoReturn, Protocol
 from urllib.parse import quote
 
 import httpx
+from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from app.logs import upstream_fields
 from app.upstream.auth import TokenProvider
+from app.upstream.breaker import EVERYONE, CircuitBreaker, Permit
 from app.upstream.errors import (
     UpstreamAuthError,
+    UpstreamCircuitOpen,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamMalformed,
@@ -76,6 +99,30 @@ JOBS_PATH = "/partner/external/v3/general/customers/{customer_id}/avpt-products/
 MetricsHook = Callable[[str, float, str, int | None], None]
 """(outcome, seconds, endpoint, HTTP status or None) of each upstream exchange."""
 """Called once per HTTP exchange with its outcome ("ok" or an error kind) and seconds."""
+
+
+class RateLimiter(Protocol):
+    """What the client needs of a rate limiter (`aiolimiter.AsyncLimiter` is one)."""
+
+    async def acquire(self, amount: float = 1) -> None: ...
+
+
+def rate_limiter_for(per_second: float) -> AsyncLimiter | None:
+    """The process's limiter for `per_second` requests (None: 0, no limit).
+
+    A leaky bucket holding one second's worth, so up to `per_second` requests may go at
+    once after a quiet spell; below one a second, one at a time, `1/per_second` apart.
+    """
+    if per_second <= 0:
+        return None
+    if per_second >= 1:
+        return AsyncLimiter(per_second, 1.0)
+    return AsyncLimiter(1, 1.0 / per_second)
+
+
+def counts_against_upstream(status: int) -> bool:
+    """Whether an answer with this status is the upstream failing (for the breaker)."""
+    return status == 408 or status >= 500
 
 
 @dataclass(frozen=True)
@@ -198,6 +245,8 @@ class AvePointClient:
         metrics: MetricsHook | None = None,
         jitter: Callable[[float, float], float] = random.uniform,
         utcnow: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rate_limiter: RateLimiter | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         if isinstance(concurrency, int) and concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -215,7 +264,13 @@ class AvePointClient:
         self._metrics = metrics
         self._jitter = jitter
         self._utcnow = utcnow
+        self._rate_limiter = rate_limiter
+        self._breaker = breaker
+        # Token failures this client has seen. A task that finds it moved while it waited
+        # for a token got a copy of another task's failure, which the breaker counted.
+        self._token_failures = 0
 
+    # Built by `open_services` through the class, one each per process.
     # -- customers -------------------------------------------------------------------
 
     async def list_customers(self) -> list[UpstreamCustomer]:
@@ -436,8 +491,17 @@ class AvePointClient:
         return None
 
     async def _attempt(self, call: _Call, progress: _Progress) -> _Answer:
-        token = await self._token(call, stale=None)
-        response, seconds = await self._send(call, token)
+        permit = self._admit(call)
+        try:
+            return await self._exchange(call, progress, permit)
+        finally:
+            # Cancelled, or an outcome that counts neither way; a no-op once settled.
+            if permit is not None and self._breaker is not None:
+                self._breaker.released(permit)
+
+    async def _exchange(self, call: _Call, progress: _Progress, permit: Permit | None) -> _Answer:
+        token = await self._token(call, permit, stale=None)
+        response, seconds = await self._send(call, permit, token)
         if response.status_code == 401 and not progress.renewed:
             # Once per logical request: a token refused twice is not a stale token.
             progress.renewed = True
@@ -450,22 +514,73 @@ class AvePointClient:
                 request_id,
                 extra={"upstream_status": 401, "upstream_request_id": request_id},
             )
-            token = await self._token(call, stale=token)
-            response, seconds = await self._send(call, token)
-        return self._read(call, response, seconds)
+            token = await self._token(call, permit, stale=token)
+            response, seconds = await self._send(call, permit, token)
+        return self._read(call, permit, response, seconds)
 
-    async def _token(self, call: _Call, *, stale: str | None) -> str:
+    def _admit(self, call: _Call) -> Permit | None:
+        """The breaker's leave for one attempt (None without a breaker); refused: raises."""
+        if self._breaker is None:
+            return None
+        permit = self._breaker.admit()
+        if permit is None:
+            raise self._circuit_open(call)
+        return permit
+
+    def _circuit_open(self, call: _Call) -> UpstreamCircuitOpen:
+        assert self._breaker is not None
+        wait = self._breaker.retry_in()
+        last = self._breaker.last_failure
+        why = f" (the last: {last})" if last else ""
+        if wait > 0:
+            at = (self._utcnow() + timedelta(seconds=wait)).astimezone(UTC)
+            when = f"next try at {at:%Y-%m-%dT%H:%M:%SZ}, in {math.ceil(wait)}s"
+        else:
+            when = "one probe request is testing whether it has recovered; next try when it answers"
+        # `status`: the upstream's answer behind the refusal (the one that last failed),
+        # so that a source refused says what the upstream is answering.
+        return UpstreamCircuitOpen(
+            f"AvePoint {call.what} request not sent: the circuit breaker is open after "
+            f"upstream failures across customers{why}; {when}",
+            customer_id=call.customer_id,
+            page=call.page,
+            status=self._breaker.last_status,
+            retry_after=wait if wait > 0 else None,
+        )
+
+    def _succeeded(self, permit: Permit | None) -> None:
+        if permit is not None and self._breaker is not None:
+            self._breaker.succeeded(permit)
+
+    def _failed(self, permit: Permit | None, customer: Hashable, error: UpstreamError) -> None:
+        if permit is not None and self._breaker is not None:
+            self._breaker.failed(permit, customer, error.summary, error.status)
+
+    async def _token(self, call: _Call, permit: Permit | None, *, stale: str | None) -> str:
         """A token (renewed when `stale` is given); failures name this call's customer and page."""
+        seen = self._token_failures
         try:
             if stale is None:
                 return await self._tokens.token()
             return await self._tokens.renew(stale)
         except UpstreamAuthError as error:
+            # TokenProvider hands one failed request's error to every task that waited on
+            # it; the task whose request it was sees the count unmoved, and counts it.
+            own = self._token_failures == seen
+            if own:
+                self._token_failures += 1
+            if own and (error.status is None or counts_against_upstream(error.status)):
+                self._failed(permit, EVERYONE, error)
             raise error.replace(customer_id=call.customer_id, page=call.page) from None
 
-    async def _send(self, call: _Call, token: str) -> tuple[httpx.Response, float]:
-        """One HTTP exchange, inside the semaphore; transport failures become typed."""
+    async def _send(
+        self, call: _Call, permit: Permit | None, token: str
+    ) -> tuple[httpx.Response, float]:
+        """One HTTP exchange, inside the semaphore and the rate limit; transport failures
+        become typed."""
         async with self._semaphore:
+            if self._rate_limiter is not None:
+                await self._rate_limiter.acquire()
             started = self._clock()
             try:
                 response = await self._http.post(
@@ -477,6 +592,8 @@ class AvePointClient:
             except httpx.RequestError as exc:
                 error = _transport_error(call, exc)
                 self._observe(error.kind, self._clock() - started, call.what, None)
+                if isinstance(error, UpstreamTimeout | UpstreamConnectionError):
+                    self._failed(permit, call.customer_id, error)
                 # `from None`: the httpx error holds the request and its Authorization.
                 raise error from None
             seconds = self._clock() - started
@@ -490,12 +607,16 @@ class AvePointClient:
         )
         return response, seconds
 
-    def _read(self, call: _Call, response: httpx.Response, seconds: float) -> _Answer:
+    def _read(
+        self, call: _Call, permit: Permit | None, response: httpx.Response, seconds: float
+    ) -> _Answer:
         request_id = request_id_of(response.headers)
         status = response.status_code
         try:
             if not 200 <= status < 300:
                 raise self._status_error(call, response, request_id)
+            # The upstream answered: it is up, whatever the body turns out to be.
+            self._succeeded(permit)
             envelope = parse_page(
                 response.content,
                 customer_id=call.customer_id,
@@ -505,6 +626,8 @@ class AvePointClient:
             )
         except UpstreamError as error:
             self._observe(error.kind, seconds, call.what, status)
+            if counts_against_upstream(status):
+                self._failed(permit, call.customer_id, error)
             raise
         self._observe("ok", seconds, call.what, status)
         return _Answer(envelope, request_id)
@@ -530,9 +653,9 @@ class AvePointClient:
             )
         if status == 429:
             return UpstreamRateLimited(f"AvePoint rate-limited the {call.what} request", **context)
-        summary = f"AvePoint answered the {call.what} request with HTTP {status}"
         if status in (403, 404) and call.customer_id is not None:
-            summary += "; the customer may be outside the app's customer scope"
+            return UpstreamStatusError(_out_of_scope(call.customer_id, status), **context)
+        summary = f"AvePoint answered the {call.what} request with HTTP {status}"
         return UpstreamStatusError(summary, **context)
 
     def _observe(self, outcome: str, seconds: float, endpoint: str, status: int | None) -> None:
@@ -543,6 +666,20 @@ class AvePointClient:
         except Exception:
             # Metrics are a side channel: a broken hook must not fail a refresh.
             logger.exception("AvePoint metrics hook failed")
+
+
+def _out_of_scope(customer_id: str, status: int) -> str:
+    """What a 403 or 404 of a customer's jobs means, and what to do about it."""
+    remedy = (
+        "add it to the app's customer scope in AvePoint Online Services, "
+        "or remove it from CUSTOMER_IDS"
+    )
+    if status == 404:
+        return (
+            f"AvePoint does not know customer {customer_id!r}, or the AvePoint app may not "
+            f"read it (HTTP 404): check the id, {remedy}"
+        )
+    return f"The AvePoint app may not read customer {customer_id!r} (HTTP 403): {remedy}"
 
 
 def _failure(state: RetryCallState) -> UpstreamError:

@@ -6,7 +6,8 @@
      │    └── UpstreamRateLimited      kind "rate_limited": 429
      ├── UpstreamTimeout               kind "timeout": the httpx timeout fired
      ├── UpstreamConnectionError       kind "connection": connect/read/protocol failure
-     └── UpstreamMalformed             kind "malformed": a body that is not the envelope
+     ├── UpstreamMalformed             kind "malformed": a body that is not the envelope
+     └── UpstreamCircuitOpen           kind "circuit_open": not sent, the breaker is open
 
 Every error names the customer, page, upstream status and upstream request id it is about
 (each may be None), and says in `message` what happened in one sentence. An error whose
@@ -14,6 +15,12 @@ answer carried Retry-After keeps those seconds in `retry_after` (also after the 
 up on them); `retry_at(now)` turns them into the moment to ask again. Messages are built
 from those fields, fixed wording and at most an exception class name or an OAuth error
 code; never from bodies, headers, tokens or secrets.
+
+`UpstreamCircuitOpen` is the one failure that never reached the upstream: the circuit
+breaker (`app.upstream.breaker`) refused the request because the upstream is failing for
+everyone. Its `retry_after` is the seconds until the breaker lets a request through again,
+so a caller that backs off on Retry-After backs off until then; its `status` is that of
+the failure the breaker counted last (None after a timeout): what the upstream answers.
 """
 
 from __future__ import annotations
@@ -146,6 +153,12 @@ class UpstreamMalformed(UpstreamError):
     """A 2xx answer whose body is not JSON or not the documented shape."""
 
     kind: ClassVar[str] = "malformed"
+
+
+class UpstreamCircuitOpen(UpstreamError):
+    """Not sent: the circuit breaker is open because the upstream fails for everyone."""
+
+    kind: ClassVar[str] = "circuit_open"
 
 
 def describe(

@@ -43,6 +43,8 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
         "upstream_concurrency": 8,
         # Requests drive the refreshes here; tests of the background refresh turn it on.
         "refresh_interval_seconds": 0,
+        # No pace on the simulator (tests/unit/test_upstream_breaker.py tests the pace).
+        "upstream_rate_per_second": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -39,6 +39,8 @@ EXPECTED_TABLES = {
     "alerts",
     "webhook_deliveries",
     "refresh_leases",  # since 0006
+    "api_keys",  # since 0008
+    "rate_counts",
     "job_status_history",
     "alembic_version",
 }

@@ -313,7 +313,7 @@ async def test_every_answer_says_its_request_id_and_its_log_lines_carry_it(
             assert first.headers["x-request-id"] == "abc123"
             logging.getLogger("app.test").info("between requests")
             # The same query again: FastReadsMiddleware answers it before routing.
-            assert app.state.services.fast.lookup({"path": "/jobs", "query_string": b""})
+            assert app.state.services.fast.lookup({"path": "/jobs", "query_string": b""}, None)
             again = await api.get("/jobs")
             etag = again.headers["etag"]
             answers = [

@@ -1138,13 +1138,53 @@ async def test_client_errors_are_not_retried(
     assert build.time.sleeps == []
 
 
-async def test_403_says_the_customer_may_be_out_of_scope(
-    upstream: FakeUpstream, build: Build
+@pytest.mark.parametrize(
+    ("status", "summary"),
+    [
+        (
+            403,
+            "The AvePoint app may not read customer 'c1' (HTTP 403): add it to the app's "
+            "customer scope in AvePoint Online Services, or remove it from CUSTOMER_IDS",
+        ),
+        (
+            404,
+            "AvePoint does not know customer 'c1', or the AvePoint app may not read it "
+            "(HTTP 404): check the id, add it to the app's customer scope in AvePoint Online "
+            "Services, or remove it from CUSTOMER_IDS",
+        ),
+    ],
+)
+async def test_403_and_404_say_the_customer_is_outside_the_apps_scope_and_what_to_do(
+    upstream: FakeUpstream, build: Build, status: int, summary: str
 ) -> None:
-    upstream.script("c1", 1, respond(403))
+    upstream.script("c1", 1, respond(status, request_id="rid-9"))
 
-    with pytest.raises(UpstreamStatusError, match="customer scope"):
+    with pytest.raises(UpstreamStatusError) as caught:
         await build().fetch_jobs("c1")
+
+    error = caught.value
+    assert (
+        error.message == f"{summary} (customer 'c1', page 1, status {status}, request id 'rid-9')"
+    )
+    assert (error.attempts, error.retriable) == (1, False)
+    assert len(upstream.calls) == 1, "not retried"
+
+
+async def test_a_403_of_the_customer_list_is_not_about_one_customer(
+    fake_time: FakeTime, tokens: TokenProvider
+) -> None:
+    with respx.mock(assert_all_called=False) as router:
+        router.post(TOKEN_URL).mock(return_value=httpx.Response(200, json={"access_token": "t"}))
+        router.post(url__startswith=BASE, path=CUSTOMERS_PATH).mock(
+            return_value=httpx.Response(403)
+        )
+        async with httpx.AsyncClient() as http:
+            with pytest.raises(UpstreamStatusError) as caught:
+                await Build(http, tokens, fake_time)().list_customers()
+
+    assert caught.value.message == (
+        "AvePoint answered the customers request with HTTP 403 (page 1, status 403)"
+    )
 
 
 async def test_a_failing_later_page_fails_the_fetch_with_its_page(

@@ -1,0 +1,159 @@
+"""`RequestLimits`: what a request may send, answered with the error envelope when it sends more.
+
+    query string over MAX_QUERY_BYTES                   414 uri_too_long
+    body over MAX_BODY_BYTES, by its Content-Length     413 too_large      before it is read
+    body over MAX_BODY_BYTES, counted as it streams     413 too_large      (chunked bodies)
+    body not complete BODY_TIMEOUT_SECONDS after the    408 request_timeout
+      app began to read it
+
+413 and 408 close the connection, so the rest of an unwanted body is not read. When a body
+breaks a limit while the app is reading it, the app's own answer (FastAPI calls a body it
+could not read a 400) is replaced by the limit's; a response already started cannot be
+replaced, and the server drops the connection instead.
+
+The request head (its size, and the time it may take to arrive) is bounded by the server:
+see `app.server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.errors import TooLarge, UriTooLong, envelope
+
+MAX_BODY_BYTES = 64 * 1024
+"""Our request bodies are small JSON objects (a refresh's customer ids, a snooze)."""
+
+MAX_QUERY_BYTES = 8 * 1024
+"""Room for every filter of /jobs with long lists of ids; what proxies commonly allow."""
+
+BODY_TIMEOUT_SECONDS = 10.0
+"""A body this small arrives in milliseconds: a client that takes longer holds a connection
+and a task for nothing (a slow-body attack)."""
+
+REQUEST_TIMEOUT = (408, "request_timeout")
+
+CLOSE = {"Connection": "close"}
+
+
+class BodyRefused(Exception):
+    """Raised from `receive` inside the app once its body broke a limit."""
+
+
+def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The largest Content-Length the request declares; None without a readable one (the
+    server refuses a malformed one before the app sees it)."""
+    lengths = [int(v) for k, v in headers if k == b"content-length" and v.strip().isdigit()]
+    return max(lengths) if lengths else None
+
+
+class RequestLimits:
+    """Pure ASGI: the limits above, for every HTTP request. The limits are arguments so that
+    tests can make them small."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int | None = None,
+        max_query_bytes: int | None = None,
+        body_timeout_seconds: float | None = None,
+    ) -> None:
+        self.app = app
+        # Read when the app is built, not at import: tests may lower the module's values.
+        self.max_body_bytes = MAX_BODY_BYTES if max_body_bytes is None else max_body_bytes
+        self.max_query_bytes = MAX_QUERY_BYTES if max_query_bytes is None else max_query_bytes
+        self.body_timeout_seconds = (
+            BODY_TIMEOUT_SECONDS if body_timeout_seconds is None else body_timeout_seconds
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        query = scope.get("query_string", b"")
+        if len(query) > self.max_query_bytes:
+            response = envelope(
+                UriTooLong.status,
+                UriTooLong.error,
+                f"the query string is {len(query)} bytes, more than the {self.max_query_bytes} "
+                "this API takes; send fewer or shorter filter values, or split the request",
+            )
+            await response(scope, receive, send)
+            return
+        length = declared_length(scope["headers"])
+        if length is not None and length > self.max_body_bytes:
+            await self._too_large(scope, receive, send, f"{length} bytes")
+            return
+
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        received = 0
+        body_done = False
+        refusal: str | None = None  # "too_large" or "timeout", once the body broke a limit
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal deadline, received, body_done, refusal
+            if body_done:
+                # Only a disconnect is left to hear about, whenever it comes.
+                return await receive()
+            if refusal is not None:
+                raise BodyRefused(refusal)
+            if deadline is None:
+                deadline = loop.time() + self.body_timeout_seconds
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                refusal = "timeout"
+                raise BodyRefused(refusal) from None
+            if message["type"] != "http.request":
+                body_done = True
+                return message
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                refusal = "too_large"
+                raise BodyRefused(refusal)
+            body_done = not message.get("more_body", False)
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refusal is not None and not started:
+                return  # the app's answer to a body it could not read: ours replaces it
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            # The app may let the refusal through, or another error that followed from it.
+            if refusal is None:
+                raise
+        if refusal is None or started:
+            # A refused body after the response started: returning with it unfinished makes
+            # the server close the connection, which is all that is left to do.
+            return
+        if refusal == "too_large":
+            await self._too_large(scope, receive, send, f"more than {self.max_body_bytes} bytes")
+            return
+        response = envelope(
+            *REQUEST_TIMEOUT,
+            f"the request body did not arrive within {self.body_timeout_seconds:g} seconds; "
+            "send it at once",
+            headers=CLOSE,
+        )
+        await response(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, size: str) -> None:
+        response = envelope(
+            TooLarge.status,
+            TooLarge.error,
+            f"the request body is {size}, more than the {self.max_body_bytes} this API takes",
+            headers=CLOSE,
+        )
+        await response(scope, receive, send)

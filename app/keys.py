@@ -1,0 +1,365 @@
+"""API keys: who is asking, which customers they may see, and how fast they may ask.
+
+Two kinds of key are accepted, as `Authorization: Bearer <key>` or `X-API-Key: <key>`:
+- `API_KEYS`, from the environment: full access, for a first setup;
+- keys made with `jobs-gateway keys create NAME [--customers ID,ID] [--rate-per-minute N]`,
+  kept in the `api_keys` table. Such a key reads `jgw_<key id>_<secret>`: the key id finds its
+  row, and the row holds only a SHA-256 of the whole key with a random salt of its own. The
+  keys are random and long (256 bits of secret), so a fast hash is enough: nothing can be
+  guessed from the digest that an attacker could not guess faster by trying keys.
+
+`KeyBook` answers "which key is this?" from memory on every request: the live keys are read
+from the database every `RELOAD_SECONDS` (so `keys revoke NAME` takes effect in a running
+server within seconds, on every replica), a key once verified is remembered until the next
+reload that changes the keys, and the times keys were last used are written back in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import SecretStr
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.store.ingest import Writer
+from app.store.tables import ApiKey
+
+log = logging.getLogger(__name__)
+
+PREFIX = "jgw_"
+KEY_ID_HEX = 12  # 48 bits: finds the row; not a secret
+SECRET_BYTES = 32
+RELOAD_SECONDS = 2.0
+"""How often a running server reads the live keys: the longest a revoked key still works."""
+USED_FLUSH_SECONDS = 30.0
+"""How often the last-used times of keys are written (`keys list` shows them)."""
+MAX_REMEMBERED = 10_000
+NAME_MAX = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request is: a key of `API_KEYS`, a created key, or anyone (no key needed)."""
+
+    name: str
+    identity: str  # what the rate limit counts under
+    customers: frozenset[str] | None = None  # None: every customer
+    rate_per_minute: int | None = None  # None: RATE_LIMIT_PER_MINUTE
+    key_id: str | None = None  # a created key's id, to record its use
+
+    @property
+    def scoped(self) -> bool:
+        return self.customers is not None
+
+
+ANYONE = Principal(name="anyone", identity="anyone")
+"""The principal of every request when no key is needed (DEMO without keys, AUTH_DISABLED)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """A live key as the database holds it (no key, only its digest)."""
+
+    key_id: str
+    name: str
+    salt: str
+    digest: str
+    customers: tuple[str, ...] | None
+    rate_per_minute: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """A key as `keys list` shows it: never the key."""
+
+    name: str
+    customers: tuple[str, ...] | None
+    rate_per_minute: int | None
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class KeyRefused(Exception):
+    """A key that cannot be made or revoked; the message says why, in one line."""
+
+
+def digest_of(salt: str, key: str) -> str:
+    return hashlib.sha256(bytes.fromhex(salt) + key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def key_id_of(key: str) -> str | None:
+    """The key id of something shaped like a created key, else None."""
+    if not key.startswith(PREFIX):
+        return None
+    key_id, sep, secret = key[len(PREFIX) :].partition("_")
+    if not sep or len(key_id) != KEY_ID_HEX or not secret:
+        return None
+    return key_id
+
+
+def new_key() -> tuple[str, str]:
+    """A fresh (key id, key)."""
+    key_id = secrets.token_hex(KEY_ID_HEX // 2)
+    return key_id, f"{PREFIX}{key_id}_{secrets.token_urlsafe(SECRET_BYTES)}"
+
+
+def check_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > NAME_MAX or not name.isprintable():
+        raise KeyRefused(f"a key's name is 1 to {NAME_MAX} printable characters")
+    return name
+
+
+def taken_message(name: str) -> str:
+    return f"a live key is named {name!r} already: revoke it or pick another name"
+
+
+# -- the table ------------------------------------------------------------------------------
+
+
+async def create_key(
+    writer: Writer,
+    name: str,
+    *,
+    customers: Sequence[str] | None,
+    rate_per_minute: int | None,
+    now: datetime,
+) -> str:
+    """Store a new key under `name` and return it: the only time it exists in the clear."""
+    name = check_name(name)
+    if rate_per_minute is not None and rate_per_minute < 0:
+        raise KeyRefused("--rate-per-minute is 0 (no limit) or more")
+    scope = sorted({c.strip() for c in customers if c.strip()}) if customers is not None else None
+    if scope is not None and not scope:
+        raise KeyRefused("--customers lists no customer id")
+    key_id, key = new_key()
+    salt = secrets.token_hex(16)
+    try:
+        async with writer.transaction() as session:
+            taken = await session.scalar(
+                select(ApiKey.id).where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
+            )
+            if taken is not None:
+                raise KeyRefused(taken_message(name))
+            session.add(
+                ApiKey(
+                    name=name,
+                    key_id=key_id,
+                    salt=salt,
+                    digest=digest_of(salt, key),
+                    customers=scope,
+                    rate_per_minute=rate_per_minute,
+                    created_at=now,
+                )
+            )
+    except IntegrityError:  # another `keys create` of the same name won the race
+        raise KeyRefused(taken_message(name)) from None
+    return key
+
+
+async def revoke_key(writer: Writer, name: str, *, now: datetime) -> bool:
+    """Revoke the live key named `name`; False when there is none."""
+    async with writer.transaction() as session:
+        result = await session.execute(
+            update(ApiKey)
+            .where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def list_keys(session: AsyncSession, *, revoked: bool = False) -> list[KeyInfo]:
+    query = select(ApiKey).order_by(ApiKey.name, ApiKey.id)
+    if not revoked:
+        query = query.where(ApiKey.revoked_at.is_(None))
+    rows = (await session.scalars(query)).all()
+    return [
+        KeyInfo(
+            name=r.name,
+            customers=tuple(r.customers) if r.customers is not None else None,
+            rate_per_minute=r.rate_per_minute,
+            created_at=r.created_at,
+            last_used_at=r.last_used_at,
+            revoked_at=r.revoked_at,
+        )
+        for r in rows
+    ]
+
+
+async def live_keys(session: AsyncSession) -> list[StoredKey]:
+    rows = (await session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None)))).all()
+    return [
+        StoredKey(
+            key_id=r.key_id,
+            name=r.name,
+            salt=r.salt,
+            digest=r.digest,
+            customers=tuple(r.customers) if r.customers is not None else None,
+            rate_per_minute=r.rate_per_minute,
+        )
+        for r in rows
+    ]
+
+
+async def record_use(writer: Writer, used: dict[str, datetime]) -> None:
+    """Write when keys were last used (never moving a time backwards)."""
+    async with writer.transaction() as session:
+        for key_id, at in used.items():
+            await session.execute(
+                update(ApiKey)
+                .where(
+                    ApiKey.key_id == key_id,
+                    (ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at < at),
+                )
+                .values(last_used_at=at)
+            )
+
+
+# -- the book of keys, in memory ---------------------------------------------------------
+
+
+class KeyBook:
+    """Every key a running server accepts, and the principal each one stands for."""
+
+    def __init__(
+        self, api_keys: Iterable[SecretStr], *, required: bool, disabled: bool = False
+    ) -> None:
+        self._env = [
+            (k.get_secret_value().encode("utf-8", "surrogatepass"), f"env:{i}")
+            for i, k in enumerate(api_keys, 1)
+        ]
+        # `required` says API_KEYS or the deployment demands a key; a created key makes one
+        # needed too (unless AUTH_DISABLED is set on purpose).
+        self._required = required
+        self._disabled = disabled
+        self._stored: dict[str, StoredKey] = {}
+        self._accepted: dict[str, Principal] = {}
+        self._used: dict[str, float] = {}
+        self.loaded = False
+
+    @property
+    def required(self) -> bool:
+        return self._required or (bool(self._stored) and not self._disabled)
+
+    @property
+    def live(self) -> int:
+        return len(self._stored)
+
+    def replace(self, stored: Sequence[StoredKey]) -> None:
+        """The live keys are now `stored`: a key revoked since is forgotten at once."""
+        keys = {s.key_id: s for s in stored}
+        if keys != self._stored:
+            self._stored = keys
+            self._accepted = {}
+        self.loaded = True
+
+    def authenticate(self, offered: Sequence[str]) -> Principal | None:
+        """The principal of the first offered key that is valid; None when none is (and a
+        key is required). Cheap enough for every request: a key verified once is looked up
+        in a dict until the keys change."""
+        if not self.required:
+            return ANYONE
+        for key in offered:
+            principal = self._accepted.get(key)
+            if principal is None:
+                principal = self._verify(key)
+                if principal is None:
+                    continue
+                if len(self._accepted) >= MAX_REMEMBERED:
+                    self._accepted.clear()
+                self._accepted[key] = principal
+            if principal.key_id is not None:
+                self._used[principal.key_id] = time.time()
+            return principal
+        return None
+
+    def _verify(self, key: str) -> Principal | None:
+        given = key.encode("utf-8", "surrogatepass")
+        # Compare with every key of API_KEYS, always: timing tells nothing of which matched.
+        matched: str | None = None
+        for value, identity in self._env:
+            if hmac.compare_digest(given, value):
+                matched = identity
+        if matched is not None:
+            return Principal(name="API_KEYS", identity=matched)
+        key_id = key_id_of(key)
+        stored = self._stored.get(key_id) if key_id else None
+        if stored is None or not hmac.compare_digest(digest_of(stored.salt, key), stored.digest):
+            return None
+        return Principal(
+            name=stored.name,
+            identity=f"key:{stored.key_id}",
+            customers=frozenset(stored.customers) if stored.customers is not None else None,
+            rate_per_minute=stored.rate_per_minute,
+            key_id=stored.key_id,
+        )
+
+    def take_used(self) -> dict[str, float]:
+        used, self._used = self._used, {}
+        return used
+
+    async def reload(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        async with sessions() as session:
+            self.replace(await live_keys(session))
+
+    async def run(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        writer: Writer,
+        *,
+        reload_seconds: float = RELOAD_SECONDS,
+        flush_seconds: float = USED_FLUSH_SECONDS,
+    ) -> None:
+        """Keep the book current (a background task): read the live keys every
+        `reload_seconds`, write the last-used times every `flush_seconds`."""
+        last_flush = time.monotonic()
+        while True:
+            await asyncio.sleep(reload_seconds)
+            try:
+                await self.reload(sessions)
+                if time.monotonic() - last_flush >= flush_seconds:
+                    last_flush = time.monotonic()
+                    await self.flush_used(writer)
+            except (SQLAlchemyError, OSError) as exc:
+                # The keys known stay in force; the next round tries again.
+                log.warning("could not read the API keys: %s", type(exc).__name__)
+
+    async def flush_used(self, writer: Writer) -> None:
+        used = self.take_used()
+        if not used:
+            return
+        at = {key_id: datetime.fromtimestamp(t, UTC) for key_id, t in used.items()}
+        try:
+            await record_use(writer, at)
+        except BaseException:
+            for key_id, t in used.items():  # keep them for the next round
+                self._used.setdefault(key_id, t)
+            raise
+
+
+def scope_text(customers: Sequence[str] | None) -> str:
+    return "every customer" if customers is None else ", ".join(customers)
+
+
+def describe(info: KeyInfo) -> dict[str, Any]:
+    """A key as `keys list --json` prints it."""
+    return {
+        "name": info.name,
+        "customers": list(info.customers) if info.customers is not None else None,
+        "rate_per_minute": info.rate_per_minute,
+        "created_at": info.created_at.isoformat(),
+        "last_used_at": info.last_used_at.isoformat() if info.last_used_at else None,
+        "revoked_at": info.revoked_at.isoformat() if info.revoked_at else None,
+    }
