@@ -25,6 +25,9 @@ machine can compare these times with its own.
 `POST /change?customers=K` changes K customers' data (spread evenly over the customers): the
 status of each one's newest job flips between failed and finished and its `lastModifyTime`
 moves on, so an incremental refresh has exactly K customers with one changed job each.
+`&offset=N` shifts the K customers picked by N (modulo C), so that calls with a growing offset
+(the soak benchmark, `bench/soak.py`) walk over every customer: each change fails or recovers
+one job, and the service's alerts open and resolve.
 """
 
 from __future__ import annotations
@@ -276,13 +279,24 @@ class StandIn:
         ]
         return page_bytes(rows, index, size, self.customers)
 
-    def change(self, count: int) -> list[str]:
-        """Change `count` customers' newest job; returns their ids."""
+    def change(self, count: int, offset: int = 0) -> list[str]:
+        """Change `count` customers' newest job (the picks shifted by `offset`); returns
+        their ids."""
         count = max(0, min(count, self.customers))
         picked = [n * self.customers // count for n in range(count)] if count else []
+        if offset:
+            picked = [(n + offset) % self.customers for n in picked]
         for n in picked:
             self.generation[n] = self.generation.get(n, 0) + 1
+            self.forget_pages(n, self.generation[n])
         return [self.ids[n] for n in picked]
+
+    def forget_pages(self, number: int, generation: int) -> None:
+        """Drop a changed customer's pages of older generations: they are never asked for
+        again, and a long soak would otherwise keep every one of them."""
+        old = [k for k in self.changed_pages if k[0] == number and k[1] < generation]
+        for key in old:
+            del self.changed_pages[key]
 
     # -- ASGI ---------------------------------------------------------------------------
 
@@ -326,7 +340,7 @@ class StandIn:
             self.stats.reset()
             await respond(send, 200, b"{}")
         elif method == "POST" and path == "/change":
-            changed = self.change(int(query.get("customers", "1")))
+            changed = self.change(int(query.get("customers", "1")), int(query.get("offset", "0")))
             await respond(send, 200, json.dumps({"changed": changed}).encode())
         else:
             await respond(send, 404, b'{"code":"NotFound"}')
