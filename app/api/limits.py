@@ -87,6 +87,11 @@ class RequestLimits:
         if length is not None and length > self.max_body_bytes:
             await self._too_large(scope, receive, send, f"{length} bytes")
             return
+        if not length and not any(k == b"transfer-encoding" for k, _ in scope["headers"]):
+            # No body at all (every GET): nothing to watch, and no wrapper to pay for on the
+            # cached read path.
+            await self.app(scope, receive, send)
+            return
 
         loop = asyncio.get_running_loop()
         deadline: float | None = None

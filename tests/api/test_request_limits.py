@@ -156,10 +156,32 @@ async def run(app: RequestLimits, receive: Receive, **scope: object) -> list[Mes
         "method": "POST",
         "path": "/",
         "query_string": b"",
-        "headers": [],
+        # A body without a Content-Length is a chunked one (HTTP/1.1 has no other kind).
+        "headers": [(b"transfer-encoding", b"chunked")],
     }
     await app({**base, **scope}, receive, send)
     return sent
+
+
+async def test_a_request_without_a_body_goes_straight_to_the_app() -> None:
+    """Every GET: nothing to watch, so `receive` and `send` are not wrapped (the cached read
+    path pays nothing for the limits)."""
+    seen: list[object] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.extend([receive, send])
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    scope: Scope = {"type": "http", "method": "GET", "path": "/jobs", "query_string": b""}
+    await RequestLimits(app)({**scope, "headers": []}, receive, send)
+    assert seen == [receive, send]
+    await RequestLimits(app)({**scope, "headers": [(b"content-length", b"0")]}, receive, send)
+    assert seen[2:] == [receive, send]
 
 
 async def read_body(scope: Scope, receive: Receive, send: Send) -> None:

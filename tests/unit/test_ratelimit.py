@@ -215,3 +215,17 @@ def test_hit_is_thread_safe(clock: Clock) -> None:
     for thread in threads:
         thread.join()
     assert sum(admitted) == 500
+
+
+def test_counting_starts_no_thread_and_keeps_one_counter_per_identity() -> None:
+    """limits' own MemoryStorage re-arms a timer thread every 10 ms while it holds keys,
+    which costs the request path the GIL; the counts here are plain and expire lazily."""
+    clock = [120.0]
+    limits = RateLimits(clock=lambda: clock[0])
+    before = threading.active_count()
+    for minute in range(5):
+        clock[0] = 120.0 + 60 * minute
+        assert limits.hit("key:a", 10) is None
+        assert limits.hit("key:b", 10) is None
+    assert threading.active_count() == before
+    assert len(limits._storage) == 2  # the windows left behind are dropped
