@@ -85,6 +85,7 @@ from bench.loadkit import (
     memory_mib,
     postgres_version,
     process_ticks,
+    service_get,
     wait_until_up,
     wrk,
 )
@@ -238,17 +239,7 @@ class Run:
         return result
 
     def service_get(self, path: str, timeout: float = 120.0) -> httpx.Response:
-        if not self.service.alive():
-            raise Broken(f"the service exited:\n{self.service.tail()}")
-        try:
-            response = self.client.get(
-                self.service_url + path, headers={"X-API-Key": API_KEY}, timeout=timeout
-            )
-        except httpx.HTTPError as exc:
-            raise Broken(f"GET {path} failed: {exc!r}") from exc
-        if response.status_code != 200:
-            raise Broken(f"GET {path} answered {response.status_code}: {response.text[:300]}")
-        return response
+        return service_get(self.client, self.service, self.service_url + path, timeout)
 
     def freshness(self) -> dict[str, Any]:
         return freshness_of(self.service_get("/jobs?limit=1").json())

@@ -123,6 +123,22 @@ class Processes:
             self.stop(proc, grace=5.0)
 
 
+def service_get(
+    client: httpx.Client, service: Proc, url: str, timeout: float = 120.0
+) -> httpx.Response:
+    """GET `url` of the service with the bench's key; `Broken` unless it answers 200 (and at
+    once, with its last lines, when the service has exited)."""
+    if not service.alive():
+        raise Broken(f"the service exited:\n{service.tail()}")
+    try:
+        response = client.get(url, headers={"X-API-Key": API_KEY}, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise Broken(f"GET {url} failed: {exc!r}") from exc
+    if response.status_code != 200:
+        raise Broken(f"GET {url} answered {response.status_code}: {response.text[:300]}")
+    return response
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

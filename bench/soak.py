@@ -90,6 +90,7 @@ from bench.loadkit import (
     parse_wrk,
     postgres_version,
     process_ticks,
+    service_get,
     wait_until_up,
 )
 from bench.loadreport import BUSY_MACHINE, describe_machine, git_state, markdown, ms
@@ -307,17 +308,7 @@ class Live:
     rss: list[tuple[float, float]] = field(default_factory=list)
 
     def get(self, path: str, timeout: float = 60.0) -> httpx.Response:
-        if not self.service.alive():
-            raise Broken(f"the service exited:\n{self.service.tail()}")
-        try:
-            response = self.client.get(
-                self.service_url + path, headers={"X-API-Key": API_KEY}, timeout=timeout
-            )
-        except httpx.HTTPError as exc:
-            raise Broken(f"GET {path} failed: {exc!r}") from exc
-        if response.status_code != 200:
-            raise Broken(f"GET {path} answered {response.status_code}: {response.text[:300]}")
-        return response
+        return service_get(self.client, self.service, self.service_url + path, timeout)
 
     def metrics(self) -> dict[str, float]:
         return parse_metrics(self.get("/metrics").text)
