@@ -82,10 +82,11 @@ from bench.loadkit import (
     database,
     free_port,
     load_errors,
+    log,
     memory_mib,
-    postgres_version,
     process_ticks,
     service_get,
+    start_run,
     wait_until_up,
     wrk,
 )
@@ -557,10 +558,6 @@ def run_case(
 # -- main ------------------------------------------------------------------------------------
 
 
-def log(message: str) -> None:
-    print(message, flush=True)
-
-
 def print_tables(runs: list[dict[str, Any]]) -> None:
     for title, rows in sections(runs):
         log(f"\n{title}\n{table(rows)}")
@@ -605,19 +602,10 @@ def main() -> int:
         return 0
     args.duration = args.duration or (3.0 if args.quick else 12.0)
     args.warmup = args.warmup or (1.0 if args.quick else 2.0)
-    if shutil.which("wrk") is None:
-        print("FAILED: wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
-        return 1
-    cores = os.sched_getaffinity(0)
-    args.pin = {SERVICE_CORE, LOAD_CORE} <= cores and shutil.which("taskset") is not None
-    if args.pin:
-        os.sched_setaffinity(0, {LOAD_CORE})  # this script stays off the service's core
-    else:
-        log(f"warning: cores {SERVICE_CORE} and {LOAD_CORE} are not both available: not pinned")
-    dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
-    postgres = postgres_version(args.postgres_url)
-    if "postgres" in dbs and postgres is None:
-        print(f"FAILED: PostgreSQL does not answer at {args.postgres_url}", file=sys.stderr)
+    try:
+        args.pin, dbs, postgres = start_run(args.db, args.postgres_url)
+    except Broken as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
         return 1
 
     cases = plan(args.only, args.quick)

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -137,6 +138,29 @@ def service_get(
     if response.status_code != 200:
         raise Broken(f"GET {url} answered {response.status_code}: {response.text[:300]}")
     return response
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def start_run(db: str, postgres_url: str) -> tuple[bool, list[str], str | None]:
+    """What every run checks and claims first: wrk is there; this process moves to the load
+    core when both cores are there (whether the run is pinned); the databases of `--db`
+    ("sqlite", "postgres" or "both"), and PostgreSQL's version. `Broken` says why not."""
+    if shutil.which("wrk") is None:
+        raise Broken("wrk is not installed (apt-get install -y wrk)")
+    cores = os.sched_getaffinity(0)
+    pin = {SERVICE_CORE, LOAD_CORE} <= cores and shutil.which("taskset") is not None
+    if pin:
+        os.sched_setaffinity(0, {LOAD_CORE})  # this script stays off the service's core
+    else:
+        log(f"warning: cores {SERVICE_CORE} and {LOAD_CORE} are not both available: not pinned")
+    dbs = ["sqlite", "postgres"] if db == "both" else [db]
+    postgres = postgres_version(postgres_url)
+    if "postgres" in dbs and postgres is None:
+        raise Broken(f"PostgreSQL does not answer at {postgres_url}")
+    return pin, dbs, postgres
 
 
 def free_port() -> int:

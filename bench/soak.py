@@ -86,11 +86,12 @@ from bench.loadkit import (
     database,
     free_port,
     load_errors,
+    log,
     memory_mib,
     parse_wrk,
-    postgres_version,
     process_ticks,
     service_get,
+    start_run,
     wait_until_up,
 )
 from bench.loadreport import BUSY_MACHINE, describe_machine, git_state, markdown, ms
@@ -116,10 +117,6 @@ SECTION_PREFIX = "## Soak:"
 # How long the cold refresh, the last refresh runs and the outbox may take.
 COLD_DEADLINE_SECONDS = 300.0
 RUNS_DEADLINE_SECONDS = 180.0
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
 
 
 # -- the pieces --------------------------------------------------------------------------------
@@ -1063,19 +1060,10 @@ def main() -> int:
         RESULTS_MD.write_text(replace_section(RESULTS_MD.read_text(), section(stored)))
         log("\nwrote the soak section of bench/RESULTS.md")
         return 0
-    if shutil.which("wrk") is None:
-        print("FAILED: wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
-        return 1
-    cores = os.sched_getaffinity(0)
-    args.pin = {SERVICE_CORE, LOAD_CORE} <= cores and shutil.which("taskset") is not None
-    if args.pin:
-        os.sched_setaffinity(0, {LOAD_CORE})  # this script stays off the service's core
-    else:
-        log(f"warning: cores {SERVICE_CORE} and {LOAD_CORE} are not both available: not pinned")
-    dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
-    postgres = postgres_version(args.postgres_url)
-    if "postgres" in dbs and postgres is None:
-        print(f"FAILED: PostgreSQL does not answer at {args.postgres_url}", file=sys.stderr)
+    try:
+        args.pin, dbs, postgres = start_run(args.db, args.postgres_url)
+    except Broken as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
         return 1
 
     results: dict[str, Any] = {
