@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -22,6 +24,7 @@ from app.logs import configure_logging
 if TYPE_CHECKING:
     from app import keys as keys_module
     from app.refresh import RefreshOutcome
+    from app.store.ingest import Writer
 
 cli = typer.Typer(
     help="Jobs Gateway: every customer's AvePoint backup jobs in one API.",
@@ -257,9 +260,7 @@ def keys_create(
     """Make a new API key, store only its hash, and print the key once, on the last line."""
     from app import keys
 
-    settings = load_settings_or_exit()
-    configure_logging("WARNING", settings.log_format)
-    migrate_or_exit(settings)
+    settings = _keys_settings()
     scope = [c.strip() for c in customers.split(",")] if customers is not None else None
     try:
         key, unknown = asyncio.run(_create_key(settings, name, scope, rate_per_minute))
@@ -283,6 +284,29 @@ def keys_create(
     print(key)
 
 
+@asynccontextmanager
+async def _key_store(settings: Settings) -> AsyncIterator[Writer]:
+    """The database's writer (and, through it, sessions) for one `keys` command."""
+    from app.store import db
+    from app.store.ingest import Writer
+
+    engine = db.create_engine(settings.database_url)
+    writer = Writer.for_engine(engine)
+    try:
+        yield writer
+    finally:
+        writer.close()
+        await engine.dispose()
+
+
+def _keys_settings() -> Settings:
+    """What every `keys` command starts with: the settings, quiet logs, a current schema."""
+    settings = load_settings_or_exit()
+    configure_logging("WARNING", settings.log_format)
+    migrate_or_exit(settings)
+    return settings
+
+
 async def _create_key(
     settings: Settings, name: str, scope: list[str] | None, rate: int | None
 ) -> tuple[str, list[str]]:
@@ -290,13 +314,9 @@ async def _create_key(
 
     from app import keys
     from app.clock import utcnow
-    from app.store import db
-    from app.store.ingest import Writer
     from app.store.tables import Customer
 
-    engine = db.create_engine(settings.database_url)
-    writer = Writer.for_engine(engine)
-    try:
+    async with _key_store(settings) as writer:
         key = await keys.create_key(
             writer, name, customers=scope, rate_per_minute=rate, now=utcnow()
         )
@@ -306,9 +326,6 @@ async def _create_key(
                 known = set((await session.scalars(select(Customer.id))).all())
             unknown = [c for c in scope if c and c not in known]
         return key, unknown
-    finally:
-        writer.close()
-        await engine.dispose()
 
 
 @keys_cli.command("list")
@@ -319,9 +336,7 @@ def keys_list(
     """The keys: name, scope, rate limit, created and last used. Never the key."""
     from app import keys
 
-    settings = load_settings_or_exit()
-    configure_logging("WARNING", settings.log_format)
-    migrate_or_exit(settings)
+    settings = _keys_settings()
     infos = asyncio.run(_list_keys(settings, show_revoked))
     if as_json:
         for info in infos:
@@ -348,14 +363,9 @@ def keys_list(
 
 async def _list_keys(settings: Settings, revoked: bool) -> list[keys_module.KeyInfo]:
     from app import keys
-    from app.store import db
 
-    engine = db.create_engine(settings.database_url)
-    try:
-        async with db.session_factory(engine)() as session:
-            return await keys.list_keys(session, revoked=revoked)
-    finally:
-        await engine.dispose()
+    async with _key_store(settings) as writer, writer.sessions() as session:
+        return await keys.list_keys(session, revoked=revoked)
 
 
 @keys_cli.command("revoke")
@@ -365,9 +375,7 @@ def keys_revoke(
     """Revoke a key: running servers refuse it within seconds, without a restart."""
     from app import keys
 
-    settings = load_settings_or_exit()
-    configure_logging("WARNING", settings.log_format)
-    migrate_or_exit(settings)
+    settings = _keys_settings()
     if not asyncio.run(_revoke_key(settings, name)):
         fail(f"no live key named {name!r} (see `jobs-gateway keys list`)")
     say(f"revoked key {name!r}: running servers refuse it within {keys.RELOAD_SECONDS:g} seconds")
@@ -376,28 +384,16 @@ def keys_revoke(
 async def _revoke_key(settings: Settings, name: str) -> bool:
     from app import keys
     from app.clock import utcnow
-    from app.store import db
-    from app.store.ingest import Writer
 
-    engine = db.create_engine(settings.database_url)
-    writer = Writer.for_engine(engine)
-    try:
+    async with _key_store(settings) as writer:
         return await keys.revoke_key(writer, name, now=utcnow())
-    finally:
-        writer.close()
-        await engine.dispose()
 
 
 async def _live_keys(settings: Settings) -> int:
     from app import keys
-    from app.store import db
 
-    engine = db.create_engine(settings.database_url)
-    try:
-        async with db.session_factory(engine)() as session:
-            return len(await keys.live_keys(session))
-    finally:
-        await engine.dispose()
+    async with _key_store(settings) as writer, writer.sessions() as session:
+        return len(await keys.live_keys(session))
 
 
 @cli.command()

@@ -58,10 +58,6 @@ class Principal:
     rate_per_minute: int | None = None  # None: RATE_LIMIT_PER_MINUTE
     key_id: str | None = None  # a created key's id, to record its use
 
-    @property
-    def scoped(self) -> bool:
-        return self.customers is not None
-
 
 ANYONE = Principal(name="anyone", identity="anyone")
 """The principal of every request when no key is needed (DEMO without keys, AUTH_DISABLED)."""
@@ -247,7 +243,6 @@ class KeyBook:
         self._stored: dict[str, StoredKey] = {}
         self._accepted: dict[str, Principal] = {}
         self._used: dict[str, float] = {}
-        self.loaded = False
 
     @property
     def required(self) -> bool:
@@ -263,7 +258,6 @@ class KeyBook:
         if keys != self._stored:
             self._stored = keys
             self._accepted = {}
-        self.loaded = True
 
     def authenticate(self, offered: Sequence[str]) -> Principal | None:
         """The principal of the first offered key that is valid; None when none is (and a

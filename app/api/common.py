@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from app.api.errors import InvalidParameter, Unavailable
@@ -64,6 +65,17 @@ async def customers_of(
         await scope(svc.refresher, named, principal)
         return named
     return sorted(principal.customers) if principal.customers is not None else None
+
+
+def servable(
+    in_scope: list[str], named: list[str] | None, errors: Collection[str]
+) -> list[str] | None:
+    """The customers a query of stored jobs may read: those covered whose data is not in
+    error (nothing of theirs is served). None: every customer, which a query need not name
+    (only when `covered` gave no names and none is in error)."""
+    if named is None and not errors:
+        return None
+    return [cid for cid in in_scope if cid not in errors]
 
 
 def visible(principal: Principal, customer_id: str) -> bool:

@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api import schemas
 from app.api.caching import cache_status
-from app.api.common import covered
+from app.api.common import covered, servable
 from app.api.deps import Authorized, PrincipalDep, SafeParams, Services, ServicesDep
 from app.api.filters import JobFilters, JobFiltersDep
 from app.api.jobs import MaxAge
@@ -189,14 +189,12 @@ async def export_jobs_csv(
     in_scope, named = await covered(refresher, filters.customer_ids, principal)
     freshness = await refresher.ensure(in_scope, max_age=max_age, everyone=named is None)
     errors = freshness.errors
-    servable = (
-        [cid for cid in in_scope if cid not in errors] if named is not None or errors else None
-    )
+    readable = servable(in_scope, named, errors)
     # The first batch is read before the answer starts, so a database that fails now gives
     # an error response rather than a download cut short after its header row.
-    first = await read_batch(svc, filters, servable, None)
+    first = await read_batch(svc, filters, readable, None)
     return StreamingResponse(
-        csv_body(svc, filters, servable, first),
+        csv_body(svc, filters, readable, first),
         media_type=MEDIA_TYPE,
         headers={
             "Content-Disposition": 'attachment; filename="jobs.csv"',

@@ -16,7 +16,7 @@ from starlette.datastructures import Headers
 
 from app.api import schemas
 from app.api.caching import dumps, etag_of, json_answer, matches, not_modified
-from app.api.common import covered, scope, source_out, visible
+from app.api.common import covered, scope, servable, source_out, visible
 from app.api.deps import Authorized, PrincipalDep, RefresherDep, SafeParams, Services, ServicesDep
 from app.api.errors import InvalidParameter, NotFound
 from app.api.filters import JobFilters, JobFiltersDep
@@ -125,10 +125,8 @@ async def answer_jobs(
         return not_modified(etag, freshness)
     page: tuple[bytes, str | None] | None = svc.answers.get(key)
     if page is None:
-        servable = (
-            [cid for cid in in_scope if cid not in errors] if named is not None or errors else None
-        )
-        query = filters.query(servable, limit=limit, after=tuple(position) if position else None)
+        readable = servable(in_scope, named, errors)
+        query = filters.query(readable, limit=limit, after=tuple(position) if position else None)
 
         async def build() -> tuple[bytes, str | None]:
             try:

@@ -26,7 +26,7 @@ from starlette.datastructures import Headers
 from app import catalog
 from app.api import schemas
 from app.api.caching import dumps, etag_of, json_answer, matches, not_modified
-from app.api.common import covered, source_out
+from app.api.common import covered, servable, source_out
 from app.api.deps import Authorized, PrincipalDep, SafeParams, Services, ServicesDep
 from app.api.filters import JobFilters, JobFiltersDep
 from app.api.jobs import MaxAge
@@ -111,8 +111,8 @@ async def answer_summary(
     key = (stats_key, refresher.epoch, svc.notices.count)
     cached: tuple[bytes, str] | None = svc.answers.get(key)
     if cached is None:
-        servable = [c for c in in_scope if c not in errors] if named is not None or errors else None
-        query = filters.query(servable, limit=1, after=None)
+        readable = servable(in_scope, named, errors)
+        query = filters.query(readable, limit=1, after=None)
         since = datetime.fromtimestamp(minute * 60, now.tzinfo) - WINDOW
 
         async def build_stats() -> dict[str, repo.GroupStats]:

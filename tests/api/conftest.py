@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.api.deps import Services
 from app.config import Settings
 from app.main import create_app
 from app.simulator import Simulator, SimulatorConfig, create_simulator_app
@@ -48,6 +49,14 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
+
+
+def services_of(client: httpx.AsyncClient) -> Services:
+    """The services of the app a `gateway` client talks to (its store, keys, clock)."""
+    transport = client._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    svc: Services = transport.app.state.services  # type: ignore[attr-defined]
+    return svc
 
 
 @pytest.fixture

@@ -19,10 +19,9 @@ import pytest
 from sqlalchemy import select
 
 from app import keys
-from app.api.deps import Services
 from app.simulator import Simulator, SimulatorConfig
 from app.store.tables import ApiKey
-from tests.api.conftest import Gateway
+from tests.api.conftest import Gateway, services_of
 from tests.clock import FakeClock
 
 FINISHED, FAILED = 2, 3
@@ -34,13 +33,6 @@ def sim(clock: FakeClock) -> Simulator:
     return Simulator(SimulatorConfig(seed=11, customers=3, jobs_per_customer=5), clock=clock)
 
 
-def services(client: httpx.AsyncClient) -> Services:
-    transport = client._transport
-    assert isinstance(transport, httpx.ASGITransport)
-    svc: Services = transport.app.state.services  # type: ignore[attr-defined]
-    return svc
-
-
 async def make_key(
     client: httpx.AsyncClient,
     name: str,
@@ -49,7 +41,7 @@ async def make_key(
 ) -> str:
     """A key as `jobs-gateway keys create` makes it, seen by the running app at once (a
     server reads the keys every RELOAD_SECONDS; tests/e2e/test_keys.py checks that)."""
-    svc = services(client)
+    svc = services_of(client)
     key = await keys.create_key(
         svc.writer, name, customers=customers, rate_per_minute=rate_per_minute, now=svc.clock()
     )
@@ -72,7 +64,7 @@ async def test_a_made_key_reads_and_only_its_salted_hash_is_stored(gateway: Gate
         assert response.status_code == 200, response.text
         bearer = await api.get("/jobs", headers={"Authorization": f"Bearer {key}"})
         assert bearer.status_code == 200
-        svc = services(api)
+        svc = services_of(api)
         async with svc.sessions() as session:
             row = (await session.scalars(select(ApiKey))).one()
         stored = json.dumps([str(getattr(row, c.name)) for c in ApiKey.__table__.columns])
@@ -95,7 +87,7 @@ async def test_a_revoked_key_is_refused_and_api_keys_keep_working(gateway: Gatew
     async with gateway() as api:
         key = await make_key(api, "old-psa")
         assert (await api.get("/customers", headers=as_key(key))).status_code == 200
-        svc = services(api)
+        svc = services_of(api)
         assert await keys.revoke_key(svc.writer, "old-psa", now=svc.clock())
         await svc.keys.reload(svc.sessions)
         # The fast path remembered the answer; the key is checked again all the same.
@@ -108,7 +100,7 @@ async def test_a_name_is_taken_while_its_key_lives_and_free_once_revoked(
     gateway: Gateway,
 ) -> None:
     async with gateway() as api:
-        svc = services(api)
+        svc = services_of(api)
         await make_key(api, "psa")
         with pytest.raises(keys.KeyRefused, match="already"):
             await make_key(api, "psa")
@@ -123,7 +115,7 @@ async def test_a_name_is_taken_while_its_key_lives_and_free_once_revoked(
 async def test_when_a_key_was_last_used_is_recorded(gateway: Gateway) -> None:
     async with gateway() as api:
         key = await make_key(api, "psa")
-        svc = services(api)
+        svc = services_of(api)
         async with svc.sessions() as session:
             assert (await keys.list_keys(session))[0].last_used_at is None
         assert (await api.get("/enums", headers=as_key(key))).status_code == 200

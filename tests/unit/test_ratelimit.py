@@ -194,14 +194,6 @@ def test_hit_does_no_io_and_needs_no_event_loop(limits: RateLimits, clock: Clock
     assert seen == []
 
 
-def test_hit_is_cheap(limits: RateLimits) -> None:
-    started = time.perf_counter()
-    for n in range(20_000):
-        limits.hit(f"key:{n % 8}", 1_000_000)
-    per_hit = (time.perf_counter() - started) / 20_000
-    assert per_hit < 200e-6  # a few microseconds in practice; generous for a busy machine
-
-
 def test_hit_is_thread_safe(clock: Clock) -> None:
     limits = RateLimits(clock=clock)
     admitted: list[int] = []
