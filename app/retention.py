@@ -12,7 +12,9 @@
 - `webhook_deliveries` that are `delivered` or `failed`, never `pending` ones;
 - `events`, except those a delivery that stays still points to. Ids are never reused after
   a purge, even of the newest events: AUTOINCREMENT on SQLite, a sequence on PostgreSQL;
-  nothing is reset;
+  nothing is reset. The highest id purged is kept (`feed_horizon`, moved in the transaction
+  that deletes), so that `GET /events` tells a client whose cursor is below it that it
+  missed events (410), on every process, rather than skipping them;
 - resolved `alerts`, by `resolved_at`; open ones stay, however old.
 
 Every step goes in batches of at most `batch` rows of its table (a purged job's history
@@ -398,8 +400,28 @@ def purge_events(
         ),
         ids,
     )
+    if events:
+        yield from note_purged(dialect, ids)
     last_id, last_at = rows[-1]
     return int(deliveries), int(events), len(rows), (last_at, int(last_id))
+
+
+def note_purged(dialect: str, ids: Sequence[int]) -> Plan[None]:
+    """Move the feed's purge horizon up to the highest of `ids` this transaction deleted (a
+    delivery may have kept some): a cursor below it has missed events (`feed.read_feed`)."""
+    kept = yield (
+        "fetch",
+        sql(dialect, f"SELECT id FROM events WHERE id IN ({_marks(len(ids))})"),  # noqa: S608
+        tuple(ids),
+    )
+    gone = set(ids) - {row[0] for row in kept}
+    if gone:
+        upto = max(gone)
+        yield (
+            "exec",
+            sql(dialect, "UPDATE feed_horizon SET purged_upto = ? WHERE purged_upto < ?"),
+            (upto, upto),
+        )
 
 
 def purge_alerts(

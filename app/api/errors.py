@@ -10,6 +10,9 @@
     ├── RateLimited         429 rate_limited
     └── Unavailable         503 unavailable
 
+The change feed's `410 cursor_expired` (`app.api.events`) is the same envelope with one more
+field, `oldest_cursor`: where the client can read on from.
+
 Validation errors from FastAPI, Starlette's HTTP errors (unknown route, wrong method) and any
 unexpected exception are turned into the same envelope; the last never shows a stack trace.
 """

@@ -4,6 +4,11 @@ The feed reads the highest event id first and then the events up to it, so a cur
 out never passes an event that commits later (ids are handed out in commit order, see
 `app.store.feed`). A page is kept in memory under its query and the count of this process's
 notices, which moves whenever this process writes events.
+
+A cursor older than what retention kept answers 410 `cursor_expired` with `oldest_cursor`,
+a long poll too: the client learns that it missed events. Without `after`, a client starts
+at the oldest event kept, which is no error. A kept page stays true after a purge: it holds
+every event after its cursor as they were, so serving it skips nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import functools
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 
 from app.api import schemas
@@ -33,7 +39,7 @@ POLL_SECONDS = 0.5
     operation_id="list_events",
     summary="The change feed: job and alert events, oldest first",
     response_model=schemas.EventPage,
-    responses=schemas.error_responses(401, 422, 503),
+    responses=schemas.error_responses(401, 410, 422, 503),
 )
 async def list_events(
     request: Request,
@@ -41,7 +47,14 @@ async def list_events(
     principal: PrincipalDep,
     after: Annotated[
         int | None,
-        Query(ge=0, le=MAX_ID, description="next_cursor of the last page: events after it."),
+        Query(
+            ge=0,
+            le=MAX_ID,
+            description=(
+                "next_cursor of the last page: events after it. Leave it out to start at the "
+                "oldest event kept; a cursor older than what retention kept is a 410."
+            ),
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Events per page.")] = 100,
     type: Annotated[
@@ -64,7 +77,7 @@ async def list_events(
     answer = functools.partial(
         answer_events,
         svc,
-        after=after or 0,
+        after=after,
         limit=limit,
         types=types,
         customers=customers,
@@ -79,7 +92,7 @@ async def answer_events(
     svc: Services,
     headers: Headers,
     *,
-    after: int,
+    after: int | None,
     limit: int,
     types: list[str] | None,
     customers: list[str] | None,
@@ -99,7 +112,10 @@ async def answer_events(
         versioned = (*key, seen)
         page: tuple[bytes, int] | None = svc.answers.get(versioned)
         if page is None:
-            page = await _page(svc, after, limit, types, customers)
+            try:
+                page = await _page(svc, after, limit, types, customers)
+            except feed.CursorExpired as expired:
+                return _expired(expired)
             if page[1]:
                 # A page with events stays true (ids are handed out in commit order); an
                 # empty one does not once another process writes, so it is always read.
@@ -113,19 +129,33 @@ async def answer_events(
 
 async def _page(
     svc: Services,
-    after: int,
+    after: int | None,
     limit: int,
     types: list[str] | None,
     customers: list[str] | None,
 ) -> tuple[bytes, int]:
     async with svc.sessions() as session:
-        top = await feed.last_event_id(session)
-        rows = await feed.list_events(
-            session, after=after, upto=top, limit=limit, types=types, customer_ids=customers
+        page = await feed.read_feed(
+            session, after=after, limit=limit, types=types, customer_ids=customers
         )
-    cursor = rows[-1].id if len(rows) == limit else max(after, top)
     items = ",".join(
         feed.event_json(r.id, r.type, r.at, r.customer_id, r.job_id, r.alert_key, r.data)
-        for r in rows
+        for r in page.rows
     )
-    return f'{{"items":[{items}],"next_cursor":"{cursor}"}}'.encode(), len(rows)
+    return f'{{"items":[{items}],"next_cursor":"{page.cursor}"}}'.encode(), len(page.rows)
+
+
+def _expired(expired: feed.CursorExpired) -> Response:
+    return JSONResponse(
+        {
+            "error": "cursor_expired",
+            "detail": (
+                f"after: events after {expired.after} were purged by retention "
+                f"(RETENTION_DAYS), up to {expired.oldest}, so this cursor would skip them; "
+                "read on with after=oldest_cursor, and catch up on what changed meanwhile "
+                "from GET /alerts and GET /jobs"
+            ),
+            "oldest_cursor": str(expired.oldest),
+        },
+        status_code=410,
+    )

@@ -200,6 +200,30 @@ class Health(BaseModel):
     detail: str | None = None
 
 
+class CursorExpiredBody(ErrorBody):
+    """The change feed's 410: events after the cursor were purged by retention."""
+
+    oldest_cursor: str = Field(
+        description=(
+            "Pass as `after` to read on from the oldest event kept; what happened meanwhile "
+            "is in GET /alerts and GET /jobs."
+        )
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "error": "cursor_expired",
+                "detail": (
+                    "after: events after 1200 were purged by retention (RETENTION_DAYS), up "
+                    "to 5310; ..."
+                ),
+                "oldest_cursor": "5310",
+            }
+        }
+    )
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for the error envelope at the given statuses."""
     descriptions = {
@@ -208,6 +232,10 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "Not found.",
         409: "The request conflicts with the resource's state: the detail says how.",
         413: "The request body is larger than the API takes.",
+        410: (
+            "The cursor is older than what retention kept: events after it were purged. "
+            "`oldest_cursor` is where to read on from."
+        ),
         414: "The query string is longer than the API takes.",
         422: "A bad parameter: the detail names it (and lists allowed values for enums).",
         429: "Past the key's rate limit: Retry-After says when to come back.",
@@ -219,6 +247,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     for status in sorted(set(statuses)):
         if status == 304:
             out[status] = {"description": descriptions[status]}
+        elif status == 410:
+            out[status] = {"model": CursorExpiredBody, "description": descriptions[status]}
         else:
             out[status] = {"model": ErrorBody, "description": descriptions[status]}
     return out

@@ -17,7 +17,9 @@ A refresh that changed nothing, or failed, calls none of this, so it tells nothi
 Event ids are handed out in commit order: on PostgreSQL a transaction takes a transaction
 advisory lock just before it writes events and holds it until it commits; SQLite has one
 writer. A reader that has seen id N never later finds an id below N appear, so replaying
-from any cursor gives the same events in the same order.
+from any cursor gives the same events in the same order. Retention purges old events and
+notes the highest id it purged (`feed_horizon`); `read_feed` refuses a cursor below it
+(`CursorExpired`), so a client that fell that far behind is told, never silently skipped.
 
 The steps are written once, as generators of SQL statements (`Plan`), and run either on the
 SQLite writer's own `sqlite3` connection (`run_sync`) or on a SQLAlchemy connection
@@ -34,13 +36,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar, cast
 
-from sqlalchemy import Table, func, or_, select
+from sqlalchemy import Select, Table, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app import alerts as rules_
 from app.alerts import AlertState, KeyJob, Rules, Transition
 from app.clock import iso
-from app.store.tables import Alert, Event, WebhookDelivery
+from app.store.tables import Alert, Event, FeedHorizon, WebhookDelivery
 
 T = TypeVar("T")
 
@@ -600,6 +602,7 @@ def sweep_customer(dialect: str, customer_id: str, at: datetime, config: FeedCon
 EVENTS = cast(Table, Event.__table__)
 ALERTS = cast(Table, Alert.__table__)
 DELIVERIES = cast(Table, WebhookDelivery.__table__)
+HORIZON = cast(Table, FeedHorizon.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -613,6 +616,28 @@ class EventRow:
     data: str  # JSON text
 
 
+def _events_after(
+    *columns: Any,
+    after: int,
+    limit: int,
+    upto: int | None,
+    types: Sequence[str] | None,
+    customer_ids: Sequence[str] | None,
+) -> Select[Any]:
+    e = EVENTS
+    stmt = select(
+        *columns, e.c.id, e.c.type, e.c.at, e.c.customer_id, e.c.job_id, e.c.alert_key, e.c.data
+    )
+    stmt = stmt.where(e.c.id > after).order_by(e.c.id).limit(limit)
+    if upto is not None:
+        stmt = stmt.where(e.c.id <= upto)
+    if types is not None:
+        stmt = stmt.where(e.c.type.in_(list(types)))
+    if customer_ids is not None:
+        stmt = stmt.where(e.c.customer_id.in_(list(customer_ids)))
+    return stmt
+
+
 async def list_events(
     session: AsyncSession,
     *,
@@ -623,15 +648,9 @@ async def list_events(
     customer_ids: Sequence[str] | None = None,
 ) -> list[EventRow]:
     """Events after id `after` (and up to `upto`), oldest first."""
-    e = EVENTS
-    stmt = select(e.c.id, e.c.type, e.c.at, e.c.customer_id, e.c.job_id, e.c.alert_key, e.c.data)
-    stmt = stmt.where(e.c.id > after).order_by(e.c.id).limit(limit)
-    if upto is not None:
-        stmt = stmt.where(e.c.id <= upto)
-    if types is not None:
-        stmt = stmt.where(e.c.type.in_(list(types)))
-    if customer_ids is not None:
-        stmt = stmt.where(e.c.customer_id.in_(list(customer_ids)))
+    stmt = _events_after(
+        after=after, limit=limit, upto=upto, types=types, customer_ids=customer_ids
+    )
     rows = await session.execute(stmt)
     return [EventRow(*row) for row in rows.all()]
 
@@ -639,6 +658,76 @@ async def list_events(
 async def last_event_id(session: AsyncSession) -> int:
     value = await session.scalar(select(func.max(EVENTS.c.id)))
     return int(value or 0)
+
+
+# -- reading the feed from a cursor, told when retention purged past it ----------------------
+
+
+class CursorExpired(Exception):
+    """Retention purged events after the cursor `after`: reading on from it would skip them
+    silently. `oldest` is the cursor to read on from instead (the purge horizon)."""
+
+    def __init__(self, after: int, oldest: int) -> None:
+        super().__init__(f"events after {after} were purged, up to {oldest}")
+        self.after = after
+        self.oldest = oldest
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPage:
+    rows: list[EventRow]
+    cursor: int  # `next_cursor`: the events up to it have been looked at
+
+
+def _horizon() -> Any:
+    return func.coalesce(select(HORIZON.c.purged_upto).scalar_subquery(), 0)
+
+
+async def read_feed(
+    session: AsyncSession,
+    *,
+    after: int | None,
+    limit: int,
+    types: Sequence[str] | None = None,
+    customer_ids: Sequence[str] | None = None,
+) -> FeedPage:
+    """Up to `limit` events after the cursor `after`, oldest first, and the cursor to go on
+    from. Raises `CursorExpired` when retention purged an event after `after`; `after=None`
+    (a client starting out) reads from the oldest event kept, which is no error.
+
+    The newest id is read first and the page stops there: ids are handed out in commit
+    order, so a cursor never passes an event that commits later. The purge horizon is read
+    in the same statement as the events it judges (a statement sees one state of the
+    database, on PostgreSQL as on SQLite), so a purge that commits between two statements
+    is never missed: the answer is exact, not just likely."""
+    top, horizon = (
+        await session.execute(select(select(func.max(EVENTS.c.id)).scalar_subquery(), _horizon()))
+    ).one()
+    top, horizon = int(top or 0), int(horizon)
+    while True:
+        if after is not None and after < horizon:
+            raise CursorExpired(after, horizon)
+        start = horizon if after is None else after
+        if top <= start:  # nothing after the cursor: nothing there to miss either
+            return FeedPage([], start)
+        found = (
+            await session.execute(
+                _events_after(
+                    _horizon(),
+                    after=start,
+                    limit=limit,
+                    upto=top,
+                    types=types,
+                    customer_ids=customer_ids,
+                )
+            )
+        ).all()
+        seen = int(found[0][0]) if found else int(await session.scalar(select(_horizon())) or 0)
+        if seen > horizon:  # a purge committed since the first read: judge again
+            horizon = seen
+            continue
+        rows = [EventRow(*row[1:]) for row in found]
+        return FeedPage(rows, rows[-1].id if len(rows) == limit else top)
 
 
 def _alert_of(row: Any) -> AlertState:

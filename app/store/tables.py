@@ -15,6 +15,8 @@ describe it for queries and for the drift test, which fails when the two disagre
   memory; merged into `jobs` in the refresh's last transaction, then deleted.
 - `job_status_history`: one row when a job is first seen and one each time its status changes.
 - `events`: the change feed, written in the transaction of the change it tells.
+- `feed_horizon`: one row, the highest event id retention purged: a feed cursor below it
+  has missed events (`GET /events` answers 410).
 - `alerts`: problems of one customer + job type + module, at most one open per `alert_key`.
 - `webhook_deliveries`: the outbox of webhooks, one row per event and receiver.
 
@@ -280,6 +282,16 @@ class Event(Base):
     job_id: Mapped[str | None] = mapped_column(String())
     alert_key: Mapped[str | None] = mapped_column(String())
     data: Mapped[str] = mapped_column(Text)
+
+
+class FeedHorizon(Base):
+    """How far retention purged the change feed (see `app.store.feed.read_feed`)."""
+
+    __tablename__ = "feed_horizon"
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    purged_upto: Mapped[int] = mapped_column(BigInteger)
 
 
 class Alert(Base):

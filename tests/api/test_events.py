@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from app.simulator import Simulator, SimulatorConfig
-from tests.api.conftest import Gateway
+from tests.api.conftest import Gateway, services_of
 from tests.clock import FakeClock
 
 HOUR = 3600.0
@@ -397,3 +397,78 @@ async def test_a_failed_refresh_tells_nothing_and_keeps_the_alerts(
     items, _ = await events(api, after=cursor)
     assert items == []
     assert len(await open_alerts(api)) == 1
+
+
+# -- a cursor older than what retention kept -------------------------------------------------
+
+DAY = 24 * HOUR
+
+
+async def purge(api: httpx.AsyncClient, days: float = 90) -> dict[str, int]:
+    """The hourly retention purge, run now on the app's own store."""
+    from app.retention import purge as purge_store
+
+    svc = services_of(api)
+    return await purge_store(svc.writer, svc.clock(), days)
+
+
+async def test_a_cursor_older_than_retention_is_410_with_where_to_read_on_from(
+    gateway: Gateway, sim: Simulator, clock: FakeClock, customer: str
+) -> None:
+    sim.put_job(customer, "old-1", status=FAILED, start=clock.now)
+    sim.put_job(customer, "old-2", status=FINISHED, start=clock.now, **EXCHANGE)
+    async with gateway(cache_ttl_seconds=60) as api:
+        await refresh(api)
+        old, _ = await events(api)
+        assert len(old) == 3  # two job.created and an alert.opened
+        behind = str(old[0]["id"])  # a client that read one event, then went away
+
+        clock.advance(100 * DAY)
+        sim.put_job(customer, "new", status=FINISHED, start=clock.now)
+        await refresh(api)
+        assert (await purge(api))["events"] == 3
+
+        response = await api.get("/events", params={"after": behind})
+        assert response.status_code == 410, response.text
+        body = response.json()
+        assert set(body) == {"error", "detail", "oldest_cursor"}
+        assert body["error"] == "cursor_expired"
+        assert behind in body["detail"] and "oldest_cursor" in body["detail"]
+        assert body["oldest_cursor"] == str(old[-1]["id"])
+
+        # From oldest_cursor on, nothing is missing and nothing was purged.
+        kept, cursor = await events(api, after=body["oldest_cursor"])
+        assert kinds(kept) == [("job.created", "new"), ("alert.resolved", "new")]
+        # A client starting out (no cursor) reads from the oldest event kept: no error.
+        assert await events(api) == (kept, cursor)
+        # An explicit cursor of 0 says "I have read nothing": events were purged since.
+        zero = await api.get("/events", params={"after": "0"})
+        assert zero.status_code == 410
+        assert zero.json()["oldest_cursor"] == body["oldest_cursor"]
+        # A long poll is told at once, rather than waiting and then skipping.
+        poll = await api.get("/events", params={"after": behind, "wait": 30})
+        assert poll.status_code == 410
+        assert poll.json() == body
+        # Filters change nothing: the cursor is behind whatever was asked for.
+        filtered = await api.get("/events", params={"after": behind, "type": "alert.opened"})
+        assert filtered.status_code == 410
+        # And the OpenAPI document says so.
+        documented = (await api.get("/openapi.json")).json()["paths"]["/events"]["get"]
+        schema = documented["responses"]["410"]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/CursorExpiredBody"}
+
+
+async def test_every_replica_tells_an_expired_cursor_after_one_of_them_purged(
+    gateway: Gateway, sim: Simulator, clock: FakeClock, customer: str
+) -> None:
+    sim.put_job(customer, "old", status=FINISHED, start=clock.now)
+    async with gateway() as first, gateway() as second:
+        await refresh(first)
+        clock.advance(100 * DAY)
+        assert (await purge(first))["events"] == 1
+        # Every event went: the other replica knows from the database alone.
+        response = await second.get("/events", params={"after": "0", "wait": 30})
+        assert response.status_code == 410, response.text
+        assert response.json()["oldest_cursor"] == "1"
+        assert await events(second) == ([], "1")
+        assert await events(second, after="1") == ([], "1")

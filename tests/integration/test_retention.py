@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app import retention
 from app.alerts import Rules
 from app.config import DEFAULT_ALERT_STATUSES
-from app.store import repo
+from app.store import feed, repo
 from app.store.db import session_factory
 from app.store.feed import FeedConfig
 from app.store.ingest import IngestResult, SnapshotRecord, Writer, open_ingest
@@ -29,6 +29,7 @@ from app.store.tables import (
     Alert,
     Customer,
     Event,
+    FeedHorizon,
     Job,
     JobStatusHistory,
     Snapshot,
@@ -434,3 +435,100 @@ async def test_run_retention_purges_logs_and_survives_a_failure(
     assert messages[1][0] == logging.INFO
     assert messages[1][1].startswith("retention: purged what was older than 90 days: 1 jobs, ")
     assert (await sizes(engine))["jobs"] == 10
+
+
+# -- the feed's purge horizon: a cursor below it is told, never skipped ----------------------
+
+
+async def test_a_purge_notes_how_far_it_went_and_the_feed_refuses_cursors_below(
+    engine: AsyncEngine, writer: Writer
+) -> None:
+    await build(writer)
+    ids_before = [i for (i,) in await table(engine, Event.id)]
+    await retention.purge(writer, NOW, DAYS, batch=3)  # over many transactions
+
+    kept = [i for (i,) in await table(engine, Event.id)]
+    horizon = max(set(ids_before) - set(kept))
+    async with session_factory(engine)() as session:
+        assert await session.scalar(select(FeedHorizon.purged_upto)) == horizon
+        pinned = min(kept)  # A3's opening, held by its pending delivery
+        assert pinned < horizon
+        for behind in (0, pinned - 1, pinned, horizon - 1):
+            with pytest.raises(feed.CursorExpired) as caught:
+                await feed.read_feed(session, after=behind, limit=100)
+            assert (caught.value.after, caught.value.oldest) == (behind, horizon)
+        # From the horizon on, every event is there; a client starting out begins there.
+        page = await feed.read_feed(session, after=horizon, limit=100)
+        assert [r.id for r in page.rows] == [i for i in kept if i > horizon]
+        assert await feed.read_feed(session, after=None, limit=100) == page
+        # Pages of one: the cursor moves through kept events only, never below the horizon.
+        fresh = await feed.read_feed(session, after=None, limit=1)
+        assert fresh.rows[0].id > horizon and fresh.cursor == fresh.rows[0].id
+
+
+async def test_the_horizon_only_grows_and_outlives_the_events(
+    engine: AsyncEngine, writer: Writer
+) -> None:
+    plain = FeedConfig(Rules(frozenset(DEFAULT_ALERT_STATUSES), overdue_hours=0))
+    await refresh(writer, "c1", [row(f"j{n}", 2, T_OLD) for n in range(3)], T_OLD, plain)
+    await refresh(writer, "c1", [row("late", 2, T_RECENT)], T_RECENT, plain)
+    await retention.purge(writer, NOW, DAYS)
+    async with session_factory(engine)() as session:
+        assert await session.scalar(select(FeedHorizon.purged_upto)) == 3
+    # Everything goes, later: the horizon is the last id, with no event left to show it.
+    await retention.purge(writer, NOW + timedelta(days=DAYS), DAYS)
+    assert await table(engine, Event.id) == []
+    async with session_factory(engine)() as session:
+        assert await session.scalar(select(FeedHorizon.purged_upto)) == 4
+        with pytest.raises(feed.CursorExpired):
+            await feed.read_feed(session, after=3, limit=10)
+        assert await feed.read_feed(session, after=4, limit=10) == feed.FeedPage([], 4)
+        assert await feed.read_feed(session, after=None, limit=10) == feed.FeedPage([], 4)
+
+
+class PurgeMidRead:
+    """A session on which a purge commits right after the feed's first statement: between
+    the read of the newest id and the read of the events."""
+
+    def __init__(self, session: Any, purge: Callable[[], Awaitable[Any]]) -> None:
+        self.session = session
+        self.purge: Callable[[], Awaitable[Any]] | None = purge
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        result = await self.session.execute(*args, **kwargs)
+        if self.purge is not None:
+            purge, self.purge = self.purge, None
+            rows = result.all()
+            await purge()
+            return _Rows(rows)
+        return result
+
+    async def scalar(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.session.scalar(*args, **kwargs)
+
+
+class _Rows:
+    def __init__(self, rows: list[Any]) -> None:
+        self.rows = rows
+
+    def one(self) -> Any:
+        [only] = self.rows
+        return only
+
+
+@pytest.mark.parametrize("after", [0, 2])
+async def test_a_purge_committing_while_the_feed_reads_is_not_missed(
+    engine: AsyncEngine, writer: Writer, after: int
+) -> None:
+    plain = FeedConfig(Rules(frozenset(DEFAULT_ALERT_STATUSES), overdue_hours=0))
+    await refresh(writer, "c1", [row(f"j{n}", 2, T_OLD) for n in range(3)], T_OLD, plain)
+    await refresh(writer, "c1", [row("late", 2, T_RECENT)], T_RECENT, plain)
+    async with session_factory(engine)() as session:
+        racing = PurgeMidRead(session, lambda: retention.purge(writer, NOW, DAYS))
+        with pytest.raises(feed.CursorExpired) as caught:
+            await feed.read_feed(cast(AsyncSession, racing), after=after, limit=10)
+        assert caught.value.oldest == 3
+    async with session_factory(engine)() as session:
+        racing = PurgeMidRead(session, lambda: retention.purge(writer, NOW, DAYS))
+        page = await feed.read_feed(cast(AsyncSession, racing), after=None, limit=10)
+        assert [r.id for r in page.rows] == [4]
