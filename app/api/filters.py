@@ -11,7 +11,8 @@ from fastapi import Depends, Query
 
 from app import catalog
 from app.api.errors import InvalidParameter
-from app.api.params import Rfc3339, enum_filter, fingerprint, split_values
+from app.api.params import enum_filter, fingerprint, split_values
+from app.api.times import QueryTime
 from app.store import repo
 
 Sort = Literal[
@@ -103,15 +104,15 @@ async def job_filters(
         list[str] | None, Query(description="Repeatable or comma-separated customer ids.")
     ] = None,
     start_after: Annotated[
-        Rfc3339 | None,
+        QueryTime | None,
         Query(description="RFC 3339; jobs that started strictly after this time."),
     ] = None,
     start_before: Annotated[
-        Rfc3339 | None,
+        QueryTime | None,
         Query(description="RFC 3339; jobs that started strictly before this time."),
     ] = None,
     modified_since: Annotated[
-        Rfc3339 | None, Query(description="RFC 3339; jobs modified at or after this time.")
+        QueryTime | None, Query(description="RFC 3339; jobs modified at or after this time.")
     ] = None,
     q: Annotated[
         str | None, Query(max_length=200, description="The job's name contains this.")

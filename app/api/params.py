@@ -1,4 +1,5 @@
-"""Reading query parameters that FastAPI alone cannot check: enum names and opaque cursors."""
+"""Reading query parameters that FastAPI alone cannot check: enum names and opaque cursors
+(times: `app.api.times`)."""
 
 from __future__ import annotations
 
@@ -7,32 +8,10 @@ import binascii
 import hashlib
 import json
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Annotated, Any
-
-from pydantic import BeforeValidator, WithJsonSchema
+from typing import Any
 
 from app.api.errors import InvalidParameter
 from app.catalog import Catalog
-
-
-def _not_a_number(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            float(value)  # every form pydantic would read as a Unix timestamp: 1.5, .5, 2e-72
-        except ValueError:
-            return value
-        raise ValueError("must be an RFC 3339 time such as 2025-09-11T03:21:16Z, not a number")
-    return value
-
-
-Rfc3339 = Annotated[
-    datetime,
-    BeforeValidator(_not_a_number),
-    WithJsonSchema({"type": "string", "format": "date-time"}),
-]
-"""An RFC 3339 time; one without an offset is taken as UTC. Unlike pydantic's default, a
-bare number (a Unix timestamp) is refused rather than silently read."""
 
 
 def shorten(value: str, limit: int = 80) -> str:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
+from app.api.times import BodyTime
 from app.clock import iso
 
 UtcTime = Annotated[
@@ -316,8 +317,11 @@ class AlertPage(BaseModel):
 
 
 class Snooze(BaseModel):
-    until: datetime = Field(
-        description="RFC 3339. Muted until then; a time in the past lifts the snooze."
+    until: BodyTime = Field(
+        description=(
+            "RFC 3339 with an offset or Z, as a string. Muted until then; a time in the past "
+            "lifts the snooze."
+        )
     )
     reason: str | None = Field(None, max_length=500, description="Why, for the next person.")
 

@@ -382,6 +382,64 @@ async def test_snoozing_what_is_not_there_or_badly_is_a_clear_4xx(
     assert set(response.json()) == {"error", "detail"}
 
 
+@pytest.mark.parametrize(
+    "until",
+    [
+        0,  # read as 1970 by pydantic's default (schemathesis, ST201)
+        1893456000,
+        1.5,
+        "1893456000",
+        True,
+        None,
+        ["2030-01-01T00:00:00Z"],
+        {"at": "2030-01-01T00:00:00Z"},
+        "2030-01-01",  # a date alone: midnight where?
+        "2030-01-01T00:00",  # no seconds, no offset
+        "2030-01-01T00:00:00",  # no offset: its zone would be a guess
+        "2030-01-01T00:00:00+0100",
+        "2030-13-01T00:00:00Z",
+        "2030-02-30T00:00:00Z",
+        "2030-01-01T00:00:00+24:00",
+        "0001-01-01T00:00:00+14:00",  # no UTC form
+        "tomorrow",
+        "",
+    ],
+)
+async def test_a_snooze_until_anything_but_an_rfc_3339_string_with_offset_is_422(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock, customer: str, until: Any
+) -> None:
+    sim.put_job(customer, "a", status=FAILED, start=clock.now)
+    await refresh(api)
+    [alert] = await open_alerts(api)
+    response = await api.post(f"/alerts/{alert['alert_key']}/snooze", json={"until": until})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"] == "invalid_parameter"
+    assert body["detail"].startswith("until: ")
+    assert "2030-01-01T00:00:00Z" in body["detail"] or "out of range" in body["detail"]
+    [unchanged] = await open_alerts(api)
+    assert unchanged["snoozed_until"] is None
+
+
+@pytest.mark.parametrize(
+    ("until", "stored"),
+    [
+        ("2030-01-01T01:00:00+01:00", "2030-01-01T00:00:00Z"),
+        ("2029-12-31t19:00:00.250-05:00", "2030-01-01T00:00:00Z"),
+        ("2030-01-01 00:00:00z", "2030-01-01T00:00:00Z"),
+    ],
+)
+async def test_a_snooze_until_takes_any_offset_and_is_told_in_utc(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock, customer: str, until: str, stored: str
+) -> None:
+    sim.put_job(customer, "a", status=FAILED, start=clock.now)
+    await refresh(api)
+    [alert] = await open_alerts(api)
+    response = await api.post(f"/alerts/{alert['alert_key']}/snooze", json={"until": until})
+    assert response.status_code == 200, response.text
+    assert response.json()["snoozed_until"] == stored
+
+
 async def test_a_failed_refresh_tells_nothing_and_keeps_the_alerts(
     api: httpx.AsyncClient, sim: Simulator, clock: FakeClock, customer: str
 ) -> None:
