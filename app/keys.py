@@ -12,6 +12,22 @@ Two kinds of key are accepted, as `Authorization: Bearer <key>` or `X-API-Key: <
 from the database every `RELOAD_SECONDS` (so `keys revoke NAME` takes effect in a running
 server within seconds, on every replica), a key once verified is remembered until the next
 reload that changes the keys, and the times keys were last used are written back in batches.
+
+A key made since the last reload works at once: a created key (`jgw_<key id>_...`) whose id
+the book does not know is looked up in the database by its id (`KeyBook.look_up`), so the
+curl line pasted right after `keys create` is answered. Made-up keys must not turn into a
+flood of queries, so a look-up is guarded three ways: requests for one key id share one
+query (single flight); a key id found missing, or revoked, is not asked again for
+`MISS_SECONDS`; and a process makes at most `LOOKUPS_PER_SECOND` look-ups a second (bursts
+of `LOOKUP_BURST`), past which an unknown key is refused as any wrong key is, until the next
+reload knows it. A key id the book knows is never looked up: a wrong secret for it is refused
+from memory.
+
+A look-up and a reload may race. Every read of the keys takes a ticket when it begins, and
+the newest read wins: a key a look-up found live stays through a reload that began before
+the look-up (that reload's read may predate the key), and is not added once a reload that
+began after the look-up has been applied (it may have seen the key revoked). So a revoked
+key goes with the first reload that begins after the revocation, as before.
 """
 
 from __future__ import annotations
@@ -22,7 +38,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +62,13 @@ USED_FLUSH_SECONDS = 30.0
 """How often the last-used times of keys are written (`keys list` shows them)."""
 MAX_REMEMBERED = 10_000
 NAME_MAX = 100
+LOOKUPS_PER_SECOND = 5.0
+"""Look-ups of unknown key ids a process makes a second, at most: made-up keys cost little."""
+LOOKUP_BURST = 10
+"""Look-ups a process may make at once before `LOOKUPS_PER_SECOND` holds them back."""
+MISS_SECONDS = 30.0
+"""How long a key id found missing or revoked is not looked up again."""
+MAX_MISSES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,19 +217,28 @@ async def list_keys(session: AsyncSession, *, revoked: bool = False) -> list[Key
     ]
 
 
+def _stored(row: ApiKey) -> StoredKey:
+    return StoredKey(
+        key_id=row.key_id,
+        name=row.name,
+        salt=row.salt,
+        digest=row.digest,
+        customers=tuple(row.customers) if row.customers is not None else None,
+        rate_per_minute=row.rate_per_minute,
+    )
+
+
 async def live_keys(session: AsyncSession) -> list[StoredKey]:
     rows = (await session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None)))).all()
-    return [
-        StoredKey(
-            key_id=r.key_id,
-            name=r.name,
-            salt=r.salt,
-            digest=r.digest,
-            customers=tuple(r.customers) if r.customers is not None else None,
-            rate_per_minute=r.rate_per_minute,
-        )
-        for r in rows
-    ]
+    return [_stored(r) for r in rows]
+
+
+async def stored_key(session: AsyncSession, key_id: str) -> StoredKey | None:
+    """The live key with this key id, if there is one."""
+    row = await session.scalar(
+        select(ApiKey).where(ApiKey.key_id == key_id, ApiKey.revoked_at.is_(None))
+    )
+    return None if row is None else _stored(row)
 
 
 async def record_use(writer: Writer, used: dict[str, datetime]) -> None:
@@ -230,7 +262,12 @@ class KeyBook:
     """Every key a running server accepts, and the principal each one stands for."""
 
     def __init__(
-        self, api_keys: Iterable[SecretStr], *, required: bool, disabled: bool = False
+        self,
+        api_keys: Iterable[SecretStr],
+        *,
+        required: bool,
+        disabled: bool = False,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._env = [
             (k.get_secret_value().encode("utf-8", "surrogatepass"), f"env:{i}")
@@ -243,6 +280,15 @@ class KeyBook:
         self._stored: dict[str, StoredKey] = {}
         self._accepted: dict[str, Principal] = {}
         self._used: dict[str, float] = {}
+        # Look-ups of key ids not known yet (see the module docstring).
+        self._monotonic = monotonic
+        self._tickets = 0  # reads of the keys begun so far: reloads and look-ups
+        self._applied = 0  # the ticket of the newest reload applied
+        self._found: dict[str, int] = {}  # key id -> ticket of the look-up that found it
+        self._pending: dict[str, asyncio.Future[None]] = {}
+        self._misses: dict[str, float] = {}  # key id -> not looked up again before then
+        self._budget = float(LOOKUP_BURST)
+        self._budget_at = monotonic()
 
     @property
     def required(self) -> bool:
@@ -252,12 +298,25 @@ class KeyBook:
     def live(self) -> int:
         return len(self._stored)
 
-    def replace(self, stored: Sequence[StoredKey]) -> None:
-        """The live keys are now `stored`: a key revoked since is forgotten at once."""
+    def replace(self, stored: Sequence[StoredKey], *, ticket: int | None = None) -> None:
+        """The live keys are now `stored`, as read by the read with `ticket` (None: read
+        just now): a key revoked since is forgotten at once. A key a later look-up found
+        stays: that read is newer than this one."""
+        if ticket is None:
+            ticket = self._ticket()
         keys = {s.key_id: s for s in stored}
+        self._found = {k: t for k, t in self._found.items() if t > ticket}
+        for key_id in self._found:
+            if key_id not in keys and key_id in self._stored:
+                keys[key_id] = self._stored[key_id]
+        self._applied = max(self._applied, ticket)
         if keys != self._stored:
             self._stored = keys
             self._accepted = {}
+
+    def _ticket(self) -> int:
+        self._tickets += 1
+        return self._tickets
 
     def authenticate(self, offered: Sequence[str]) -> Principal | None:
         """The principal of the first offered key that is valid; None when none is (and a
@@ -300,13 +359,88 @@ class KeyBook:
             key_id=stored.key_id,
         )
 
+    async def look_up(
+        self, offered: Sequence[str], sessions: async_sessionmaker[AsyncSession]
+    ) -> Principal | None:
+        """`authenticate`, for created keys this process does not know yet: each is looked
+        up in the database by its key id, within the guards of the module docstring. None
+        when no offered key is valid (a made-up key stays refused)."""
+        if not self.required:
+            return ANYONE
+        for key in offered:
+            key_id = key_id_of(key)
+            if key_id is None or key_id in self._stored:
+                continue  # not a created key, or one `authenticate` judged already
+            await self._find(key_id, sessions)
+            if key_id in self._stored:
+                principal = self.authenticate([key])
+                if principal is not None:
+                    return principal
+        return None
+
+    async def _find(self, key_id: str, sessions: async_sessionmaker[AsyncSession]) -> None:
+        """Read the key id's row into the book, if it is live; one read for many asking."""
+        pending = self._pending.get(key_id)
+        if pending is None:
+            if self._missed(key_id) or not self._spend():
+                return
+            pending = asyncio.ensure_future(self._fetch(key_id, sessions))
+            self._pending[key_id] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(key_id, None))
+        # Shielded: a request that goes away does not cancel the read the others wait on.
+        await asyncio.shield(pending)
+
+    async def _fetch(self, key_id: str, sessions: async_sessionmaker[AsyncSession]) -> None:
+        ticket = self._ticket()
+        try:
+            async with sessions() as session:
+                stored = await stored_key(session, key_id)
+        except Exception as exc:  # the database may be away: refused now, asked next time
+            log.warning("could not look up an API key: %s", type(exc).__name__)
+            return
+        if stored is None:
+            self._miss(key_id)
+        elif self._applied < ticket:  # no reload newer than this read has spoken since
+            self._stored[key_id] = stored
+            self._found[key_id] = ticket
+
+    def _missed(self, key_id: str) -> bool:
+        until = self._misses.get(key_id)
+        if until is None:
+            return False
+        if until > self._monotonic():
+            return True
+        del self._misses[key_id]
+        return False
+
+    def _miss(self, key_id: str) -> None:
+        now = self._monotonic()
+        if len(self._misses) >= MAX_MISSES:
+            self._misses = {k: t for k, t in self._misses.items() if t > now}
+            if len(self._misses) >= MAX_MISSES:
+                self._misses.clear()
+        self._misses[key_id] = now + MISS_SECONDS
+
+    def _spend(self) -> bool:
+        """Take one look-up from the budget (a token bucket); False when there is none."""
+        now = self._monotonic()
+        elapsed = max(0.0, now - self._budget_at)
+        self._budget = min(float(LOOKUP_BURST), self._budget + elapsed * LOOKUPS_PER_SECOND)
+        self._budget_at = now
+        if self._budget < 1:
+            return False
+        self._budget -= 1
+        return True
+
     def take_used(self) -> dict[str, float]:
         used, self._used = self._used, {}
         return used
 
     async def reload(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        ticket = self._ticket()
         async with sessions() as session:
-            self.replace(await live_keys(session))
+            stored = await live_keys(session)
+        self.replace(stored, ticket=ticket)
 
     async def run(
         self,

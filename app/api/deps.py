@@ -97,6 +97,8 @@ async def require_key(
         return known
     offered = [k for k in (bearer.credentials if bearer else None, header_key) if k]
     principal = svc.keys.authenticate(offered)
+    if principal is None and offered:  # maybe a key made since the keys were last read
+        principal = await svc.keys.look_up(offered, svc.sessions)
     if principal is None:
         detail = (
             "the API key is not valid"

@@ -9,6 +9,7 @@ Every test runs on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from datetime import timedelta
@@ -94,6 +95,71 @@ async def test_a_revoked_key_is_refused_and_api_keys_keep_working(gateway: Gatew
         refused = await api.get("/customers", headers=as_key(key))
         assert refused.status_code == 401
         assert (await api.get("/customers")).status_code == 200  # API_KEYS: full access
+
+
+async def test_a_key_works_on_its_first_request_the_moment_it_is_made(
+    gateway: Gateway, sim: Simulator
+) -> None:
+    async with gateway() as api:
+        svc = services_of(api)
+        own = sim.customer_ids()[0]
+        # Made as `jobs-gateway keys create` makes it beside the running service: the
+        # service has not read the keys since.
+        key = await keys.create_key(
+            svc.writer, "pasted", customers=[own], rate_per_minute=None, now=svc.clock()
+        )
+        response = await api.get("/customers", headers=as_key(key))
+        assert response.status_code == 200, response.text
+        assert [c["customer_id"] for c in response.json()["items"]] == [own]
+        bearer = await api.get("/enums", headers={"Authorization": f"Bearer {key}"})
+        assert bearer.status_code == 200
+
+
+async def test_a_made_up_key_is_refused_and_read_from_the_database_once_at_most(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str] = []
+    read = keys.stored_key
+
+    async def counted(session: Any, key_id: str) -> keys.StoredKey | None:
+        reads.append(key_id)
+        return await read(session, key_id)
+
+    monkeypatch.setattr(keys, "stored_key", counted)
+    async with gateway() as api:
+        made_up = "jgw_0123456789ab_" + "x" * 43
+        # Many requests with it at once share one read; later ones remember the miss.
+        answers = await asyncio.gather(
+            *(api.get("/enums", headers=as_key(made_up)) for _ in range(20))
+        )
+        assert [r.status_code for r in answers] == [401] * 20
+        assert (await api.get("/enums", headers=as_key(made_up))).status_code == 401
+        assert reads == ["0123456789ab"]
+        # A wrong secret for a key id the service knows is refused from memory.
+        key = await make_key(api, "psa")
+        forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+        assert (await api.get("/enums", headers=as_key(forged))).status_code == 401
+        # Keys not shaped like a made key are never looked up.
+        for other in ("jgw_short_x", "not-a-key", "jgw_0123456789ab_"):
+            assert (await api.get("/enums", headers=as_key(other))).status_code == 401
+        assert reads == ["0123456789ab"]
+
+
+async def test_a_key_found_on_its_first_request_is_still_revoked_by_the_next_reload(
+    gateway: Gateway,
+) -> None:
+    async with gateway() as api:
+        svc = services_of(api)
+        key = await keys.create_key(
+            svc.writer, "brief", customers=None, rate_per_minute=None, now=svc.clock()
+        )
+        assert (await api.get("/customers", headers=as_key(key))).status_code == 200
+        assert await keys.revoke_key(svc.writer, "brief", now=svc.clock())
+        await svc.keys.reload(svc.sessions)
+        refused = await api.get("/customers", headers=as_key(key))
+        assert refused.status_code == 401
+        # Looked up again, it is found revoked: still refused.
+        assert (await api.get("/enums", headers=as_key(key))).status_code == 401
 
 
 async def test_a_name_is_taken_while_its_key_lives_and_free_once_revoked(
