@@ -211,8 +211,16 @@ async def open_services(
             metrics.oldest_fresh_age.set_function(refresher.oldest_snapshot_age)
             if background:
                 refresher.spawn(webhooks.watch_backlog(sessions, metrics.webhook_backlog))
-            if background and refresher.shared:
-                bus = Bus(settings.database_url, sessions, refresher, notices.notify)
+            if background:
+                # Other processes on the database (replicas, or `jobs-gateway refresh` beside
+                # this one on a SQLite file): what they store shows here within 2 s.
+                bus = Bus(
+                    settings.database_url,
+                    sessions,
+                    refresher,
+                    notices.notify,
+                    listen=refresher.shared,
+                )
                 refresher.on_settled = bus.settled
                 refresher.spawn(bus.run())
             runs = RefreshRuns(refresher, clock)

@@ -331,13 +331,17 @@ class Refresher:
         feed: FeedConfig | None = None,
         on_told: Callable[[Told], None] | None = None,
         shared: bool = False,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self.client = client
         self.feed = feed
         self.on_told = on_told
         self.walking: set[str] = set()  # customers whose walk holds a slot now
-        # Shared with other processes (PostgreSQL): leases, and state they store reloaded.
+        # Replicas on one PostgreSQL database (they also hear each other through LISTEN).
+        # Leases hold on every database: several processes may share a SQLite file too.
         self.shared = shared
+        self.lease_seconds = lease_seconds
+        self._lost: set[asyncio.Task[Any]] = set()  # walks the keeper stopped
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.on_settled: Callable[[str], Coroutine[Any, Any, None]] | None = None
         self._landed: dict[str, asyncio.Event] = {}
@@ -378,8 +382,7 @@ class Refresher:
             self._take_state(state)
         self.directory.load(list(states))
         self._changed(data=True)
-        if self.shared:
-            await self._release_dead_leases()
+        await self._release_dead_leases()
 
     async def _release_dead_leases(self) -> None:
         """Hand back the leases of this host's processes that are gone (a restart after a
@@ -647,49 +650,88 @@ class Refresher:
             del self._inflight[customer_id]
 
     async def _refresh(self, cid: str) -> RefreshOutcome:
-        if self.shared:
-            now = self.clock()
-            taken = await self.writer.run_plan(
-                lambda d: leases.take(
-                    d, cid, self.holder, now, now + timedelta(seconds=LEASE_SECONDS)
-                )
-            )
-            if not taken.ours:
-                return await self._await_other(cid, taken, now)
-            self.metrics.leases_held.inc()
+        """One refresh: not while the customer backs off; else a walk slot, then the lease
+        (taken only now, so it never runs down in a queue), then the walk."""
+        status = self._status(cid)
+        if self._in_backoff(status, self.clock()):
+            return RefreshOutcome(cid, ok=False, error=self._backoff_error(status))
+        await self._walk_slots.acquire()
         try:
-            outcome = await self._refresh_here(cid)
+            lease = await self.writer.run_plan(
+                lambda d: leases.take(d, cid, self.holder, self.lease_seconds)
+            )
+        except Exception as exc:  # the database: a failed refresh, backed off like any other
+            self._walk_slots.release()
+            return await self._failed_to_start(cid, exc)
+        if not lease.ours:
+            self._walk_slots.release()
+            return await self._await_other(cid, lease)
+        self.metrics.leases_held.inc()
+        try:
+            outcome = await self._refresh_here(cid, lease)
         finally:
-            if self.shared:
-                self.metrics.leases_held.dec()
-                await asyncio.shield(self._hand_back(cid))
+            self.metrics.leases_held.dec()
+            await asyncio.shield(self._hand_back(cid, lease))
         return outcome
 
-    async def _hand_back(self, cid: str) -> None:
+    def _backoff_error(self, status: CustomerStatus) -> SourceError:
+        """What a refresh asked for during the customer's backoff says: nothing was asked,
+        why, and when the customer will be asked again."""
+        error = status.error or SourceError("backoff", "the last refresh failed", None)
+        until = iso(status.backoff_until)
+        return SourceError(
+            error.kind,
+            f"not asked: backing off until {until} after: {error.message}",
+            error.upstream_status,
+        )
+
+    async def _failed_to_start(self, cid: str, exc: Exception) -> RefreshOutcome:
+        log.warning(
+            "refresh of customer %s could not start: %s",
+            cid,
+            type(exc).__name__,
+            extra={"customer_id": cid},
+        )
+        kind = "database" if isinstance(exc, SQLAlchemyError | OSError) else "internal"
+        error = SourceError(kind, f"refresh failed: {type(exc).__name__}", None)
+        outcome = RefreshOutcome(cid, ok=False, error=error)
+        self._settle(cid, outcome, None)
+        return outcome
+
+    async def _hand_back(self, cid: str, lease: leases.Lease) -> None:
         """Give the lease back after a refresh (kept as a backoff after a failed one), and
         tell the other processes."""
         status = self._status(cid)
         until = status.backoff_until if status.error is not None else None
         try:
-            if until is not None and until > self.clock():
-                await self.writer.run_plan(lambda d: leases.back_off(d, cid, self.holder, until))
+            left = (until - self.clock()).total_seconds() if until is not None else 0.0
+            if left > 0:
+                await self.writer.run_plan(
+                    lambda d: leases.back_off(d, cid, self.holder, lease.token, left)
+                )
             else:
-                await self.writer.run_plan(lambda d: leases.give_back(d, cid, self.holder))
+                await self.writer.run_plan(
+                    lambda d: leases.give_back(d, cid, self.holder, lease.token)
+                )
             if self.on_settled is not None:
                 await self.on_settled(cid)
         except Exception:  # the lease expires by itself; the others look again
             log.exception("could not hand back the lease of customer %s", cid)
 
-    async def _await_other(self, cid: str, taken: leases.Taken, since: datetime) -> RefreshOutcome:
-        """Another process holds the customer's lease: wait for its result (at most the
-        request's wait), then serve what it stored; a backoff is taken as it is."""
+    async def _await_other(self, cid: str, lease: leases.Lease) -> RefreshOutcome:
+        """Another walk holds the customer's lease: wait for its result (at most the
+        request's wait), then serve what it stored; a backoff is taken as it is. The
+        lease's expiry is the database's to judge: a free lease is taken again."""
         status = self._status(cid)
-        if taken.holder == leases.BACKOFF:
-            status.backoff_until = taken.expires_at
-            status.due_at = taken.expires_at
+        if lease.backoff:
+            status.backoff_until = self.clock() + timedelta(seconds=max(0.0, lease.seconds_left))
+            status.due_at = status.backoff_until
             await self.reload([cid])
-            status.backoff_until = max(status.backoff_until or taken.expires_at, taken.expires_at)
-            return RefreshOutcome(cid, ok=False, error=status.error)
+            status.backoff_until = max(
+                status.backoff_until, self.clock() + timedelta(seconds=lease.seconds_left)
+            )
+            return RefreshOutcome(cid, ok=False, error=self._backoff_error(status))
+        since = self.clock()
         landed = self._landed.setdefault(cid, asyncio.Event())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait
@@ -698,7 +740,8 @@ class Refresher:
                 await asyncio.wait_for(asyncio.shield(landed.wait()), LOOK_SECONDS)
             if landed.is_set() or await self._landed_since(cid, since):
                 break
-            if self.clock() >= taken.expires_at:  # its holder died: the lease is free
+            now = await self.writer.run_plan(lambda d: leases.peek(d, cid))
+            if now is None or now.seconds_left <= 0:  # given back, or its holder died
                 return await self._refresh(cid)
         await self.reload([cid])
         last = status.last_success_at
@@ -710,13 +753,36 @@ class Refresher:
             state = (await repo.customer_states(session, [cid]))[cid]
         return state.last_attempt_at is not None and state.last_attempt_at >= since
 
-    async def _refresh_here(self, cid: str) -> RefreshOutcome:
+    async def _keep(self, cid: str, lease: leases.Lease, walk: asyncio.Task[Any]) -> None:
+        """Renew the walk's lease while it runs; when the lease was taken over, stop the
+        walk (its merge would be refused anyway: `app.store.leases.check`)."""
+        every = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                kept = await self.writer.run_plan(
+                    lambda d: leases.extend(d, cid, self.holder, lease.token, self.lease_seconds)
+                )
+            except Exception as exc:  # the database: try again; the commit checks anyway
+                log.warning("could not renew the lease of customer %s: %s", cid, exc)
+                continue
+            if not kept:
+                self._lost.add(walk)
+                walk.cancel()
+                return
+
+    async def _refresh_here(self, cid: str, lease: leases.Lease) -> RefreshOutcome:
         self.metrics.refreshes_in_flight.inc()
         began = time.perf_counter()
         started = self.clock()
         retry_after: float | None = None
         try:
-            outcome = await self._walk(cid, started)
+            outcome = await self._walk(cid, started, lease)
+        except leases.LeaseLost as exc:
+            # Another walk took the customer over: it stores and tells; this one stops.
+            log.warning("refresh of customer %s stopped: %s", cid, exc, extra={"customer_id": cid})
+            error = SourceError("lease_lost", str(exc), None)
+            return RefreshOutcome(cid, ok=False, error=error)
         except UpstreamError as exc:
             log.warning(
                 "refresh of customer %s failed: %s",
@@ -745,32 +811,29 @@ class Refresher:
         self._settle(cid, outcome, retry_after)
         return outcome
 
-    async def _walk(self, cid: str, started: datetime) -> RefreshOutcome:
+    async def _walk(self, cid: str, started: datetime, lease: leases.Lease) -> RefreshOutcome:
         """One walk of the customer's pages, staged as they come and merged at the end.
 
-        A walk holds a walk slot while it fetches, then trades it for a commit slot: other
-        walks fetch while it waits for the writer, and the customers held in memory are at
-        most the two kinds of slots together.
+        A walk holds a walk slot while it fetches (`_refresh` took it), then trades it for a
+        commit slot: other walks fetch while it waits for the writer, and the customers held
+        in memory are at most the two kinds of slots together. A keeper renews its lease
+        meanwhile, and stops it when the lease was lost; the merge checks the lease too.
         """
         slot = self._walk_slots
-        await self._walk_slots.acquire()
         self.walking.add(cid)
         ingest: Ingest | None = None
         pages = 0
         request_id: str | None = None
+        me = asyncio.current_task()
+        assert me is not None
+        keeper = asyncio.create_task(self._keep(cid, lease, me), name=f"lease:{cid}")
         try:
             async with self.sessions() as session:
-                ingest = await open_ingest(session, cid)
-            renew_at = started + timedelta(seconds=LEASE_SECONDS / 2)
+                ingest = await open_ingest(
+                    session, cid, started=lease.taken_at, lease=(self.holder, lease.token)
+                )
             async for page in self.client.iter_job_pages(cid):
                 pages += 1
-                if self.shared and self.clock() >= renew_at:  # a long walk keeps its lease
-                    now = self.clock()
-                    renew_at = now + timedelta(seconds=LEASE_SECONDS / 2)
-                    until = now + timedelta(seconds=LEASE_SECONDS)
-                    await self.writer.run_plan(
-                        lambda d: leases.extend(d, cid, self.holder, until)  # noqa: B023
-                    )
                 request_id = page.request_id or request_id
                 rows = page.rows
                 for start in range(0, len(rows), ROWS_PER_SLICE):
@@ -793,14 +856,23 @@ class Refresher:
             self._walk_slots.release()
             slot = self._commit_slots
             result: IngestResult = await ingest.commit(self.writer, snapshot, self.feed)
-        except BaseException:
+        except BaseException as exc:
+            keeper.cancel()
+            # The keeper stopped this walk (not its caller): it is a lost lease.
+            lost = me in self._lost and isinstance(exc, asyncio.CancelledError)
+            if lost:
+                self._lost.discard(me)
+                me.uncancel()
             if ingest is not None:
                 try:
                     await asyncio.shield(ingest.discard(self.writer))
                 except Exception:
                     log.exception("could not discard the staged rows of customer %s", cid)
+            if lost:
+                raise leases.LeaseLost(cid) from None
             raise
         finally:
+            keeper.cancel()
             self.walking.discard(cid)
             slot.release()
         if result.told.events and self.on_told is not None:
@@ -922,11 +994,10 @@ class Refresher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self.shared:
-            try:
-                await self.writer.run_plan(lambda d: leases.give_back_all(d, self.holder))
-            except Exception:  # they expire by themselves
-                log.exception("could not hand back this process's leases")
+        try:
+            await self.writer.run_plan(lambda d: leases.give_back_all(d, self.holder))
+        except Exception:  # they expire by themselves
+            log.exception("could not hand back this process's leases")
 
 
 def _alive(pid: int) -> bool:
