@@ -14,6 +14,8 @@ restart. For each receiver a sender task (`Sender.run_url`):
 Each receiver has its own task, so one that is down never delays the others. Delivery is at
 least once: a process that dies after sending but before recording sends again after the
 lease ends. Receivers de-duplicate by `webhook-id`.
+
+The SQL of all this is in `app.store.outbox`; what to do with an answer is decided here.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ from standardwebhooks import Webhook
 from app import __version__
 from app.alerting import Notices
 from app.clock import Clock
-from app.store import feed
-from app.store.feed import Plan, event_json, from_driver, sql, to_driver
+from app.store import feed, outbox
 from app.store.ingest import Writer
+from app.store.outbox import Claimed, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +73,6 @@ def safe_url(url: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Claimed:
-    id: int
-    event_id: int
-    attempts: int
-    deadline_at: datetime
-    body: str
-
-
-@dataclass(frozen=True, slots=True)
 class Attempt:
     """What one POST gave: a status (None: no answer), an error text, a Retry-After."""
 
@@ -93,76 +86,18 @@ class Attempt:
         return self.status is not None and 200 <= self.status < 300
 
 
-def claim(dialect: str, url: str, now: datetime, limit: int) -> Plan[list[Claimed]]:
-    """The due deliveries of `url`, the oldest pending one per key, leased to the caller."""
-    stamp = to_driver(dialect, now)
-    rows = yield (
-        "fetch",
-        sql(
-            dialect,
-            "SELECT d.id, d.event_id, d.attempts, d.deadline_at, e.type, e.at, e.customer_id, "
-            "e.job_id, e.alert_key, e.data "
-            "FROM webhook_deliveries d JOIN events e ON e.id = d.event_id "
-            "WHERE d.url = ? AND d.state = 'pending' AND d.next_attempt_at <= ? "
-            "AND (d.lease_until IS NULL OR d.lease_until < ?) "
-            "AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.url = d.url "
-            "AND p.state = 'pending' AND p.alert_key = d.alert_key AND p.id < d.id) "
-            "ORDER BY d.id LIMIT ?",
-        ),
-        (url, stamp, stamp, limit),
-    )
-    lease = to_driver(dialect, now + LEASE)
-    claimed = []
-    for delivery_id, event_id, attempts, deadline, *event in rows:
-        taken = yield (
-            "exec",
-            sql(
-                dialect,
-                "UPDATE webhook_deliveries SET lease_until = ? WHERE id = ? "
-                "AND state = 'pending' AND (lease_until IS NULL OR lease_until < ?)",
-            ),
-            (lease, delivery_id, stamp),
-        )
-        if taken == 1:  # another process may have claimed it in between
-            deadline_at = from_driver(deadline)
-            assert deadline_at is not None
-            claimed.append(
-                Claimed(delivery_id, event_id, attempts, deadline_at, event_json(event_id, *event))
-            )
-    return claimed
-
-
-def record(dialect: str, attempts: Sequence[Attempt], now: datetime) -> Plan[None]:
-    """The outcome of each attempt: delivered, retried later, or failed past its deadline."""
-    stamp = to_driver(dialect, now)
-    for a in attempts:
-        tries = a.delivery.attempts + 1
-        if a.ok:
-            state, next_at = "delivered", stamp
-        elif now >= a.delivery.deadline_at:
-            state, next_at = "failed", stamp
-        else:
-            delay = timedelta(seconds=retry_delay(tries, a.retry_after))
-            state, next_at = "pending", to_driver(dialect, now + delay)
-        yield (
-            "exec",
-            sql(
-                dialect,
-                "UPDATE webhook_deliveries SET state = ?, attempts = ?, next_attempt_at = ?, "
-                "lease_until = NULL, last_attempt_at = ?, last_status = ?, last_error = ?, "
-                "delivered_at = ? WHERE id = ?",
-            ),
-            (
-                state,
-                tries,
-                next_at,
-                stamp,
-                a.status,
-                a.error,
-                stamp if a.ok else None,
-                a.delivery.id,
-            ),
-        )
+def outcome_of(attempt: Attempt, now: datetime) -> Outcome:
+    """Delivered, retried later with backoff, or failed once past its deadline."""
+    delivery = attempt.delivery
+    tries = delivery.attempts + 1
+    if attempt.ok:
+        state, next_at = "delivered", now
+    elif now >= delivery.deadline_at:
+        state, next_at = "failed", now
+    else:
+        delay = timedelta(seconds=retry_delay(tries, attempt.retry_after))
+        state, next_at = "pending", now + delay
+    return Outcome(delivery.id, state, tries, next_at, attempt.status, attempt.error)
 
 
 def _retry_after(response: httpx.Response, now: datetime) -> float | None:
@@ -224,11 +159,15 @@ class Sender:
     async def deliver_due(self, url: str) -> int:
         """One round for `url`: claim what is due, send it, record the answers."""
         now = self.clock()
-        claimed = await self.writer.run_plan(lambda dialect: claim(dialect, url, now, BATCH))
+        claimed = await self.writer.run_plan(
+            lambda dialect: outbox.claim(dialect, url, now, BATCH, LEASE)
+        )
         if not claimed:
             return 0
         attempts = await asyncio.gather(*(self._send(url, c) for c in claimed))
-        await self.writer.run_plan(lambda dialect: record(dialect, attempts, self.clock()))
+        done = self.clock()
+        outcomes = [outcome_of(a, done) for a in attempts]
+        await self.writer.run_plan(lambda dialect: outbox.record(dialect, outcomes, done))
         return len(claimed)
 
     async def _send(self, url: str, delivery: Claimed) -> Attempt:
