@@ -16,6 +16,9 @@ least once: a process that dies after sending but before recording sends again a
 lease ends. Receivers de-duplicate by `webhook-id`.
 
 The SQL of all this is in `app.store.outbox`; what to do with an answer is decided here.
+
+A receiver's URL often is its credential (a secret in the path, a token in the query), so it
+is shown only as its origin (`receiver_origin`), in answers and in every log line.
 """
 
 from __future__ import annotations
@@ -65,11 +68,28 @@ def retry_delay(attempts: int, retry_after: float | None = None) -> float:
     return delay
 
 
-def safe_url(url: str) -> str:
-    """A receiver's URL without credentials or query (which may hold a token)."""
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def receiver_origin(url: str) -> str:
+    """How a receiver is shown wherever people see it (answers, logs, errors): its origin,
+    `scheme://host[:port]`, and nothing of its path, query, fragment or user info. Slack-,
+    Teams- and Zapier-style receivers carry their secret in the path, others a token in the
+    query. The port shows unless it is the scheme's default, as browsers show an origin; an
+    IPv6 host keeps its brackets."""
     parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2].lower()  # brackets of an IPv6 address kept
-    return f"{parts.scheme}://{host}{parts.path}"
+    scheme, host = parts.scheme.lower(), parts.hostname  # hostname: lower case, no user info
+    if not scheme or not host:
+        return "<not a URL>"  # never the text itself: it may be all secret
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # out of range: WEBHOOK_URLS refuses it, an old row may hold it
+        port = None
+    if port is None or port == DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +162,9 @@ class Sender:
         self.on_attempt = on_attempt
 
     async def run(self) -> None:
+        log.info(
+            "webhooks go to %s", ", ".join(receiver_origin(url) for url in self.urls) or "nobody"
+        )
         await asyncio.gather(*(self.run_url(url) for url in self.urls))
 
     async def run_url(self, url: str) -> None:
@@ -151,7 +174,7 @@ class Sender:
             try:
                 sent = await self.deliver_due(url)
             except Exception:  # the database may be away: try again at the next poll
-                log.exception("webhook deliveries to %s failed", safe_url(url))
+                log.exception("webhook deliveries to %s failed", receiver_origin(url))
                 sent = 0
             if sent < BATCH:
                 await self.notices.wait(POLL_SECONDS, since=seen)
@@ -200,7 +223,7 @@ class Sender:
             log.warning(
                 "webhook %s to %s: %s (attempt %d)",
                 msg_id,
-                safe_url(url),
+                receiver_origin(url),
                 attempt.error,
                 delivery.attempts + 1,
             )

@@ -15,7 +15,7 @@ from app.api.errors import Conflict, NotFound
 from app.api.params import MAX_ID, id_cursor, split_values
 from app.clock import iso
 from app.store import feed
-from app.webhooks import safe_url
+from app.webhooks import receiver_origin
 
 router = APIRouter(tags=["webhooks"], dependencies=[Authorized, SafeParams])
 
@@ -26,7 +26,7 @@ def delivery_out(row: dict[str, Any]) -> dict[str, Any]:
         "id": row["id"],
         "event_id": row["event_id"],
         "event_type": row["event_type"],
-        "url": safe_url(row["url"]),
+        "url": receiver_origin(row["url"]),
         "alert_key": row["alert_key"],
         "customer_id": row["customer_id"],
         "state": row["state"],

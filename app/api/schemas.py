@@ -360,7 +360,12 @@ class Delivery(BaseModel):
     id: int
     event_id: int
     event_type: EventType
-    url: str = Field(description="The receiver, without credentials or query string.")
+    url: str = Field(
+        description=(
+            "The receiver's origin, `scheme://host[:port]`: never its path, query or "
+            "credentials, which often carry a token."
+        )
+    )
     alert_key: str | None
     customer_id: str
     state: Literal["pending", "delivered", "failed"]
@@ -379,7 +384,7 @@ class Delivery(BaseModel):
                 "id": 311,
                 "event_id": 1843,
                 "event_type": "alert.opened",
-                "url": "https://psa.example.com/hooks/backups",
+                "url": "https://psa.example.com",
                 "alert_key": "caf9d1f2-5ea3:microsoft_365:exchange_online",
                 "customer_id": "caf9d1f2-5ea3",
                 "state": "pending",
