@@ -15,7 +15,9 @@ Each receiver has its own task, so one that is down never delays the others. Del
 least once: a process that dies after sending but before recording sends again after the
 lease ends. Receivers de-duplicate by `webhook-id`.
 
-The SQL of all this is in `app.store.outbox`; what to do with an answer is decided here.
+At start-up the pending deliveries of receivers no longer in `WEBHOOK_URLS` are failed
+(`receiver_removed`, `fail_removed_receivers`): no sender would ever take them. The SQL of all
+this is in `app.store.outbox`; what to do with an answer is decided here.
 
 A receiver's URL often is its credential (a secret in the path, a token in the query), so it
 is shown only as its origin (`receiver_origin`), in answers and in every log line.
@@ -118,6 +120,23 @@ def outcome_of(attempt: Attempt, now: datetime) -> Outcome:
         delay = timedelta(seconds=retry_delay(tries, attempt.retry_after))
         state, next_at = "pending", now + delay
     return Outcome(delivery.id, state, tries, next_at, attempt.status, attempt.error)
+
+
+async def fail_removed_receivers(writer: Writer, urls: Sequence[str], now: datetime) -> None:
+    """At start-up: the pending deliveries of receivers no longer in `WEBHOOK_URLS` fail
+    (`receiver_removed`), as no sender will ever take them. Receivers are compared by their
+    whole URL, as the senders claim by it; two of them may share an origin."""
+    failed = await writer.run_plan(
+        lambda dialect: outbox.fail_removed_receivers(dialect, urls, now)
+    )
+    for url, count in failed.items():
+        log.warning(
+            "%d pending webhook deliveries to %s marked failed (%s): the receiver is no "
+            "longer in WEBHOOK_URLS",
+            count,
+            receiver_origin(url),
+            outbox.RECEIVER_REMOVED,
+        )
 
 
 def _retry_after(response: httpx.Response, now: datetime) -> float | None:

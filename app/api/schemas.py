@@ -375,7 +375,12 @@ class Delivery(BaseModel):
     deadline_at: UtcTime = Field(description="Retried until then, then failed.")
     last_attempt_at: UtcTime | None
     last_status: int | None = Field(description="The receiver's last HTTP status.")
-    last_error: str | None
+    last_error: str | None = Field(
+        description=(
+            "Why the last attempt failed; `receiver_removed`: the receiver left WEBHOOK_URLS "
+            "and the delivery was failed at start-up."
+        )
+    )
     delivered_at: UtcTime | None
 
     model_config = ConfigDict(

@@ -1,12 +1,13 @@
-"""The webhook outbox as its senders use it: claiming the deliveries that are due, and
-recording what each attempt gave.
+"""The webhook outbox as its senders use it: claiming the deliveries that are due, recording
+what each attempt gave, and failing the deliveries of receivers that are gone.
 
 `app.store.feed.tell` writes the deliveries, in the transaction of their events; the listing
 and the manual retry (`GET /webhooks/deliveries`) read and write them there too. What to do
 with an answer (retry when, fail when) is `app.webhooks`'s to decide: the steps here only
 write it down. They are plans (`app.store.feed.Plan`), run by `Writer.run_plan`.
 
-A receiver is its URL exactly as `WEBHOOK_URLS` gives it.
+A receiver is its URL exactly as `WEBHOOK_URLS` gives it: two receivers may share an origin
+and differ by their path, so nothing here compares less than the whole URL.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from app.store.feed import Plan, event_json, from_driver, sql, to_driver
+
+RECEIVER_REMOVED = "receiver_removed"
+"""The last error of a delivery whose receiver left `WEBHOOK_URLS`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,3 +110,27 @@ def record(dialect: str, outcomes: Sequence[Outcome], now: datetime) -> Plan[Non
                 o.delivery_id,
             ),
         )
+
+
+def fail_removed_receivers(
+    dialect: str, receivers: Sequence[str], now: datetime
+) -> Plan[dict[str, int]]:
+    """Fail every pending delivery whose receiver is not one of `receivers` (whole URLs),
+    with the last error `receiver_removed`: no sender will ever claim them. Gives the number
+    failed per removed receiver's URL."""
+    kept = list(dict.fromkeys(receivers))
+    # Built from `?` marks only: the URLs travel as parameters.
+    other = f" AND url NOT IN ({', '.join('?' * len(kept))})" if kept else ""
+    rows = yield (
+        "fetch",
+        sql(
+            dialect,
+            "UPDATE webhook_deliveries SET state = 'failed', next_attempt_at = ?, "  # noqa: S608
+            f"lease_until = NULL, last_error = ? WHERE state = 'pending'{other} RETURNING url",
+        ),
+        (to_driver(dialect, now), RECEIVER_REMOVED, *kept),
+    )
+    failed: dict[str, int] = {}
+    for (url,) in rows:
+        failed[url] = failed.get(url, 0) + 1
+    return failed

@@ -688,6 +688,74 @@ async def test_a_receiver_whose_path_is_its_secret_is_shown_by_origin_only_even_
     assert live.requests[0].path == f"/services/T000/{PATH_SECRET}?token={QUERY_TOKEN}"
 
 
+async def test_at_start_up_a_removed_receivers_deliveries_fail_and_a_kept_ones_are_sent(
+    gateway: Gateway,
+    sim: Simulator,
+    clock: FakeClock,
+    customer: str,
+    secret: str,
+    receiver: Receiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="app")
+    # Two receivers of one origin: only their whole URLs tell them apart.
+    kept, removed = f"{receiver.origin}/kept", f"{receiver.origin}/removed?token=tok-gone-2w"
+    receiver.status = 500
+    async with gateway(**hooks(f"{kept},{removed}", secret)) as api:
+        sim.put_job(customer, "fail-1", status=FAILED, start=clock.now)
+        await refresh(api)
+        before = await until(
+            api, lambda items: len(items) == 2 and all(d["attempts"] == 1 for d in items)
+        )
+        assert [(d["url"], d["state"]) for d in before] == [(receiver.origin, "pending")] * 2
+    kept_id, removed_id = (d["id"] for d in before)  # one per receiver, as WEBHOOK_URLS lists
+    assert sorted(r.path for r in receiver.requests) == ["/kept", "/removed?token=tok-gone-2w"]
+
+    receiver.status = 204
+    clock.advance(10)  # the kept one's retry is due
+    async with gateway(**hooks(kept, secret)) as api:
+        items = await until(api, delivered(1))
+        by_id = {d["id"]: d for d in items}
+        assert (by_id[kept_id]["state"], by_id[kept_id]["attempts"]) == ("delivered", 2)
+        gone = by_id[removed_id]
+        assert (gone["state"], gone["last_error"]) == ("failed", "receiver_removed")
+        assert (gone["attempts"], gone["next_attempt_at"], gone["delivered_at"]) == (1, None, None)
+        assert await deliveries(api, state="pending") == []
+        # Sending it again would leave it pending for good: no sender takes it.
+        retry = await api.post(f"/webhooks/deliveries/{removed_id}/retry")
+        assert retry.status_code == 409, retry.text
+        assert retry.json() == {
+            "error": "conflict",
+            "detail": f"delivery {removed_id} cannot be sent again: its receiver "
+            f"{receiver.origin} is no longer in WEBHOOK_URLS",
+        }
+    assert [r.path for r in receiver.requests[2:]] == ["/kept"]  # nothing more to the other
+    assert (
+        f"1 pending webhook deliveries to {receiver.origin} marked failed (receiver_removed)"
+        in caplog.text
+    )
+    assert "/removed" not in caplog.text
+    assert "tok-gone-2w" not in caplog.text
+
+
+async def test_with_no_receivers_left_every_pending_delivery_fails_at_start_up(
+    gateway: Gateway,
+    sim: Simulator,
+    clock: FakeClock,
+    customer: str,
+    secret: str,
+    receiver: Receiver,
+) -> None:
+    receiver.status = 500
+    async with gateway(**hooks(receiver.url, secret)) as api:
+        sim.put_job(customer, "fail-1", status=FAILED, start=clock.now)
+        await refresh(api)
+        await until(api, attempted(1))
+    async with gateway() as api:
+        [d] = await deliveries(api)
+        assert (d["state"], d["last_error"], d["attempts"]) == ("failed", "receiver_removed", 1)
+
+
 async def test_a_snoozed_alerts_updates_are_not_sent_but_its_resolution_is(
     gateway: Gateway,
     sim: Simulator,
