@@ -32,7 +32,7 @@ import pytest
 from pydantic import ValidationError
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from app import webhooks
+from app import keys, webhooks
 from app.api.deps import Services
 from app.logs import QUIET_LOGGERS
 from app.simulator import Simulator, SimulatorConfig
@@ -754,6 +754,38 @@ async def test_with_no_receivers_left_every_pending_delivery_fails_at_start_up(
     async with gateway() as api:
         [d] = await deliveries(api)
         assert (d["state"], d["last_error"], d["attempts"]) == ("failed", "receiver_removed", 1)
+
+
+async def test_a_key_limited_to_some_customers_sees_and_retries_only_their_deliveries(
+    gateway: Gateway, sim: Simulator, clock: FakeClock, secret: str, receiver: Receiver
+) -> None:
+    own, other = sim.customer_ids()
+    async with gateway(**hooks(receiver.url, secret)) as api:
+        for cid in (own, other):
+            sim.put_job(cid, f"fail-{cid[:4]}", status=FAILED, start=clock.now)
+        await refresh(api)
+        everyone = await until(api, delivered(2))
+        assert sorted(d["customer_id"] for d in everyone) == sorted([own, other])
+        svc = services(api)
+        key = await keys.create_key(
+            svc.writer, "own-only", customers=[own], rate_per_minute=None, now=svc.clock()
+        )
+        await svc.keys.reload(svc.sessions)
+        scoped = {"X-API-Key": key}
+
+        for params in ({}, {"state": "delivered"}, {"customer_id": own}):
+            listing = await api.get("/webhooks/deliveries", params=params, headers=scoped)
+            assert listing.status_code == 200, listing.text
+            assert [d["customer_id"] for d in listing.json()["items"]] == [own], params
+            assert other not in listing.text
+        # Another customer is, for this key, unknown.
+        named = await api.get("/webhooks/deliveries", params={"customer_id": other}, headers=scoped)
+        assert named.status_code == 422, named.text
+        mine, theirs = (next(d for d in everyone if d["customer_id"] == c) for c in (own, other))
+        refused = await api.post(f"/webhooks/deliveries/{theirs['id']}/retry", headers=scoped)
+        assert refused.status_code == 404, refused.text
+        retried = await api.post(f"/webhooks/deliveries/{mine['id']}/retry", headers=scoped)
+        assert retried.status_code == 200, retried.text
 
 
 async def test_a_snoozed_alerts_updates_are_not_sent_but_its_resolution_is(
