@@ -145,6 +145,10 @@ async def open_services(
         sessions = db.session_factory(engine)
         writer = Writer.for_engine(engine)
         await purge_orphan_stage(writer, clock())
+        if background:
+            # Before any sender starts: what no sender will take fails now, not never. Not in
+            # one-off commands, whose environment may lack the server's WEBHOOK_URLS.
+            await webhooks.fail_removed_receivers(writer, settings.webhook_urls, clock())
         upstream = upstream_of(settings, transport)
         concurrency = settings.upstream_concurrency
         feed_config = feed_config_of(settings)
