@@ -7,7 +7,7 @@ costs more than the work on the cached read path.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -26,8 +26,9 @@ from app.keys import ANYONE, KeyBook, Principal
 from app.metrics import Metrics
 from app.ratelimit import RateLimits
 from app.refresh import Refresher
-from app.runs import RefreshRuns
-from app.store.feed import FeedConfig
+from app.refresh.replicas import Bus
+from app.refresh.runs import RefreshRuns
+from app.store.feed import FeedConfig, Told
 from app.store.ingest import Writer
 
 
@@ -49,6 +50,8 @@ class Services:
     clock: Clock
     keys: KeyBook
     limits: RateLimits
+    bus: Bus
+    on_told: Callable[[Told], None]  # a write told events: notices, metrics, other processes
     stopping: bool = False  # SIGTERM came: not ready, long polls answer now
 
     def stop(self) -> None:

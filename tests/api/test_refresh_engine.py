@@ -127,7 +127,7 @@ async def test_a_walk_whose_lease_is_taken_over_stops_and_stores_nothing(
     api: httpx.AsyncClient, held: Held, sim: Simulator
 ) -> None:
     svc = services_of(api)
-    svc.refresher.lease_seconds = 0.6  # renewed every 0.2 s: the keeper notices quickly
+    svc.refresher.leasing.seconds = 0.6  # renewed every 0.2 s: the keeper notices quickly
     cid = sim.customer_ids()[0]
     held.hold.add(cid)
     task = svc.refresher.start(cid)
@@ -151,7 +151,7 @@ async def test_a_walk_whose_lease_is_taken_over_before_it_commits_commits_nothin
     api: httpx.AsyncClient, held: Held, sim: Simulator
 ) -> None:
     svc = services_of(api)
-    svc.refresher.lease_seconds = 3600  # no renewal in this test: the commit's check decides
+    svc.refresher.leasing.seconds = 3600  # no renewal in this test: the commit's check decides
     cid = sim.customer_ids()[0]
     held.hold.add(cid)
     task = svc.refresher.start(cid)
@@ -171,7 +171,7 @@ async def test_a_walk_waiting_for_a_slot_holds_no_lease(
 ) -> None:
     svc = services_of(api)
     first, second = sim.customer_ids()
-    svc.refresher._walk_slots = asyncio.Semaphore(1)  # one walk at a time
+    svc.refresher.walker.slots = asyncio.Semaphore(1)  # one walk at a time
     held.hold.add(first)
     one = svc.refresher.start(first)
     await until(lambda: first in held.waiting, "the first walk holds the only slot")

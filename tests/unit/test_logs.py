@@ -32,11 +32,10 @@ from app.logs import (
     RequestIdFilter,
     TextFormatter,
     configure_logging,
-    upstream_fields,
 )
 from app.main import create_app
 from app.simulator import Simulator, SimulatorConfig, create_simulator_app
-from app.upstream.errors import UpstreamStatusError
+from app.upstream.errors import UpstreamStatusError, upstream_fields
 from tests.api.conftest import API_KEY, settings_for
 from tests.clock import FakeClock
 from tests.conftest import SecretScan

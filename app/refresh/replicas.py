@@ -32,7 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.refresh import Refresher
+from app.refresh.refresher import Refresher
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Bus:
         self,
         database_url: str,
         sessions: async_sessionmaker[AsyncSession],
-        refresher: Refresher,
+        holder: str,
         on_events: Callable[[], None],
         *,
         listen: bool = True,
@@ -68,8 +68,7 @@ class Bus:
         self.dsn = asyncpg_dsn(database_url) if listen else ""
         self.listen = listen
         self.sessions = sessions
-        self.refresher = refresher
-        self.holder = refresher.holder
+        self.holder = holder
         self.on_events = on_events
         self._conn: Any = None
         self._lock = asyncio.Lock()
@@ -110,12 +109,14 @@ class Bus:
         elif kind == "e":
             self.on_events()
 
-    async def run(self) -> None:
-        """Listen (PostgreSQL, reconnecting when the connection drops) and look, forever."""
+    async def run(self, refresher: Refresher) -> None:
+        """Listen (PostgreSQL, reconnecting when the connection drops) and look, forever;
+        what moved is reloaded into `refresher`."""
+        apply = self._apply(refresher)
         if self.listen:
-            await asyncio.gather(self._listen(), self._look(), self._apply())
+            await asyncio.gather(self._listen(), self._look(), apply)
         else:
-            await asyncio.gather(self._look(), self._apply())
+            await asyncio.gather(self._look(), apply)
 
     async def _listen(self) -> None:
         while True:
@@ -143,14 +144,14 @@ class Bus:
                     conn.terminate()  # at once: a cancelled close would leave it open
             await asyncio.sleep(RECONNECT_SECONDS)
 
-    async def _apply(self) -> None:
+    async def _apply(self, refresher: Refresher) -> None:
         """Reload what the notifications named, in batches."""
         while True:
             await self._wake.wait()
             self._wake.clear()
             ids, self._pending = sorted(self._pending), set()
             try:
-                await self.refresher.reload(ids)
+                await refresher.reload(ids)
             except Exception:
                 log.exception("could not reload customers another process refreshed")
 
