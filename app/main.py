@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__, webhooks
 from app.alerting import Notices, run_sweeps
@@ -31,8 +29,7 @@ from app.alerts import Rules
 from app.api import alerts, customers, deliveries, errors, events, export, jobs, meta, runs, summary
 from app.api.answers import AnswerCache, FastReads, FastReadsMiddleware
 from app.api.deps import Services
-from app.api.limits import RequestLimits
-from app.api.requestid import RequestIdMiddleware
+from app.api.middleware import HeadAsGet, RequestIdMiddleware, RequestLimits, RequestMetrics
 from app.clock import Clock, utcnow
 from app.config import Settings
 from app.keys import KeyBook
@@ -355,64 +352,6 @@ def feed_config_of(settings: Settings) -> FeedConfig:
         webhook_urls=tuple(settings.webhook_urls),
         webhook_events=frozenset(settings.webhook_events),
     )
-
-
-class HeadAsGet:
-    """HEAD wherever GET works (uptime checks use it): routed as GET, sent without a body.
-
-    The route matched is copied back to the caller's scope, for `RequestMetrics` outside;
-    the method is not changed there, as the server still has to send no body.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "HEAD":
-            await self.app(scope, receive, send)
-            return
-
-        async def without_body(message: Message) -> None:
-            if message["type"] == "http.response.body":
-                message = {**message, "body": b""}
-            await send(message)
-
-        child = {**scope, "method": "GET"}
-        try:
-            await self.app(child, receive, without_body)
-        finally:
-            if "route" in child:
-                scope["route"] = child["route"]
-
-
-class RequestMetrics:
-    """Counts and times every HTTP request by method, route template and status."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        began = time.perf_counter()
-        method = scope["method"]  # before HeadAsGet routes a HEAD as GET
-        status = 500
-
-        async def recording(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording)
-        finally:
-            svc: Services | None = getattr(scope["app"].state, "services", None)
-            if svc is not None:
-                route = getattr(scope.get("route"), "path", None) or "unmatched"
-                svc.metrics.http_requests.labels(method, route, str(status)).inc()
-                svc.metrics.http_latency.labels(route).observe(time.perf_counter() - began)
 
 
 def create_app(

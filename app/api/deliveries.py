@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Response
 
 from app.api import schemas
-from app.api.caching import dumps
 from app.api.common import customers_of, visible
 from app.api.deps import Authorized, PrincipalDep, SafeParams, ServicesDep
 from app.api.errors import Conflict, NotFound
+from app.api.etags import dumps
 from app.api.params import MAX_ID, id_cursor, split_values
 from app.clock import iso
 from app.store import feed
