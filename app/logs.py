@@ -29,10 +29,7 @@ import sys
 import threading
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from app.upstream.errors import UpstreamError
+from typing import Any, Literal
 
 LogFormat = Literal["text", "json"]
 
@@ -122,20 +119,6 @@ class TextFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return with_request_id(super().formatMessage(record), record)
-
-
-def upstream_fields(error: UpstreamError) -> dict[str, Any]:
-    """The `extra` fields of a log line about an upstream failure: its kind, and the
-    customer, page, status and upstream request id it names (the id is what AvePoint's
-    support asks for). Its message names them too; it never holds a secret."""
-    fields = {
-        "error_kind": error.kind,
-        "customer_id": error.customer_id,
-        "page": error.page,
-        "upstream_status": error.status,
-        "upstream_request_id": error.request_id,
-    }
-    return {key: value for key, value in fields.items() if value is not None}
 
 
 def configure_logging(level: str, fmt: LogFormat = "text") -> None:

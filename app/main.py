@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,7 +21,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import __version__, webhooks
 from app.alerting import Notices, run_sweeps
@@ -31,19 +29,21 @@ from app.alerts import Rules
 from app.api import alerts, customers, deliveries, errors, events, export, jobs, meta, runs, summary
 from app.api.answers import AnswerCache, FastReads, FastReadsMiddleware
 from app.api.deps import Services
-from app.api.limits import RequestLimits
-from app.api.requestid import RequestIdMiddleware
+from app.api.middleware import HeadAsGet, RequestIdMiddleware, RequestLimits, RequestMetrics
 from app.clock import Clock, utcnow
 from app.config import Settings
 from app.keys import KeyBook
 from app.metrics import Metrics, watch_loop_lag
 from app.ratelimit import RateLimits
-from app.refresh import Refresher
-from app.replicas import Bus
-from app.runs import RefreshRuns
+from app.refresh import Refresher, schedule
+from app.refresh.leasing import process_holder
+from app.refresh.replicas import Bus
+from app.refresh.runs import RefreshRuns
+from app.retention import run_retention
 from app.store import db
 from app.store.feed import FeedConfig, Told
 from app.store.ingest import Writer, purge_orphan_stage
+from app.tasks import Supervisor
 from app.upstream.auth import ClientAssertion, TokenProvider
 from app.upstream.breaker import CircuitBreaker
 from app.upstream.client import AvePointClient, rate_limiter_for
@@ -135,162 +135,215 @@ async def open_services(
     transport: httpx.AsyncBaseTransport | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     background: bool = True,
+    warm: bool = False,
 ) -> AsyncIterator[Services]:
     """Everything the service runs on, opened in order and closed in reverse. With
-    `background` (a server, not a one-off command) the background refresh runs too."""
-    metrics = Metrics()
+    `background` (a server, not a one-off command) the background tasks run too, under one
+    supervisor; with `warm`, every customer is refreshed at once."""
     engine = db.create_engine(settings.database_url)
     try:
         await db.migrate(engine)
-        sessions = db.session_factory(engine)
         writer = Writer.for_engine(engine)
         await purge_orphan_stage(writer, clock())
+        if background:
+            # Before any sender starts: what no sender will take fails now, not never. Not in
+            # one-off commands, whose environment may lack the server's WEBHOOK_URLS.
+            await webhooks.fail_removed_receivers(writer, settings.webhook_urls, clock())
         upstream = upstream_of(settings, transport)
-        concurrency = settings.upstream_concurrency
-        feed_config = feed_config_of(settings)
-        notices = Notices()
-
-        bus: Bus | None = None
-
-        def on_told(told: Told) -> None:
-            metrics.events_written.inc(told.events)
-            notices.notify(told)
-            if bus is not None and told.events:
-                bus.events_written()
-
-        async with httpx.AsyncClient(
-            transport=upstream.transport,
-            timeout=httpx.Timeout(settings.upstream_timeout_seconds),
-            limits=httpx.Limits(
-                max_connections=concurrency + 2, max_keepalive_connections=concurrency
-            ),
-            headers={"User-Agent": f"jobs-gateway/{__version__}"},
-        ) as http:
-            tokens = TokenProvider(
-                http,
-                token_url=upstream.token_url,
-                client_id=upstream.client_id,
-                client_secret=upstream.client_secret,
-                client_assertion=upstream.client_assertion,
-                scope=settings.avepoint_scope,
-                wall_clock=lambda: clock().timestamp(),
-            )
-            client = AvePointClient(
-                http,
-                base_url=upstream.base_url,
-                tokens=tokens,
-                concurrency=concurrency,
-                metrics=metrics.upstream_request,
-                sleep=sleep,
-                # One of each per process, shared by every customer's requests.
-                rate_limiter=rate_limiter_for(settings.upstream_rate_per_second),
-                breaker=CircuitBreaker(
-                    on_state=metrics.upstream_breaker,
-                    on_refused=metrics.upstream_breaker_refused.inc,
-                ),
-            )
-            refresher = Refresher(
-                client=client,
-                sessions=sessions,
-                writer=writer,
-                metrics=metrics,
-                configured_customers=settings.customer_ids,
-                ttl_seconds=settings.cache_ttl_seconds,
-                stale_if_error_seconds=settings.stale_if_error_seconds,
-                wait_seconds=settings.request_wait_seconds,
-                interval_seconds=settings.refresh_interval,
-                # A few more walks than requests in flight, so that the upstream is kept
-                # busy while some walks normalize; each holds one customer's changed rows.
-                walk_slots=concurrency + 4,
-                clock=clock,
-                feed=feed_config,
-                on_told=on_told,
-                shared=engine.dialect.name == "postgresql",
-            )
-            await refresher.load()
-            metrics.oldest_fresh_age.set_function(refresher.oldest_snapshot_age)
+        async with (
+            upstream_http(settings, upstream) as http,
+            webhook_http(settings, background) as sender_http,
+        ):
+            services = await build_services(settings, engine, writer, http, upstream, clock, sleep)
+            tasks = Supervisor()
+            services.runs.spawn = tasks.spawn
             if background:
-                refresher.spawn(webhooks.watch_backlog(sessions, metrics.webhook_backlog))
-            if background and refresher.shared:
-                bus = Bus(settings.database_url, sessions, refresher, notices.notify)
-                refresher.on_settled = bus.settled
-                refresher.spawn(bus.run())
-            runs = RefreshRuns(refresher, clock)
-            keys = KeyBook(
-                settings.api_keys,
-                required=settings.auth_required,
-                disabled=settings.auth_disabled,
-            )
-            await keys.reload(sessions)
-            metrics.api_keys_live.set_function(lambda: keys.live)
-            limits = RateLimits()
-            if background:
-                # A revoked key is refused within RELOAD_SECONDS, by every replica.
-                refresher.spawn(keys.run(sessions, writer))
-            if background and refresher.shared:
-                # Replicas add each other's requests to their counts (app.ratelimit).
-                refresher.spawn(limits.share(engine, refresher.holder))
-            # What start-up built lives as long as the process: keep it out of every
-            # garbage collection, whose full passes otherwise stall the loop under load.
-            gc.collect()
-            gc.freeze()
-            refresher.spawn(watch_loop_lag(metrics))
-            if background and settings.refresh_interval:
-                refresher.spawn(refresher.run_background())
-            if background:
-                refresher.spawn(run_sweeps(writer, sessions, feed_config, clock, on_told=on_told))
-            if background and settings.retention_days > 0:
-                from app.retention import run_retention
-
-                # A purge of jobs moves their customers' data versions: cached answers follow.
-                refresher.spawn(
-                    run_retention(
-                        writer, settings.retention_days, clock, on_jobs_purged=refresher.reload
-                    )
-                )
-            sender_http: httpx.AsyncClient | None = None
-            if background and settings.webhook_urls and settings.webhook_secret:
-                sender_http = httpx.AsyncClient(
-                    timeout=httpx.Timeout(webhooks.TIMEOUT_SECONDS),
-                    follow_redirects=False,
-                )
-                sender = webhooks.Sender(
-                    writer=writer,
-                    sessions=sessions,
-                    http=sender_http,
-                    secret=settings.webhook_secret.get_secret_value(),
-                    urls=settings.webhook_urls,
-                    notices=notices,
-                    clock=clock,
-                    on_attempt=metrics.webhook_attempt,
-                )
-                refresher.spawn(sender.run())
+                start_background(services, tasks, sender_http)
+            if warm:
+                tasks.spawn(schedule.warm(services.refresher))
             try:
-                yield Services(
-                    settings=settings,
-                    engine=engine,
-                    sessions=sessions,
-                    refresher=refresher,
-                    metrics=metrics,
-                    answers=AnswerCache(),
-                    fast=FastReads(),
-                    writer=writer,
-                    feed=feed_config,
-                    notices=notices,
-                    runs=runs,
-                    clock=clock,
-                    keys=keys,
-                    limits=limits,
-                )
+                yield services
             finally:
-                await refresher.aclose()
+                await tasks.aclose()
+                await services.refresher.aclose()
                 with contextlib.suppress(Exception):  # best effort: `keys list` shows it
-                    await keys.flush_used(writer)
-                if sender_http is not None:
-                    await sender_http.aclose()
+                    await services.keys.flush_used(writer)
                 writer.close()
     finally:
         await engine.dispose()
+
+
+@asynccontextmanager
+async def upstream_http(settings: Settings, upstream: Upstream) -> AsyncIterator[httpx.AsyncClient]:
+    """The process's one client to the upstream, with explicit timeout and limits."""
+    concurrency = settings.upstream_concurrency
+    async with httpx.AsyncClient(
+        transport=upstream.transport,
+        timeout=httpx.Timeout(settings.upstream_timeout_seconds),
+        limits=httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency),
+        headers={"User-Agent": f"jobs-gateway/{__version__}"},
+    ) as http:
+        yield http
+
+
+@asynccontextmanager
+async def webhook_http(
+    settings: Settings, background: bool
+) -> AsyncIterator[httpx.AsyncClient | None]:
+    """The webhook senders' client, when there are receivers to send to."""
+    if not (background and settings.webhook_urls and settings.webhook_secret):
+        yield None
+        return
+    async with httpx.AsyncClient(
+        timeout=httpx.Timeout(webhooks.TIMEOUT_SECONDS), follow_redirects=False
+    ) as http:
+        yield http
+
+
+async def build_services(
+    settings: Settings,
+    engine: AsyncEngine,
+    writer: Writer,
+    http: httpx.AsyncClient,
+    upstream: Upstream,
+    clock: Clock,
+    sleep: Callable[[float], Awaitable[None]],
+) -> Services:
+    """The services a request may need, with the stored state loaded."""
+    metrics = Metrics()
+    notices = Notices()
+    sessions = writer.sessions
+    feed_config = feed_config_of(settings)
+    holder = process_holder()
+    bus = Bus(
+        settings.database_url,
+        sessions,
+        holder,
+        notices.notify,
+        listen=engine.dialect.name == "postgresql",
+    )
+
+    def on_told(told: Told) -> None:
+        metrics.events_written.inc(told.events)
+        notices.notify(told)
+        if told.events:
+            bus.events_written()
+
+    refresher = Refresher(
+        client=upstream_client(settings, http, upstream, metrics, sleep, clock),
+        sessions=sessions,
+        writer=writer,
+        metrics=metrics,
+        configured_customers=settings.customer_ids,
+        ttl_seconds=settings.cache_ttl_seconds,
+        stale_if_error_seconds=settings.stale_if_error_seconds,
+        wait_seconds=settings.request_wait_seconds,
+        interval_seconds=settings.refresh_interval,
+        # A few more walks than requests in flight, so that the upstream is kept busy
+        # while some walks normalize; each holds one customer's changed rows.
+        walk_slots=settings.upstream_concurrency + 4,
+        clock=clock,
+        feed=feed_config,
+        on_told=on_told,
+        on_settled=bus.settled,
+        holder=holder,
+    )
+    await refresher.load()
+    metrics.oldest_fresh_age.set_function(refresher.oldest_snapshot_age)
+    keys = KeyBook(
+        settings.api_keys, required=settings.auth_required, disabled=settings.auth_disabled
+    )
+    await keys.reload(sessions)
+    metrics.api_keys_live.set_function(lambda: keys.live)
+    return Services(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        refresher=refresher,
+        metrics=metrics,
+        answers=AnswerCache(),
+        fast=FastReads(),
+        writer=writer,
+        feed=feed_config,
+        notices=notices,
+        runs=RefreshRuns(refresher, clock),
+        clock=clock,
+        keys=keys,
+        limits=RateLimits(),
+        bus=bus,
+        on_told=on_told,
+    )
+
+
+def upstream_client(
+    settings: Settings,
+    http: httpx.AsyncClient,
+    upstream: Upstream,
+    metrics: Metrics,
+    sleep: Callable[[float], Awaitable[None]],
+    clock: Clock,
+) -> AvePointClient:
+    """The AvePoint client: tokens, pace and breaker, one of each per process."""
+    tokens = TokenProvider(
+        http,
+        token_url=upstream.token_url,
+        client_id=upstream.client_id,
+        client_secret=upstream.client_secret,
+        client_assertion=upstream.client_assertion,
+        scope=settings.avepoint_scope,
+        wall_clock=lambda: clock().timestamp(),
+    )
+    return AvePointClient(
+        http,
+        base_url=upstream.base_url,
+        tokens=tokens,
+        concurrency=settings.upstream_concurrency,
+        metrics=metrics.upstream_request,
+        sleep=sleep,
+        rate_limiter=rate_limiter_for(settings.upstream_rate_per_second),
+        breaker=CircuitBreaker(
+            on_state=metrics.upstream_breaker,
+            on_refused=metrics.upstream_breaker_refused.inc,
+        ),
+    )
+
+
+def start_background(
+    services: Services, tasks: Supervisor, sender_http: httpx.AsyncClient | None
+) -> None:
+    """The tasks a server runs beside its requests, all under `tasks`."""
+    settings, refresher, metrics = services.settings, services.refresher, services.metrics
+    sessions, writer, clock = services.sessions, services.writer, services.clock
+    tasks.spawn(webhooks.watch_backlog(sessions, metrics.webhook_backlog))
+    # Other processes on the database (replicas, or `jobs-gateway refresh` beside this
+    # one on a SQLite file): what they store shows here within 2 s.
+    tasks.spawn(services.bus.run(refresher))
+    # A revoked key is refused within RELOAD_SECONDS, by every replica.
+    tasks.spawn(services.keys.run(sessions, writer))
+    if services.engine.dialect.name == "postgresql":
+        # Replicas add each other's requests to their counts (app.ratelimit).
+        tasks.spawn(services.limits.share(services.engine, refresher.holder))
+    tasks.spawn(watch_loop_lag(metrics))
+    if settings.refresh_interval:
+        tasks.spawn(schedule.run_background(refresher))
+    tasks.spawn(run_sweeps(writer, sessions, services.feed, clock, on_told=services.on_told))
+    if settings.retention_days > 0:
+        # A purge of jobs moves their customers' data versions: cached answers follow.
+        tasks.spawn(
+            run_retention(writer, settings.retention_days, clock, on_jobs_purged=refresher.reload)
+        )
+    if sender_http is not None and settings.webhook_secret is not None:
+        sender = webhooks.Sender(
+            writer=writer,
+            sessions=sessions,
+            http=sender_http,
+            secret=settings.webhook_secret.get_secret_value(),
+            urls=settings.webhook_urls,
+            notices=services.notices,
+            clock=clock,
+            on_attempt=metrics.webhook_attempt,
+        )
+        tasks.spawn(sender.run())
 
 
 def feed_config_of(settings: Settings) -> FeedConfig:
@@ -299,64 +352,6 @@ def feed_config_of(settings: Settings) -> FeedConfig:
         webhook_urls=tuple(settings.webhook_urls),
         webhook_events=frozenset(settings.webhook_events),
     )
-
-
-class HeadAsGet:
-    """HEAD wherever GET works (uptime checks use it): routed as GET, sent without a body.
-
-    The route matched is copied back to the caller's scope, for `RequestMetrics` outside;
-    the method is not changed there, as the server still has to send no body.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "HEAD":
-            await self.app(scope, receive, send)
-            return
-
-        async def without_body(message: Message) -> None:
-            if message["type"] == "http.response.body":
-                message = {**message, "body": b""}
-            await send(message)
-
-        child = {**scope, "method": "GET"}
-        try:
-            await self.app(child, receive, without_body)
-        finally:
-            if "route" in child:
-                scope["route"] = child["route"]
-
-
-class RequestMetrics:
-    """Counts and times every HTTP request by method, route template and status."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        began = time.perf_counter()
-        method = scope["method"]  # before HeadAsGet routes a HEAD as GET
-        status = 500
-
-        async def recording(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording)
-        finally:
-            svc: Services | None = getattr(scope["app"].state, "services", None)
-            if svc is not None:
-                route = getattr(scope.get("route"), "path", None) or "unmatched"
-                svc.metrics.http_requests.labels(method, route, str(status)).inc()
-                svc.metrics.http_latency.labels(route).observe(time.perf_counter() - began)
 
 
 def create_app(
@@ -376,11 +371,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_services(
-            settings, clock=clock, transport=transport, sleep=sleep
+            settings, clock=clock, transport=transport, sleep=sleep, warm=warm
         ) as services:
             app.state.services = services
-            if warm:
-                services.refresher.warm()
             yield
 
     app = FastAPI(

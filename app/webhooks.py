@@ -14,6 +14,13 @@ restart. For each receiver a sender task (`Sender.run_url`):
 Each receiver has its own task, so one that is down never delays the others. Delivery is at
 least once: a process that dies after sending but before recording sends again after the
 lease ends. Receivers de-duplicate by `webhook-id`.
+
+At start-up the pending deliveries of receivers no longer in `WEBHOOK_URLS` are failed
+(`receiver_removed`, `fail_removed_receivers`): no sender would ever take them. The SQL of all
+this is in `app.store.outbox`; what to do with an answer is decided here.
+
+A receiver's URL often is its credential (a secret in the path, a token in the query), so it
+is shown only as its origin (`receiver_origin`), in answers and in every log line.
 """
 
 from __future__ import annotations
@@ -35,9 +42,9 @@ from standardwebhooks import Webhook
 from app import __version__
 from app.alerting import Notices
 from app.clock import Clock
-from app.store import feed
-from app.store.feed import Plan, event_json, from_driver, sql, to_driver
+from app.store import feed, outbox
 from app.store.ingest import Writer
+from app.store.outbox import Claimed, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +70,28 @@ def retry_delay(attempts: int, retry_after: float | None = None) -> float:
     return delay
 
 
-def safe_url(url: str) -> str:
-    """A receiver's URL without credentials or query (which may hold a token)."""
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def receiver_origin(url: str) -> str:
+    """How a receiver is shown wherever people see it (answers, logs, errors): its origin,
+    `scheme://host[:port]`, and nothing of its path, query, fragment or user info. Slack-,
+    Teams- and Zapier-style receivers carry their secret in the path, others a token in the
+    query. The port shows unless it is the scheme's default, as browsers show an origin; an
+    IPv6 host keeps its brackets."""
     parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2].lower()  # brackets of an IPv6 address kept
-    return f"{parts.scheme}://{host}{parts.path}"
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    id: int
-    event_id: int
-    attempts: int
-    deadline_at: datetime
-    body: str
+    scheme, host = parts.scheme.lower(), parts.hostname  # hostname: lower case, no user info
+    if not scheme or not host:
+        return "<not a URL>"  # never the text itself: it may be all secret
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # out of range: WEBHOOK_URLS refuses it, an old row may hold it
+        port = None
+    if port is None or port == DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,75 +108,34 @@ class Attempt:
         return self.status is not None and 200 <= self.status < 300
 
 
-def claim(dialect: str, url: str, now: datetime, limit: int) -> Plan[list[Claimed]]:
-    """The due deliveries of `url`, the oldest pending one per key, leased to the caller."""
-    stamp = to_driver(dialect, now)
-    rows = yield (
-        "fetch",
-        sql(
-            dialect,
-            "SELECT d.id, d.event_id, d.attempts, d.deadline_at, e.type, e.at, e.customer_id, "
-            "e.job_id, e.alert_key, e.data "
-            "FROM webhook_deliveries d JOIN events e ON e.id = d.event_id "
-            "WHERE d.url = ? AND d.state = 'pending' AND d.next_attempt_at <= ? "
-            "AND (d.lease_until IS NULL OR d.lease_until < ?) "
-            "AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.url = d.url "
-            "AND p.state = 'pending' AND p.alert_key = d.alert_key AND p.id < d.id) "
-            "ORDER BY d.id LIMIT ?",
-        ),
-        (url, stamp, stamp, limit),
+def outcome_of(attempt: Attempt, now: datetime) -> Outcome:
+    """Delivered, retried later with backoff, or failed once past its deadline."""
+    delivery = attempt.delivery
+    tries = delivery.attempts + 1
+    if attempt.ok:
+        state, next_at = "delivered", now
+    elif now >= delivery.deadline_at:
+        state, next_at = "failed", now
+    else:
+        delay = timedelta(seconds=retry_delay(tries, attempt.retry_after))
+        state, next_at = "pending", now + delay
+    return Outcome(delivery.id, state, tries, next_at, attempt.status, attempt.error)
+
+
+async def fail_removed_receivers(writer: Writer, urls: Sequence[str], now: datetime) -> None:
+    """At start-up: the pending deliveries of receivers no longer in `WEBHOOK_URLS` fail
+    (`receiver_removed`), as no sender will ever take them. Receivers are compared by their
+    whole URL, as the senders claim by it; two of them may share an origin."""
+    failed = await writer.run_plan(
+        lambda dialect: outbox.fail_removed_receivers(dialect, urls, now)
     )
-    lease = to_driver(dialect, now + LEASE)
-    claimed = []
-    for delivery_id, event_id, attempts, deadline, *event in rows:
-        taken = yield (
-            "exec",
-            sql(
-                dialect,
-                "UPDATE webhook_deliveries SET lease_until = ? WHERE id = ? "
-                "AND state = 'pending' AND (lease_until IS NULL OR lease_until < ?)",
-            ),
-            (lease, delivery_id, stamp),
-        )
-        if taken == 1:  # another process may have claimed it in between
-            deadline_at = from_driver(deadline)
-            assert deadline_at is not None
-            claimed.append(
-                Claimed(delivery_id, event_id, attempts, deadline_at, event_json(event_id, *event))
-            )
-    return claimed
-
-
-def record(dialect: str, attempts: Sequence[Attempt], now: datetime) -> Plan[None]:
-    """The outcome of each attempt: delivered, retried later, or failed past its deadline."""
-    stamp = to_driver(dialect, now)
-    for a in attempts:
-        tries = a.delivery.attempts + 1
-        if a.ok:
-            state, next_at = "delivered", stamp
-        elif now >= a.delivery.deadline_at:
-            state, next_at = "failed", stamp
-        else:
-            delay = timedelta(seconds=retry_delay(tries, a.retry_after))
-            state, next_at = "pending", to_driver(dialect, now + delay)
-        yield (
-            "exec",
-            sql(
-                dialect,
-                "UPDATE webhook_deliveries SET state = ?, attempts = ?, next_attempt_at = ?, "
-                "lease_until = NULL, last_attempt_at = ?, last_status = ?, last_error = ?, "
-                "delivered_at = ? WHERE id = ?",
-            ),
-            (
-                state,
-                tries,
-                next_at,
-                stamp,
-                a.status,
-                a.error,
-                stamp if a.ok else None,
-                a.delivery.id,
-            ),
+    for url, count in failed.items():
+        log.warning(
+            "%d pending webhook deliveries to %s marked failed (%s): the receiver is no "
+            "longer in WEBHOOK_URLS",
+            count,
+            receiver_origin(url),
+            outbox.RECEIVER_REMOVED,
         )
 
 
@@ -207,6 +181,9 @@ class Sender:
         self.on_attempt = on_attempt
 
     async def run(self) -> None:
+        log.info(
+            "webhooks go to %s", ", ".join(receiver_origin(url) for url in self.urls) or "nobody"
+        )
         await asyncio.gather(*(self.run_url(url) for url in self.urls))
 
     async def run_url(self, url: str) -> None:
@@ -216,7 +193,7 @@ class Sender:
             try:
                 sent = await self.deliver_due(url)
             except Exception:  # the database may be away: try again at the next poll
-                log.exception("webhook deliveries to %s failed", safe_url(url))
+                log.exception("webhook deliveries to %s failed", receiver_origin(url))
                 sent = 0
             if sent < BATCH:
                 await self.notices.wait(POLL_SECONDS, since=seen)
@@ -224,11 +201,15 @@ class Sender:
     async def deliver_due(self, url: str) -> int:
         """One round for `url`: claim what is due, send it, record the answers."""
         now = self.clock()
-        claimed = await self.writer.run_plan(lambda dialect: claim(dialect, url, now, BATCH))
+        claimed = await self.writer.run_plan(
+            lambda dialect: outbox.claim(dialect, url, now, BATCH, LEASE)
+        )
         if not claimed:
             return 0
         attempts = await asyncio.gather(*(self._send(url, c) for c in claimed))
-        await self.writer.run_plan(lambda dialect: record(dialect, attempts, self.clock()))
+        done = self.clock()
+        outcomes = [outcome_of(a, done) for a in attempts]
+        await self.writer.run_plan(lambda dialect: outbox.record(dialect, outcomes, done))
         return len(claimed)
 
     async def _send(self, url: str, delivery: Claimed) -> Attempt:
@@ -261,7 +242,7 @@ class Sender:
             log.warning(
                 "webhook %s to %s: %s (attempt %d)",
                 msg_id,
-                safe_url(url),
+                receiver_origin(url),
                 attempt.error,
                 delivery.attempts + 1,
             )

@@ -112,6 +112,10 @@ KNOWN_SECRETS: dict[str, str] = {
     "pw-dead-5x": "a webhook URL's password",
     "tok-live-3k": "a webhook URL's query token",
     "tok-dead-9m": "a webhook URL's query token",
+    "B000-path-secret-4f": "a webhook URL's path (Slack-style)",
+    "tok-query-8v": "a webhook URL's query token",
+    "tok-gone-2w": "a removed webhook URL's query token",
+    "B000-param-secret-6d": "a webhook URL in a statement's parameters",
     "pw-s3cret": "a DATABASE_URL's password",
 }
 SECRET_PATTERNS: dict[str, re.Pattern[str]] = {

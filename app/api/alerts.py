@@ -14,10 +14,10 @@ from starlette.datastructures import Headers
 
 from app import catalog
 from app.api import schemas
-from app.api.caching import dumps
 from app.api.common import customers_of, visible
 from app.api.deps import Authorized, PrincipalDep, SafeParams, Services, ServicesDep
 from app.api.errors import NotFound
+from app.api.etags import dumps
 from app.api.filters import _choices
 from app.api.params import choice_filter, enum_filter, id_cursor, shorten, split_values
 from app.store import feed

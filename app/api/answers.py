@@ -25,6 +25,9 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.errors import envelope
+from app.api.guard import offered_keys, rate_limited
+
 T = TypeVar("T")
 
 DEFAULT_MAX_BYTES = 64 * 2**20
@@ -144,9 +147,6 @@ class FastReadsMiddleware:
         await self.app(scope, receive, send)
 
     async def _answer(self, scope: Scope) -> Response | None:
-        from app.api.deps import offered_keys, rate_limited
-        from app.api.errors import envelope
-
         svc = getattr(scope["app"].state, "services", None)
         if svc is None or not svc.fast:
             return None
@@ -157,7 +157,7 @@ class FastReadsMiddleware:
         entry = svc.fast.lookup(scope, principal.customers)
         if entry is None:
             return None
-        refused = rate_limited(svc, principal, scope)
+        refused = rate_limited(svc.limits, svc.metrics, svc.settings, principal, scope)
         if refused is not None:
             return envelope(refused.status, refused.error, refused.detail, refused.headers)
         # Counted: should the full route answer after all, it does not count it again.

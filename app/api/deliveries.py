@@ -8,14 +8,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Response
 
 from app.api import schemas
-from app.api.caching import dumps
 from app.api.common import customers_of, visible
 from app.api.deps import Authorized, PrincipalDep, SafeParams, ServicesDep
 from app.api.errors import Conflict, NotFound
+from app.api.etags import dumps
 from app.api.params import MAX_ID, id_cursor, split_values
 from app.clock import iso
 from app.store import feed
-from app.webhooks import safe_url
+from app.webhooks import receiver_origin
 
 router = APIRouter(tags=["webhooks"], dependencies=[Authorized, SafeParams])
 
@@ -26,7 +26,7 @@ def delivery_out(row: dict[str, Any]) -> dict[str, Any]:
         "id": row["id"],
         "event_id": row["event_id"],
         "event_type": row["event_type"],
-        "url": safe_url(row["url"]),
+        "url": receiver_origin(row["url"]),
         "alert_key": row["alert_key"],
         "customer_id": row["customer_id"],
         "state": row["state"],
@@ -91,13 +91,18 @@ async def retry_delivery(
 ) -> Response:
     now = svc.clock()
     window = svc.feed.delivery_window
-    if principal.customers is not None:
-        # A key limited to some customers retries only their deliveries; the others'
-        # do not exist for it.
-        async with svc.sessions() as session:
-            row = await feed.get_delivery(session, delivery_id)
-        if row is None or not visible(principal, row["customer_id"]):
-            raise NotFound(f"no webhook delivery {delivery_id} (see GET /webhooks/deliveries)")
+    async with svc.sessions() as session:
+        row = await feed.get_delivery(session, delivery_id)
+    # A key limited to some customers retries only their deliveries; the others' do not
+    # exist for it.
+    if row is None or not visible(principal, row["customer_id"]):
+        raise NotFound(f"no webhook delivery {delivery_id} (see GET /webhooks/deliveries)")
+    if row["url"] not in svc.feed.webhook_urls:
+        # No sender would take it: it would stay pending until the next start-up fails it.
+        raise Conflict(
+            f"delivery {delivery_id} cannot be sent again: its receiver "
+            f"{receiver_origin(row['url'])} is no longer in WEBHOOK_URLS"
+        )
     before = await svc.writer.run_plan(
         lambda dialect: feed.retry_delivery(dialect, delivery_id, now, window)
     )

@@ -6,28 +6,27 @@ costs more than the work on the cached read path.
 
 from __future__ import annotations
 
-import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from starlette.datastructures import Headers
-from starlette.types import Scope
 
 from app.alerting import Notices
 from app.api.answers import AnswerCache, FastReads
-from app.api.errors import InvalidParameter, RateLimited, Unauthorized
+from app.api.errors import InvalidParameter, Unauthorized
+from app.api.guard import rate_limited
 from app.clock import Clock
 from app.config import Settings
-from app.keys import ANYONE, KeyBook, Principal
+from app.keys import KeyBook, Principal
 from app.metrics import Metrics
 from app.ratelimit import RateLimits
 from app.refresh import Refresher
-from app.runs import RefreshRuns
-from app.store.feed import FeedConfig
+from app.refresh.replicas import Bus
+from app.refresh.runs import RefreshRuns
+from app.store.feed import FeedConfig, Told
 from app.store.ingest import Writer
 
 
@@ -49,6 +48,8 @@ class Services:
     clock: Clock
     keys: KeyBook
     limits: RateLimits
+    bus: Bus
+    on_told: Callable[[Told], None]  # a write told events: notices, metrics, other processes
     stopping: bool = False  # SIGTERM came: not ready, long polls answer now
 
     def stop(self) -> None:
@@ -106,7 +107,7 @@ async def require_key(
             else "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
         )
         raise Unauthorized(detail, headers={"WWW-Authenticate": "Bearer"})
-    wait = rate_limited(svc, principal, request.scope)
+    wait = rate_limited(svc.limits, svc.metrics, svc.settings, principal, request.scope)
     if wait is not None:
         raise wait
     state["principal"] = principal
@@ -115,40 +116,6 @@ async def require_key(
 
 Authorized = Depends(require_key)
 PrincipalDep = Annotated[Principal, Depends(require_key)]
-
-
-def rate_limited(svc: Services, principal: Principal, scope: Scope) -> RateLimited | None:
-    """Count the request against its key's limit; the 429 to answer when it is past it."""
-    limit = principal.rate_per_minute
-    if limit is None:
-        limit = svc.settings.rate_limit_per_minute
-    if limit <= 0:
-        return None
-    identity = principal.identity
-    if principal is ANYONE:  # no keys: count per client address instead
-        client = scope.get("client")
-        identity = f"addr:{client[0] if client else '-'}"
-    wait = svc.limits.hit(identity, limit)
-    if wait is None:
-        return None
-    seconds = max(1, math.ceil(wait))
-    svc.metrics.rate_limited.inc()
-    return RateLimited(
-        f"more than {limit} requests a minute with this API key; try again in {seconds} s "
-        "(Retry-After)",
-        headers={"Retry-After": str(seconds)},
-    )
-
-
-def offered_keys(headers: Headers) -> list[str]:
-    """The keys a request offers: `Authorization: Bearer <key>` and `X-API-Key`."""
-    offered = []
-    scheme, _, credentials = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        offered.append(credentials.strip())
-    if key := headers.get("x-api-key"):
-        offered.append(key)
-    return offered
 
 
 async def reject_nul(request: Request) -> None:

@@ -17,9 +17,9 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from app.api import schemas
-from app.api.caching import cache_status
 from app.api.common import covered, servable
 from app.api.deps import Authorized, PrincipalDep, SafeParams, Services, ServicesDep
+from app.api.etags import cache_status
 from app.api.filters import JobFilters, JobFiltersDep
 from app.api.jobs import MaxAge
 from app.clock import iso

@@ -15,10 +15,10 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import Headers
 
 from app.api import schemas
-from app.api.caching import dumps, etag_of, json_answer, matches, not_modified
 from app.api.common import covered, scope, servable, source_out, visible
 from app.api.deps import Authorized, PrincipalDep, RefresherDep, SafeParams, Services, ServicesDep
 from app.api.errors import InvalidParameter, NotFound
+from app.api.etags import dumps, etag_of, json_answer, matches, not_modified
 from app.api.filters import JobFilters, JobFiltersDep
 from app.api.params import decode_cursor, encode_cursor, shorten
 from app.clock import iso

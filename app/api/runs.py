@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path, Response
 
 from app.api import schemas
-from app.api.caching import dumps
 from app.api.common import scope, visible
 from app.api.deps import Authorized, PrincipalDep, SafeParams, ServicesDep
 from app.api.errors import InvalidParameter, NotFound
+from app.api.etags import dumps
 from app.api.params import shorten
 
 router = APIRouter(tags=["refresh"], dependencies=[Authorized, SafeParams])

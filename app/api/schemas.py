@@ -394,7 +394,12 @@ class Delivery(BaseModel):
     id: int
     event_id: int
     event_type: EventType
-    url: str = Field(description="The receiver, without credentials or query string.")
+    url: str = Field(
+        description=(
+            "The receiver's origin, `scheme://host[:port]`: never its path, query or "
+            "credentials, which often carry a token."
+        )
+    )
     alert_key: str | None
     customer_id: str
     state: Literal["pending", "delivered", "failed"]
@@ -404,7 +409,12 @@ class Delivery(BaseModel):
     deadline_at: UtcTime = Field(description="Retried until then, then failed.")
     last_attempt_at: UtcTime | None
     last_status: int | None = Field(description="The receiver's last HTTP status.")
-    last_error: str | None
+    last_error: str | None = Field(
+        description=(
+            "Why the last attempt failed; `receiver_removed`: the receiver left WEBHOOK_URLS "
+            "and the delivery was failed at start-up."
+        )
+    )
     delivered_at: UtcTime | None
 
     model_config = ConfigDict(
@@ -413,7 +423,7 @@ class Delivery(BaseModel):
                 "id": 311,
                 "event_id": 1843,
                 "event_type": "alert.opened",
-                "url": "https://psa.example.com/hooks/backups",
+                "url": "https://psa.example.com",
                 "alert_key": "caf9d1f2-5ea3:microsoft_365:exchange_online",
                 "customer_id": "caf9d1f2-5ea3",
                 "state": "pending",

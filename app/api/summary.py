@@ -25,9 +25,9 @@ from starlette.datastructures import Headers
 
 from app import catalog
 from app.api import schemas
-from app.api.caching import dumps, etag_of, json_answer, matches, not_modified
 from app.api.common import covered, servable, source_out
 from app.api.deps import Authorized, PrincipalDep, SafeParams, Services, ServicesDep
+from app.api.etags import dumps, etag_of, json_answer, matches, not_modified
 from app.api.filters import JobFilters, JobFiltersDep
 from app.api.jobs import MaxAge
 from app.clock import iso

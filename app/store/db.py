@@ -88,6 +88,10 @@ def create_engine(url: str) -> AsyncEngine:
 
     SQLite: WAL journal, a busy timeout and foreign keys on every connection; the directory
     of a file database is created. PostgreSQL: connections are pinged before use.
+
+    A statement's parameters never appear in its errors (nor in SQLAlchemy's log lines):
+    they hold webhook receivers' URLs, whose paths and queries are credentials, and the
+    hashes of API keys; an error logged with its traceback would print them.
     """
     url = async_url(url)
     backend = make_url(url).get_backend_name()
@@ -95,7 +99,7 @@ def create_engine(url: str) -> AsyncEngine:
         path = sqlite_file(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        engine = _create_async_engine(url)
+        engine = _create_async_engine(url, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", apply_sqlite_pragmas)
         return engine
     if backend == "postgresql":
@@ -104,8 +108,10 @@ def create_engine(url: str) -> AsyncEngine:
             connect_args["timeout"] = POSTGRES_CONNECT_TIMEOUT_SECONDS
             # Our queries are short index probes; JIT compilation only adds latency to them.
             connect_args["server_settings"] = {"jit": "off"}
-        return _create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
-    return _create_async_engine(url, pool_pre_ping=True)
+        return _create_async_engine(
+            url, pool_pre_ping=True, connect_args=connect_args, hide_parameters=True
+        )
+    return _create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

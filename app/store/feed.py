@@ -238,14 +238,25 @@ def read_version(dialect: str, customer_id: str) -> Plan[int]:
     return int(rows[0][0]) if rows else 0
 
 
-def read_known(dialect: str, customer_id: str) -> Plan[dict[str, tuple[int | None, int | None]]]:
-    """The customer's stored jobs: job id -> (content hash, status code)."""
+Known = dict[str, tuple[int | None, int | None, Any, Any]]
+"""A customer's stored jobs: job id -> (content hash, status code, `sort_modified`,
+`walk_started_at`), the times in the driver's form."""
+
+
+def read_known(dialect: str, customer_id: str) -> Plan[Known]:
+    """The customer's stored jobs, as a walk compares its rows with them."""
     rows = yield (
         "fetch",
-        sql(dialect, "SELECT job_id, content_hash, status_code FROM jobs WHERE customer_id = ?"),
+        sql(
+            dialect,
+            "SELECT job_id, content_hash, status_code, sort_modified, walk_started_at "
+            "FROM jobs WHERE customer_id = ?",
+        ),
         (customer_id,),
     )
-    return {job_id: (digest, status) for job_id, digest, status in rows}
+    return {
+        job_id: (digest, status, modified, walk) for job_id, digest, status, modified, walk in rows
+    }
 
 
 def bump_version(dialect: str, customer_id: str, job_count: int | None) -> Plan[None]:

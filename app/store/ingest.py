@@ -47,9 +47,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import catalog, retention
 from app.normalize import NormalizedJob, job_id_of, normalize_row
-from app.store import feed
+from app.store import feed, leases
 from app.store.db import apply_sqlite_pragmas, session_factory, sqlite_file
-from app.store.feed import FeedConfig, JobChange, Told
+from app.store.feed import FeedConfig, JobChange, Known, Told
 from app.store.tables import (
     SORT_MIN_DURATION,
     SORT_MIN_TIME,
@@ -242,6 +242,7 @@ _WRITE_COLUMNS = [
     "sort_modified",
     "sort_duration",
     "content_hash",
+    "walk_started_at",
 ]
 # Kept from the first sighting; everything else follows the newest snapshot.
 _JOB_KEEP = frozenset({"customer_id", "job_id", "first_seen_at"})
@@ -344,14 +345,19 @@ class Ingest:
 
     customer_id: str
     dialect: str
-    known: dict[str, tuple[int | None, int | None]]  # job id -> (hash, status code)
+    known: Known  # job id -> (hash, status code, sort_modified, walk_started_at)
     version: int = 0  # the customer's data version when `known` was read
+    # When the walk started, by the database's clock, in the driver's form: on a tie of
+    # `last_modified` with a stored version, the walk that started later wins.
+    started: Any = None
+    lease: tuple[str, int] | None = None  # (holder, token) the merge must still hold
     stage_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     seen: set[str] = field(default_factory=set)
     pending: dict[str, Changed] = field(default_factory=dict)
     spilled: int = 0
     rows_skipped: int = 0
     created: int = 0
+    superseded: int = 0  # rows older than the stored version of their job: not written
 
     # -- while walking ------------------------------------------------------------------
 
@@ -394,8 +400,14 @@ class Ingest:
             job = normalize_row(self.customer_id, row)
             if job is None:  # unreachable: the row has a job id
                 return
+        changed = _driver_row(self.dialect, job, digest, self.started)
+        if stored is not None and _older(changed, stored):
+            # Newest wins: the store already holds a newer version of this job (a copy on
+            # another page that is newer still stays pending).
+            self.superseded += 1
+            return
         self.pending[job_id] = Changed(
-            _driver_row(self.dialect, job, digest),
+            changed,
             created=stored is None,
             previous_status_code=stored[1] if stored else None,
         )
@@ -412,11 +424,16 @@ class Ingest:
 
     # -- at the end -----------------------------------------------------------------------
 
-    def _rebase(self, known: dict[str, tuple[int | None, int | None]]) -> None:
-        """Take the changes again against `known`, what another refresh stored meanwhile."""
+    def _rebase(self, known: Known) -> None:
+        """Take the changes again against `known`, what another refresh stored meanwhile:
+        drop what it stored as it is, and what it stored in a newer version."""
         for job_id, c in list(self.pending.items()):
             stored = known.get(job_id)
             if stored is not None and stored[0] == c.row[_HASH]:
+                del self.pending[job_id]
+                continue
+            if stored is not None and _older(c.row, stored):
+                self.superseded += 1
                 del self.pending[job_id]
                 continue
             c.created = stored is None
@@ -467,6 +484,8 @@ class Ingest:
         cid, dialect = self.customer_id, self.dialect
         conn = await session.connection()
         version = await feed.run_async(conn, feed.lock_customer(dialect, cid, at))
+        if self.lease is not None:
+            await feed.run_async(conn, leases.check(dialect, cid, *self.lease))
         moved = version != self.version
         job_changes: list[JobChange]
         if self.spilled:
@@ -493,7 +512,7 @@ class Ingest:
         if self.spilled and moved:
             self.known = await feed.run_async(conn, feed.read_known(dialect, cid))
         unreported = await feed.run_async(
-            conn, retention.note_reported(dialect, cid, self.known, self.seen, at)
+            conn, retention.note_reported(dialect, cid, self.known, self.seen, at, self.started)
         )
         told = Told()
         if config is not None and job_changes:
@@ -528,6 +547,8 @@ class Ingest:
         stamp = _sqlite_time(at)
         cid = self.customer_id
         version = feed.run_sync(conn, feed.lock_customer("sqlite", cid, at))
+        if self.lease is not None:
+            feed.run_sync(conn, leases.check("sqlite", cid, *self.lease))
         if version != self.version:
             self._rebase(feed.run_sync(conn, feed.read_known("sqlite", cid)))
         job_count = len(self.known) + self.created
@@ -542,7 +563,7 @@ class Ingest:
                 conn, feed.bump_version("sqlite", cid, job_count if self.created else None)
             )
         unreported = feed.run_sync(
-            conn, retention.note_reported("sqlite", cid, self.known, self.seen, at)
+            conn, retention.note_reported("sqlite", cid, self.known, self.seen, at, self.started)
         )
         told = Told()
         if config is not None and job_changes:
@@ -620,10 +641,23 @@ class Ingest:
         s, j = STAGE, JOBS
         same_job = and_(j.c.customer_id == s.c.customer_id, j.c.job_id == s.c.job_id)
         mine = s.c.stage_id == self.stage_id
+        # Newest wins, as `_older` says: a newer `sort_modified`, or the same one written by
+        # a walk that started later.
+        newer = or_(
+            j.c.sort_modified > s.c.sort_modified,
+            and_(
+                j.c.sort_modified == s.c.sort_modified,
+                j.c.walk_started_at.is_not(None),
+                s.c.walk_started_at.is_not(None),
+                j.c.walk_started_at > s.c.walk_started_at,
+            ),
+        )
         await session.execute(
             delete(s).where(
                 mine,
-                select(j.c.job_id).where(same_job, j.c.content_hash == s.c.content_hash).exists(),
+                select(j.c.job_id)
+                .where(same_job, or_(j.c.content_hash == s.c.content_hash, newer))
+                .exists(),
             )
         )
         await session.execute(
@@ -717,22 +751,32 @@ async def ensure_customer(
     await session.execute(stmt.on_conflict_do_nothing(index_elements=[CUSTOMERS.c.id]))
 
 
-async def open_ingest(session: AsyncSession, customer_id: str) -> Ingest:
-    """A refresh of `customer_id`, knowing what the store holds for it now."""
+async def open_ingest(
+    session: AsyncSession,
+    customer_id: str,
+    *,
+    started: Any = None,
+    lease: tuple[str, int] | None = None,
+) -> Ingest:
+    """A walk of `customer_id`, knowing what the store holds for it now. `started` is when
+    the walk began by the database's clock, in the driver's form (the lease's take gives
+    it; without one, this process's now); `lease` the (holder, token) its merge must hold."""
+    dialect = session.get_bind().dialect.name
+    conn = await session.connection()
     # The version first: a write landing between the two reads only makes the merge look
     # again, never miss a change.
-    version = await session.execute(
-        select(CUSTOMERS.c.data_version).where(CUSTOMERS.c.id == customer_id)
+    data_version = await feed.run_async(conn, feed.read_version(dialect, customer_id))
+    known = await feed.run_async(conn, feed.read_known(dialect, customer_id))
+    if started is None:
+        started = _driver_value(dialect, datetime.now(UTC))
+    return Ingest(
+        customer_id=customer_id,
+        dialect=dialect,
+        known=known,
+        version=data_version,
+        started=started,
+        lease=lease,
     )
-    data_version = version.scalar() or 0
-    rows = await session.execute(
-        select(JOBS.c.job_id, JOBS.c.content_hash, JOBS.c.status_code).where(
-            JOBS.c.customer_id == customer_id
-        )
-    )
-    known = {job_id: (digest, status) for job_id, digest, status in rows.all()}
-    dialect = session.get_bind().dialect.name
-    return Ingest(customer_id=customer_id, dialect=dialect, known=known, version=data_version)
 
 
 async def purge_orphan_stage(writer: Writer, now: datetime) -> int:
@@ -771,7 +815,29 @@ def _json_text(value: Any) -> str:
     return _JSON.encode(value)
 
 
-def _driver_row(dialect: str, job: NormalizedJob, digest: int) -> tuple[Any, ...]:
+def _older(row: tuple[Any, ...], stored: tuple[Any, ...]) -> bool:
+    """Whether a walk's row is older than the stored version of its job (newest wins): a
+    lower `sort_modified` (the upstream's `lastModifyTime`, or the sort minimum without
+    one), or the same one from a walk that started earlier. Times are in the driver's form
+    on both sides (text that sorts in order on SQLite; aware datetimes on PostgreSQL)."""
+    _, _, modified, walk = stored
+    if modified is None:  # not yet written by a walk: nothing to compare with
+        return False
+    ours, modified = _comparable(row[_SORT_MODIFIED]), _comparable(modified)
+    if ours != modified:
+        return bool(ours < modified)
+    ours_walk, walk = _comparable(row[_WALK]), _comparable(walk)
+    return walk is not None and ours_walk is not None and bool(ours_walk < walk)
+
+
+def _comparable(value: Any) -> Any:
+    """A driver's time as it compares: asyncpg gives the sort minimum (year 1) naive."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _driver_row(dialect: str, job: NormalizedJob, digest: int, started: Any) -> tuple[Any, ...]:
     """A changed job's columns in `_WRITE_COLUMNS` order, as the driver takes them; built
     straight from the job, as this runs for every changed row of every refresh."""
     t = _sqlite_time if dialect == "sqlite" else _postgres_time
@@ -802,6 +868,7 @@ def _driver_row(dialect: str, job: NormalizedJob, digest: int) -> tuple[Any, ...
         modified if modified is not None else t(SORT_MIN_TIME),
         SORT_MIN_DURATION if job.duration_seconds is None else job.duration_seconds,
         digest,
+        started,
     )
 
 
@@ -826,6 +893,8 @@ _MODULE = _WRITE_COLUMNS.index("module")
 _NAME = _WRITE_COLUMNS.index("name")
 _START = _WRITE_COLUMNS.index("start_time")
 _HASH = _WRITE_COLUMNS.index("content_hash")
+_SORT_MODIFIED = _WRITE_COLUMNS.index("sort_modified")
+_WALK = _WRITE_COLUMNS.index("walk_started_at")
 
 
 def _marks(dialect: str, n: int) -> str:

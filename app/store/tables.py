@@ -202,6 +202,9 @@ class Job(Base):
     # newest successful refresh reports it (`app.retention`). Marking a job also clears its
     # content hash, so that its next sighting rewrites it (and clears this).
     unreported_since: Mapped[datetime | None]
+    # When the walk that wrote this version started (the database's clock): on a tie of
+    # `last_modified`, the walk that started later wins (`app.store.ingest`).
+    walk_started_at: Mapped[datetime | None]
 
 
 class JobStage(Base):
@@ -237,6 +240,7 @@ class JobStage(Base):
     sort_start: Mapped[datetime]
     sort_modified: Mapped[datetime]
     sort_duration: Mapped[int] = mapped_column(BigInteger)
+    walk_started_at: Mapped[datetime | None]
 
 
 class JobStatusHistory(Base):
@@ -311,6 +315,8 @@ class Alert(Base):
         ),
         Index("ix_alerts_customer_state", "customer_id", "state", "id"),
         Index("ix_alerts_state", "state", "id"),
+        # Every process looks for the newest alert change (`app.replicas`).
+        Index("ix_alerts_updated_at", "updated_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -369,6 +375,8 @@ class RefreshLease(Base):
     customer_id: Mapped[str] = mapped_column(String(), primary_key=True)
     holder: Mapped[str] = mapped_column(String())
     expires_at: Mapped[datetime]
+    # A fencing token, new with every take: only the walk holding it may commit.
+    token: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
 
 class ApiKey(Base):

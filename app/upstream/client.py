@@ -67,7 +67,6 @@ import httpx
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from app.logs import upstream_fields
 from app.upstream.auth import TokenProvider
 from app.upstream.breaker import EVERYONE, CircuitBreaker, Permit
 from app.upstream.errors import (
@@ -79,6 +78,7 @@ from app.upstream.errors import (
     UpstreamRateLimited,
     UpstreamStatusError,
     UpstreamTimeout,
+    upstream_fields,
 )
 from app.upstream.wire import (
     PageEnvelope,

@@ -187,3 +187,17 @@ def describe(
     if attempts > 1:
         context.append(f"{attempts} attempts")
     return f"{summary} ({', '.join(context)})" if context else summary
+
+
+def upstream_fields(error: UpstreamError) -> dict[str, Any]:
+    """The `extra` fields of a log line about an upstream failure: its kind, and the
+    customer, page, status and upstream request id it names (the id is what AvePoint's
+    support asks for). Its message names them too; it never holds a secret."""
+    fields = {
+        "error_kind": error.kind,
+        "customer_id": error.customer_id,
+        "page": error.page,
+        "upstream_status": error.status,
+        "upstream_request_id": error.request_id,
+    }
+    return {key: value for key, value in fields.items() if value is not None}

@@ -18,6 +18,7 @@ from sqlalchemy import event
 
 from app.main import create_app
 from app.normalize import job_id_of
+from app.refresh import schedule
 from app.simulator import Simulator, SimulatorConfig, create_simulator_app
 from tests.api.conftest import API_KEY, Sleeps, settings_for
 from tests.clock import FakeClock
@@ -283,14 +284,14 @@ async def test_the_background_refresh_takes_every_customer_on_its_own(
         refresher = api._transport.app.state.services.refresher  # type: ignore[attr-defined]
         # Started with the app: every customer is walked without any request.
         for _ in range(500):
-            if len(sim.stats.walks) == 4 and not refresher._inflight:
+            if len(sim.stats.walks) == 4 and not any(map(refresher.in_flight, sim.customer_ids())):
                 break
             await asyncio.sleep(0.01)
         assert sorted(sim.stats.walks) == sorted(sim.customer_ids())
         ids = await refresher.customer_ids()
         clock.advance(200)
-        assert refresher.due(ids, clock()) == [], "not before 90% of the interval"
+        assert schedule.due(refresher, ids, clock()) == [], "not before 90% of the interval"
         clock.advance(41)
-        assert sorted(refresher.due(ids, clock())) == sorted(ids)
+        assert sorted(schedule.due(refresher, ids, clock())) == sorted(ids)
         body = (await api.get("/jobs", params={"limit": 1})).json()
         assert body["freshness"]["fresh"] == 4, "refreshed before the TTL ran out"

@@ -1,4 +1,4 @@
-"""Limits on what a request may send (`app.api.limits`): 413 for a large body, whether its
+"""Limits on what a request may send (`app.api.middleware`): 413 for a large body, whether its
 Content-Length says so or it streams in chunks, 414 for a long query string, 408 for a body
 that does not arrive; each in the error envelope, with the request id; other requests as
 before."""
@@ -13,8 +13,8 @@ import httpx
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from app.api import limits
-from app.api.limits import MAX_BODY_BYTES, MAX_QUERY_BYTES, RequestLimits
+from app.api import middleware as limits
+from app.api.middleware import MAX_BODY_BYTES, MAX_QUERY_BYTES, RequestLimits
 from tests.api.conftest import Gateway
 
 

@@ -81,7 +81,7 @@ CONFIG = schemathesis.Config.from_dict(
         "headers": {"X-API-Key": API_KEY},
         "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
         # Invalid input must be refused with a 4xx. Besides schemathesis' list, 413 and 414
-        # are such refusals: `app.api.limits` refuses a body or a query string too large
+        # are such refusals: `app.api.middleware` refuses a body or a query string too large
         # before looking at what is in it (a long invalid `cursor` is refused as too long).
         "checks": {
             "negative_data_rejection": {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -31,10 +32,11 @@ import pytest
 from pydantic import ValidationError
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from app import webhooks
+from app import keys, webhooks
 from app.api.deps import Services
+from app.logs import QUIET_LOGGERS
 from app.simulator import Simulator, SimulatorConfig
-from app.webhooks import retry_delay, safe_url
+from app.webhooks import receiver_origin, retry_delay
 from tests.api.conftest import Gateway, settings_for
 from tests.clock import FakeClock
 
@@ -107,7 +109,8 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = int(self.server.server_address[1])
-        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.origin = f"http://127.0.0.1:{self.port}"  # how answers and logs show it
+        self.url = f"{self.origin}/hook"
         # A short poll: `stop` waits for it.
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
@@ -527,12 +530,15 @@ async def test_a_receiver_that_is_down_never_delays_another(
             api, lambda items: delivered(1)(items) and bool(hanging.requests), wake=False, seconds=3
         )
         assert time.monotonic() - began < 3
-        by_url = {d["url"]: d for d in items}
-        assert by_url[live.url]["state"] == "delivered"
+        by_origin = {d["url"]: d for d in items}
+        assert by_origin[live.origin]["state"] == "delivered"
         assert len(hanging.requests) == 1
-        assert by_url[hanging.url]["attempts"] == 0  # still waiting for its answer
-        items = await until(api, lambda items: {d["url"]: d for d in items}[dead]["attempts"] > 0)
-        d = {d["url"]: d for d in items}[dead]
+        assert by_origin[hanging.origin]["attempts"] == 0  # still waiting for its answer
+        dead_origin = dead.removesuffix("/hook")
+        items = await until(
+            api, lambda items: {d["url"]: d for d in items}[dead_origin]["attempts"] > 0
+        )
+        d = {d["url"]: d for d in items}[dead_origin]
         assert d["state"] == "pending"
         assert d["last_status"] is None
         assert d["last_error"] == "ConnectError: could not reach the receiver"
@@ -605,18 +611,18 @@ async def test_the_deliveries_listing_and_logs_show_no_credentials_or_query(
             api, lambda items: delivered(1)(items) and min(d["attempts"] for d in items) >= 1
         )
         assert {d["url"] for d in items} == {
-            f"http://127.0.0.1:{dead_port}/down",
-            f"http://127.0.0.1:{receiver.port}/hook",
+            f"http://127.0.0.1:{dead_port}",
+            f"http://127.0.0.1:{receiver.port}",
         }
         listing = await api.get("/webhooks/deliveries")
         one = next(d for d in items if d["state"] == "delivered")
         again = await api.post(f"/webhooks/deliveries/{one['id']}/retry")  # a delivered one
         assert again.status_code == 200, again.text
-        assert again.json()["url"] == f"http://127.0.0.1:{receiver.port}/hook"
+        assert again.json()["url"] == f"http://127.0.0.1:{receiver.port}"
         for text in (listing.text, again.text, caplog.text):
-            for word in ("alice", "bob", "pw-", "tok-", "token"):
+            for word in ("alice", "bob", "pw-", "tok-", "token", "/down", "/hook"):
                 assert word not in text
-    assert f"127.0.0.1:{dead_port}/down" in caplog.text  # the failure is logged, safely
+    assert f"http://127.0.0.1:{dead_port}: " in caplog.text  # the failure is logged, safely
     # The receiver itself gets the URL as configured.
     request = receiver.requests[0]
     assert request.path == "/hook?token=tok-live-3k"
@@ -624,6 +630,162 @@ async def test_the_deliveries_listing_and_logs_show_no_credentials_or_query(
         request.headers["authorization"]
         == "Basic " + base64.b64encode(b"alice:pw-live-7q").decode()
     )
+
+
+PATH_SECRET = "B000-path-secret-4f"  # tests/conftest.py scans every log line for these
+QUERY_TOKEN = "tok-query-8v"
+
+
+def slack_style(origin: str) -> str:
+    """A receiver as Slack, Teams and Zapier hand them out: its path is the credential."""
+    return f"{origin}/services/T000/{PATH_SECRET}?token={QUERY_TOKEN}"
+
+
+async def test_a_receiver_whose_path_is_its_secret_is_shown_by_origin_only_even_failing(
+    gateway: Gateway,
+    sim: Simulator,
+    clock: FakeClock,
+    customer: str,
+    secret: str,
+    receivers: Callable[[], Receiver],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Everything the process logs, but for the libraries a server quiets (app.logs): httpx
+    # prints every URL it requests. (The last call sets the level of caplog's handler.)
+    for name in QUIET_LOGGERS:
+        caplog.set_level(logging.WARNING, logger=name)
+    caplog.set_level(logging.DEBUG)
+    live, failing = receivers(), receivers()
+    failing.status = 500
+    dead = f"http://127.0.0.1:{free_port()}"  # refuses the connection
+    origins = [live.origin, failing.origin, dead]
+    async with gateway(**hooks(",".join(slack_style(o) for o in origins), secret)) as api:
+        sim.put_job(customer, "fail-1", status=FAILED, start=clock.now)
+        await refresh(api)
+        items = await until(
+            api, lambda items: delivered(1)(items) and all(d["attempts"] >= 1 for d in items)
+        )
+        assert sorted(d["url"] for d in items) == sorted(origins)
+        by_origin = {d["url"]: d for d in items}
+        assert by_origin[failing.origin]["last_error"] == "the receiver answered 500"
+        listing = await api.get("/webhooks/deliveries")
+        again = await api.post(f"/webhooks/deliveries/{by_origin[live.origin]['id']}/retry")
+        assert again.status_code == 200, again.text
+        assert again.json()["url"] == live.origin
+        pending = await api.post(f"/webhooks/deliveries/{by_origin[failing.origin]['id']}/retry")
+        assert pending.status_code == 409, pending.text
+        metrics = await api.get("/metrics")
+        assert metrics.status_code == 200
+    logged = caplog.text
+    for text in (listing.text, again.text, pending.text, metrics.text, logged):
+        for word in (PATH_SECRET, QUERY_TOKEN, "/services", "token="):
+            assert word not in text
+    # The receivers and their failures are logged, by origin.
+    assert f"webhooks go to {', '.join(origins)}" in logged
+    assert f"to {failing.origin}: the receiver answered 500" in logged
+    assert f"to {dead}: ConnectError: could not reach the receiver" in logged
+    # The receiver itself gets the URL as configured.
+    assert live.requests[0].path == f"/services/T000/{PATH_SECRET}?token={QUERY_TOKEN}"
+
+
+async def test_at_start_up_a_removed_receivers_deliveries_fail_and_a_kept_ones_are_sent(
+    gateway: Gateway,
+    sim: Simulator,
+    clock: FakeClock,
+    customer: str,
+    secret: str,
+    receiver: Receiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="app")
+    # Two receivers of one origin: only their whole URLs tell them apart.
+    kept, removed = f"{receiver.origin}/kept", f"{receiver.origin}/removed?token=tok-gone-2w"
+    receiver.status = 500
+    async with gateway(**hooks(f"{kept},{removed}", secret)) as api:
+        sim.put_job(customer, "fail-1", status=FAILED, start=clock.now)
+        await refresh(api)
+        before = await until(
+            api, lambda items: len(items) == 2 and all(d["attempts"] == 1 for d in items)
+        )
+        assert [(d["url"], d["state"]) for d in before] == [(receiver.origin, "pending")] * 2
+    kept_id, removed_id = (d["id"] for d in before)  # one per receiver, as WEBHOOK_URLS lists
+    assert sorted(r.path for r in receiver.requests) == ["/kept", "/removed?token=tok-gone-2w"]
+
+    receiver.status = 204
+    clock.advance(10)  # the kept one's retry is due
+    async with gateway(**hooks(kept, secret)) as api:
+        items = await until(api, delivered(1))
+        by_id = {d["id"]: d for d in items}
+        assert (by_id[kept_id]["state"], by_id[kept_id]["attempts"]) == ("delivered", 2)
+        gone = by_id[removed_id]
+        assert (gone["state"], gone["last_error"]) == ("failed", "receiver_removed")
+        assert (gone["attempts"], gone["next_attempt_at"], gone["delivered_at"]) == (1, None, None)
+        assert await deliveries(api, state="pending") == []
+        # Sending it again would leave it pending for good: no sender takes it.
+        retry = await api.post(f"/webhooks/deliveries/{removed_id}/retry")
+        assert retry.status_code == 409, retry.text
+        assert retry.json() == {
+            "error": "conflict",
+            "detail": f"delivery {removed_id} cannot be sent again: its receiver "
+            f"{receiver.origin} is no longer in WEBHOOK_URLS",
+        }
+    assert [r.path for r in receiver.requests[2:]] == ["/kept"]  # nothing more to the other
+    assert (
+        f"1 pending webhook deliveries to {receiver.origin} marked failed (receiver_removed)"
+        in caplog.text
+    )
+    assert "/removed" not in caplog.text
+    assert "tok-gone-2w" not in caplog.text
+
+
+async def test_with_no_receivers_left_every_pending_delivery_fails_at_start_up(
+    gateway: Gateway,
+    sim: Simulator,
+    clock: FakeClock,
+    customer: str,
+    secret: str,
+    receiver: Receiver,
+) -> None:
+    receiver.status = 500
+    async with gateway(**hooks(receiver.url, secret)) as api:
+        sim.put_job(customer, "fail-1", status=FAILED, start=clock.now)
+        await refresh(api)
+        await until(api, attempted(1))
+    async with gateway() as api:
+        [d] = await deliveries(api)
+        assert (d["state"], d["last_error"], d["attempts"]) == ("failed", "receiver_removed", 1)
+
+
+async def test_a_key_limited_to_some_customers_sees_and_retries_only_their_deliveries(
+    gateway: Gateway, sim: Simulator, clock: FakeClock, secret: str, receiver: Receiver
+) -> None:
+    own, other = sim.customer_ids()
+    async with gateway(**hooks(receiver.url, secret)) as api:
+        for cid in (own, other):
+            sim.put_job(cid, f"fail-{cid[:4]}", status=FAILED, start=clock.now)
+        await refresh(api)
+        everyone = await until(api, delivered(2))
+        assert sorted(d["customer_id"] for d in everyone) == sorted([own, other])
+        svc = services(api)
+        key = await keys.create_key(
+            svc.writer, "own-only", customers=[own], rate_per_minute=None, now=svc.clock()
+        )
+        await svc.keys.reload(svc.sessions)
+        scoped = {"X-API-Key": key}
+
+        for params in ({}, {"state": "delivered"}, {"customer_id": own}):
+            listing = await api.get("/webhooks/deliveries", params=params, headers=scoped)
+            assert listing.status_code == 200, listing.text
+            assert [d["customer_id"] for d in listing.json()["items"]] == [own], params
+            assert other not in listing.text
+        # Another customer is, for this key, unknown.
+        named = await api.get("/webhooks/deliveries", params={"customer_id": other}, headers=scoped)
+        assert named.status_code == 422, named.text
+        mine, theirs = (next(d for d in everyone if d["customer_id"] == c) for c in (own, other))
+        refused = await api.post(f"/webhooks/deliveries/{theirs['id']}/retry", headers=scoped)
+        assert refused.status_code == 404, refused.text
+        retried = await api.post(f"/webhooks/deliveries/{mine['id']}/retry", headers=scoped)
+        assert retried.status_code == 200, retried.text
 
 
 async def test_a_snoozed_alerts_updates_are_not_sent_but_its_resolution_is(
@@ -683,18 +845,34 @@ def test_retry_delay_stays_capped_however_many_attempts() -> None:
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
-        ("http://user:pw@127.0.0.1:9000/hook?token=s3cret#top", "http://127.0.0.1:9000/hook"),
-        ("https://psa.example/webhooks/jobs", "https://psa.example/webhooks/jobs"),
-        ("https://:tok@PSA.Example:8443/in?a=1&b=2", "https://psa.example:8443/in"),
+        (
+            "https://hooks.example.test:8443/services/T000/B000/XXXXSECRET?token=abc",
+            "https://hooks.example.test:8443",
+        ),
+        ("http://user:pw@127.0.0.1:9000/hook?token=s3cret#top", "http://127.0.0.1:9000"),
+        ("https://psa.example/webhooks/jobs", "https://psa.example"),
+        ("https://:tok@PSA.Example:8443/in?a=1&b=2", "https://psa.example:8443"),
+        ("HTTPS://psa.example:443/in", "https://psa.example"),  # the default port, as browsers
+        ("http://psa.example:80/in", "http://psa.example"),
+        ("http://psa.example:443/in", "http://psa.example:443"),
+        ("https://psa.example:80/in", "https://psa.example:80"),
         ("http://psa.example", "http://psa.example"),
+        ("http://psa.example#frag/ment", "http://psa.example"),
+        ("http://u:p@[::1]:9000/h?x=1", "http://[::1]:9000"),
+        ("https://[2001:DB8::1]/h", "https://[2001:db8::1]"),
     ],
 )
-def test_safe_url_drops_credentials_query_and_fragment(url: str, shown: str) -> None:
-    assert safe_url(url) == shown
+def test_a_receiver_is_shown_as_its_origin_only(url: str, shown: str) -> None:
+    assert receiver_origin(url) == shown
 
 
-def test_safe_url_keeps_an_ipv6_host_a_url() -> None:
-    assert safe_url("http://u:p@[::1]:9000/h?x=1") == "http://[::1]:9000/h"
+@pytest.mark.parametrize(
+    "url", ["", "not a url", "/relative/SECRET", "http:///SECRET", "https://h:99999/SECRET"]
+)
+def test_what_is_not_a_receiver_url_shows_none_of_its_text(url: str) -> None:
+    shown = receiver_origin(url)
+    assert "SECRET" not in shown
+    assert shown in ("<not a URL>", "https://h")
 
 
 def test_a_webhook_url_with_an_impossible_port_stops_start_up() -> None:

@@ -36,7 +36,7 @@ EXPECTED_TABLES = {
     "jobs",
     "job_stage",  # since 0004
     "events",  # since 0005
-    "feed_horizon",  # since 0009
+    "feed_horizon",  # since 0010
     "alerts",
     "webhook_deliveries",
     "refresh_leases",  # since 0006
@@ -213,26 +213,26 @@ async def _horizon(engine: AsyncEngine) -> int:
         return int(found.one()[0])
 
 
-async def test_0009_starts_the_horizon_where_an_earlier_purge_left_the_feed(
+async def test_0010_starts_the_horizon_where_an_earlier_purge_left_the_feed(
     database_url: str,
 ) -> None:
-    """Retention purged events before 0009 noted how far: the horizon starts just below the
+    """Retention purged events before 0010 noted how far: the horizon starts just below the
     oldest event kept, or at the last id handed out when none is kept."""
     engine = create_engine(database_url)
     try:
         async with engine.begin() as connection:
-            await connection.run_sync(_alembic, "upgrade", "0008")
+            await connection.run_sync(_alembic, "upgrade", "0009")
         when = datetime(2025, 9, 11, 3, 0, 0, tzinfo=UTC)
         async with engine.begin() as connection:
             event = {"type": "job.created", "at": when, "customer_id": "c1", "data": "{}"}
             await connection.execute(EVENTS_0005.insert(), [event] * 5)  # ids 1..5
             await connection.execute(EVENTS_0005.delete().where(EVENTS_0005.c.id <= 3))
         async with engine.begin() as connection:
-            await connection.run_sync(_alembic, "upgrade", "0009")
+            await connection.run_sync(_alembic, "upgrade", "0010")
         assert await _horizon(engine) == 3
 
         async with engine.begin() as connection:
-            await connection.run_sync(_alembic, "downgrade", "0008")
+            await connection.run_sync(_alembic, "downgrade", "0009")
             await connection.execute(EVENTS_0005.delete())
         await migrate(engine)
         assert await _horizon(engine) == 5
@@ -240,7 +240,7 @@ async def test_0009_starts_the_horizon_where_an_earlier_purge_left_the_feed(
         await engine.dispose()
 
 
-async def test_0009_on_a_feed_never_purged_starts_the_horizon_at_zero(engine: AsyncEngine) -> None:
+async def test_0010_on_a_feed_never_purged_starts_the_horizon_at_zero(engine: AsyncEngine) -> None:
     assert await _horizon(engine) == 0
 
 

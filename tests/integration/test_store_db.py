@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store.db import async_url, create_engine, safe_url, session_factory
@@ -85,3 +85,21 @@ async def test_postgres_engine_pings_and_skips_jit(engine: AsyncEngine) -> None:
     assert engine.pool._pre_ping
     async with engine.connect() as connection:
         assert (await connection.exec_driver_sql("SHOW jit")).scalar() == "off"
+
+
+async def test_a_database_error_never_shows_its_statements_parameters(
+    engine: AsyncEngine,
+) -> None:
+    # Parameters hold webhook receivers' URLs (their paths are credentials) and key hashes;
+    # an error logged with its traceback prints its text.
+    receiver = "https://hooks.example.test/services/T000/B000-param-secret-6d"
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.connect() as connection:
+            await connection.exec_driver_sql(
+                "INSERT INTO no_such_table (url) VALUES (?)"
+                if engine.dialect.name == "sqlite"
+                else "INSERT INTO no_such_table (url) VALUES ($1)",
+                (receiver,),
+            )
+    assert "no_such_table" in str(caught.value)
+    assert "B000-param-secret-6d" not in str(caught.value)

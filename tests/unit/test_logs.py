@@ -1,6 +1,6 @@
 """Logs a platform can read: JSON lines, request ids, upstream request ids, no secrets.
 
-`app.logs` (formatters, `configure_logging`), `app.api.requestid` (X-Request-ID) on a real
+`app.logs` (formatters, `configure_logging`), `app.api.middleware` (X-Request-ID) on a real
 app in front of the simulator, and the session's secret scan of tests/conftest.py.
 """
 
@@ -22,7 +22,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.api import errors
-from app.api.requestid import RequestIdMiddleware
+from app.api.middleware import RequestIdMiddleware
 from app.logs import (
     QUIET_LOGGERS,
     REQUEST_ID,
@@ -32,11 +32,10 @@ from app.logs import (
     RequestIdFilter,
     TextFormatter,
     configure_logging,
-    upstream_fields,
 )
 from app.main import create_app
 from app.simulator import Simulator, SimulatorConfig, create_simulator_app
-from app.upstream.errors import UpstreamStatusError
+from app.upstream.errors import UpstreamStatusError, upstream_fields
 from tests.api.conftest import API_KEY, settings_for
 from tests.clock import FakeClock
 from tests.conftest import SecretScan

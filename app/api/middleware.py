@@ -1,4 +1,24 @@
-"""`RequestLimits`: what a request may send, answered with the error envelope when it sends more.
+"""The middleware of the API, outermost first as `create_app` installs it:
+
+- `RequestIdMiddleware`: every request has an id (`X-Request-ID`), every response says it,
+  every log line carries it;
+- `RequestMetrics`: counts and times every request by method, route template and status;
+- `RequestLimits`: what a request may send (query and body sizes, a slow body);
+- `HeadAsGet`: HEAD wherever GET works;
+- the fast path for remembered reads is `app.api.answers.FastReadsMiddleware`, innermost.
+
+## Request ids
+`X-Request-ID`: every request has an id, every response says it, every log line carries it.
+
+`RequestIdMiddleware` is the outermost of our middlewares, so that everything inside it
+(FastReads answers, 304s, errors, unknown routes) is answered with the header and logs with
+the id. The id is the client's `X-Request-ID` when it is sane (1 to 128 printable ASCII
+characters, no spaces), otherwise a new one (uuid4, hex): a value that could break a log
+line or a header is never echoed. It lives in `app.logs.REQUEST_ID` while the request is
+answered; uvicorn's access line is written while the response starts, so it has it too.
+
+## Request limits
+What a request may send, answered with the error envelope when it sends more.
 
     query string over MAX_QUERY_BYTES                   414 uri_too_long
     body over MAX_BODY_BYTES, by its Content-Length     413 too_large      before it is read
@@ -18,10 +38,70 @@ see `app.server`.
 from __future__ import annotations
 
 import asyncio
+import re
+import time
+import uuid
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import TooLarge, UriTooLong, envelope
+from app.api.errors import UNEXPECTED, TooLarge, UriTooLong, envelope
+from app.logs import REQUEST_ID
+
+if TYPE_CHECKING:
+    from app.api.deps import Services
+
+HEADER = b"x-request-id"
+MAX_LENGTH = 128
+_SANE = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_LENGTH)
+
+
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The client's id when it is sane, else a new one."""
+    for name, value in headers:
+        if name == HEADER:
+            if _SANE.fullmatch(value):
+                return value
+            break
+    return uuid.uuid4().hex.encode()
+
+
+class RequestIdMiddleware:
+    """Sets the request id for everything inside and adds it to the response's headers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        value = request_id_of(scope["headers"])
+        header = (HEADER, value)
+        token = REQUEST_ID.set(value.decode("ascii"))
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                # A copy: a response object may hand out the same header list every time.
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Starlette's outermost layer, outside this one, logs an unexpected error and
+            # would send the 500 envelope of `app.api.errors` without the header: it is sent
+            # from here instead. The id is not reset, so that its line and the server's carry
+            # it (the server runs each request in a task of its own: nothing else sees it).
+            if not started:
+                response = envelope(500, "internal", UNEXPECTED)
+                await response(scope, receive, send_with_id)
+            raise
+        REQUEST_ID.reset(token)
+
 
 MAX_BODY_BYTES = 64 * 1024
 """Our request bodies are small JSON objects (a refresh's customer ids, a snooze)."""
@@ -162,3 +242,61 @@ class RequestLimits:
             headers=CLOSE,
         )
         await response(scope, receive, send)
+
+
+class HeadAsGet:
+    """HEAD wherever GET works (uptime checks use it): routed as GET, sent without a body.
+
+    The route matched is copied back to the caller's scope, for `RequestMetrics` outside;
+    the method is not changed there, as the server still has to send no body.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        child = {**scope, "method": "GET"}
+        try:
+            await self.app(child, receive, without_body)
+        finally:
+            if "route" in child:
+                scope["route"] = child["route"]
+
+
+class RequestMetrics:
+    """Counts and times every HTTP request by method, route template and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        method = scope["method"]  # before HeadAsGet routes a HEAD as GET
+        status = 500
+
+        async def recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording)
+        finally:
+            svc: Services | None = getattr(scope["app"].state, "services", None)
+            if svc is not None:
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                svc.metrics.http_requests.labels(method, route, str(status)).inc()
+                svc.metrics.http_latency.labels(route).observe(time.perf_counter() - began)

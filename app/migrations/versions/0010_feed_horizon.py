@@ -1,8 +1,8 @@
 """How far retention purged the change feed, so a cursor below it is told, not skipped.
 
-Revision ID: 0009
-Revises: 0008
-Create Date: 2026-11-30 10:00:00
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-12-07 10:00:00
 
 - `feed_horizon`: one row; `purged_upto` is the highest event id retention deleted (0: none
   yet). No event above it was ever purged, so a client reading after a cursor at or above it
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0009"
-down_revision: str | None = "0008"
+revision: str = "0010"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from app.clock import Clock, iso
-from app.refresh import Refresher, RefreshOutcome
+from app.refresh.ledger import RefreshOutcome
+from app.refresh.refresher import Refresher
 
 KEEP = 200
 
@@ -39,9 +40,15 @@ class Run:
 
 
 class RefreshRuns:
-    def __init__(self, refresher: Refresher, clock: Clock) -> None:
+    def __init__(
+        self,
+        refresher: Refresher,
+        clock: Clock,
+        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[Any]] = asyncio.create_task,
+    ) -> None:
         self.refresher = refresher
         self.clock = clock
+        self.spawn = spawn
         self._runs: OrderedDict[str, Run] = OrderedDict()
 
     def start(self, customer_ids: Sequence[str]) -> Run:
@@ -49,7 +56,7 @@ class RefreshRuns:
         self._runs[run.run_id] = run
         while len(self._runs) > KEEP:
             self._runs.popitem(last=False)
-        run.task = self.refresher.spawn(self._go(run))  # type: ignore[assignment]
+        run.task = self.spawn(self._go(run))
         return run
 
     async def _go(self, run: Run) -> None:

@@ -1,7 +1,7 @@
-"""Several processes on one PostgreSQL database: each hears what the others stored.
+"""Several processes on one database: each hears what the others stored, within 2 s.
 
-`Bus` listens on the channel `jobs_gateway` (PostgreSQL LISTEN/NOTIFY) on a connection of its
-own and publishes on it:
+On PostgreSQL, `Bus` listens on the channel `jobs_gateway` (LISTEN/NOTIFY) on a connection of
+its own and publishes on it:
 
 - `r|<holder>|<customer_id>` when a process has settled a refresh of that customer (stored
   new data, or a failure): the others reload that customer's state (`Refresher.reload`), so
@@ -11,7 +11,12 @@ own and publishes on it:
 
 A notification can be lost (a process dies between its commit and its NOTIFY, or the
 connection drops), so `Bus` also looks at the database once a second: one cheap query for
-the newest snapshot and event ids; a move it did not hear of reloads the customers concerned.
+the newest snapshot and event ids and the newest alert change; a move it did not hear of
+reloads the customers concerned, or moves the answers built on events and alerts (a snooze
+writes no event, yet every replica's `/alerts` must show it).
+
+On SQLite there is no LISTEN, and the look is all there is: `jobs-gateway refresh` beside a
+running `serve` on one file shows in the service's answers within a look.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.refresh import Refresher
+from app.refresh.refresher import Refresher
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +60,19 @@ class Bus:
         self,
         database_url: str,
         sessions: async_sessionmaker[AsyncSession],
-        refresher: Refresher,
+        holder: str,
         on_events: Callable[[], None],
+        *,
+        listen: bool = True,
     ) -> None:
-        self.dsn = asyncpg_dsn(database_url)
+        self.dsn = asyncpg_dsn(database_url) if listen else ""
+        self.listen = listen
         self.sessions = sessions
-        self.refresher = refresher
-        self.holder = refresher.holder
+        self.holder = holder
         self.on_events = on_events
         self._conn: Any = None
         self._lock = asyncio.Lock()
-        self._seen: tuple[int, int] | None = None
+        self._seen: tuple[int, int, object] | None = None
         self._pending: set[str] = set()
         self._wake = asyncio.Event()
 
@@ -102,9 +109,14 @@ class Bus:
         elif kind == "e":
             self.on_events()
 
-    async def run(self) -> None:
-        """Listen (reconnecting when the connection drops) and look, forever."""
-        await asyncio.gather(self._listen(), self._look(), self._apply())
+    async def run(self, refresher: Refresher) -> None:
+        """Listen (PostgreSQL, reconnecting when the connection drops) and look, forever;
+        what moved is reloaded into `refresher`."""
+        apply = self._apply(refresher)
+        if self.listen:
+            await asyncio.gather(self._listen(), self._look(), apply)
+        else:
+            await asyncio.gather(self._look(), apply)
 
     async def _listen(self) -> None:
         while True:
@@ -132,14 +144,14 @@ class Bus:
                     conn.terminate()  # at once: a cancelled close would leave it open
             await asyncio.sleep(RECONNECT_SECONDS)
 
-    async def _apply(self) -> None:
+    async def _apply(self, refresher: Refresher) -> None:
         """Reload what the notifications named, in batches."""
         while True:
             await self._wake.wait()
             self._wake.clear()
             ids, self._pending = sorted(self._pending), set()
             try:
-                await self.refresher.reload(ids)
+                await refresher.reload(ids)
             except Exception:
                 log.exception("could not reload customers another process refreshed")
 
@@ -154,19 +166,21 @@ class Bus:
             await asyncio.sleep(LOOK_SECONDS)
 
     async def look(self) -> None:
-        """One look: the newest snapshot and event ids; what moved unheard is reloaded."""
+        """One look: the newest snapshot and event ids, and the newest alert change; what
+        moved unheard is reloaded."""
         async with self.sessions() as session:
             row = (
                 await session.execute(
                     text(
                         "SELECT (SELECT COALESCE(MAX(id), 0) FROM snapshots), "
-                        "(SELECT COALESCE(MAX(id), 0) FROM events)"
+                        "(SELECT COALESCE(MAX(id), 0) FROM events), "
+                        "(SELECT MAX(updated_at) FROM alerts)"
                     )
                 )
             ).one()
-            snapshots, events = int(row[0]), int(row[1])
+            snapshots, events, alerts = int(row[0]), int(row[1]), row[2]
             seen = self._seen
-            self._seen = (snapshots, events)
+            self._seen = (snapshots, events, alerts)
             if seen is None:
                 return
             if snapshots > seen[0]:
@@ -176,5 +190,5 @@ class Bus:
                 )
                 self._pending.update(r[0] for r in moved.all())
                 self._wake.set()
-        if events > seen[1]:
+        if events > seen[1] or alerts != seen[2]:
             self.on_events()

@@ -1,0 +1,144 @@
+"""Which customers the partner has: `CUSTOMER_IDS`, or discovered from the upstream.
+
+A known list is answered at once (an expired one is renewed in the background); only when
+none is known yet does a request wait for the listing. The listing also gives the customers'
+names, stored with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.clock import Clock
+from app.refresh.ledger import backoff_seconds
+from app.store import repo
+from app.store.ingest import Writer
+from app.upstream.client import AvePointClient
+from app.upstream.errors import UpstreamError, upstream_fields
+
+log = logging.getLogger("app.refresh")
+
+
+class DiscoveryFailed(Exception):
+    """The customer list could not be had from the upstream, and none is known from before."""
+
+    quiet = True  # said where it matters; not a background task's failure to log
+
+
+class CustomerDirectory:
+    """Which customers the partner has: `CUSTOMER_IDS`, or discovered from the upstream.
+
+    A known list is answered at once (an expired one is renewed in the background); only when
+    none is known yet does a request wait for the listing, at most `wait` seconds. A failed
+    listing, upstream or database, is backed off like a failed refresh.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: AvePointClient,
+        writer: Writer,
+        configured: Sequence[str],
+        ttl: float,
+        wait: float,
+        clock: Clock,
+        on_names: Callable[[dict[str, str | None]], None],
+    ) -> None:
+        self.client = client
+        self.writer = writer
+        self.configured = list(dict.fromkeys(configured))
+        self.ttl = ttl
+        self.wait = wait
+        self.clock = clock
+        self.on_names = on_names
+        self.known: list[str] | None = list(self.configured) or None
+        self.fetched_at: datetime | None = None
+        self.failure: str | None = None
+        self.retry_at = datetime.min.replace(tzinfo=UTC)
+        self.failures = 0
+        self._task: asyncio.Task[list[str]] | None = None
+
+    def load(self, stored: Sequence[str]) -> None:
+        """What the store knew before a restart, until the upstream says otherwise."""
+        if not self.configured and stored:
+            self.known = sorted(stored)
+
+    async def ids(self) -> list[str]:
+        backing_off = self.failure is not None and self.clock() < self.retry_at
+        if self.known is not None:
+            expired = (
+                self.fetched_at is None
+                or (self.clock() - self.fetched_at).total_seconds() >= self.ttl
+            )
+            if expired and not backing_off:
+                self._start()
+            return list(self.known)
+        if backing_off:
+            raise DiscoveryFailed(self.failure or "the customer listing failed")
+        task = self._start()
+        await asyncio.wait({task}, timeout=self.wait)
+        if not task.done():
+            raise DiscoveryFailed("the customer list is still being fetched")
+        if task.cancelled() or task.exception() is not None:
+            raise DiscoveryFailed(self.failure or "the customer listing failed")
+        return list(task.result())
+
+    @property
+    def task(self) -> asyncio.Task[list[str]] | None:
+        """The listing in flight or last run, if any."""
+        return self._task
+
+    def _start(self) -> asyncio.Task[list[str]]:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._discover(), name="discover-customers")
+            self._task.add_done_callback(_log_failure)
+        return self._task
+
+    async def _discover(self) -> list[str]:
+        # Even with a configured list, the listing gives the customers' names.
+        self.fetched_at = self.clock()
+        try:
+            customers = await self.client.list_customers()
+            pairs = [(c.id, c.organization) for c in customers]
+            if self.configured:
+                wanted = set(self.configured)
+                pairs = [(cid, name) for cid, name in pairs if cid in wanted]
+            names = dict(pairs)
+            async with self.writer.transaction() as session:
+                await repo.upsert_customers(
+                    session, [*((cid, None) for cid in self.configured), *pairs], now=self.clock()
+                )
+        except (UpstreamError, SQLAlchemyError) as exc:
+            reason = str(exc) if isinstance(exc, UpstreamError) else "the database failed"
+            # The message names the upstream's request id when it sent one; so does a field.
+            log.warning(
+                "customer discovery failed: %s",
+                reason,
+                extra=upstream_fields(exc) if isinstance(exc, UpstreamError) else {},
+            )
+            self.failures += 1
+            self.failure = reason
+            self.retry_at = self.clock() + timedelta(
+                seconds=backoff_seconds(self.failures, self.ttl)
+            )
+            if self.configured:
+                return list(self.configured)
+            raise DiscoveryFailed(reason) from exc
+        self.failure = None
+        self.failures = 0
+        self.on_names(names)
+        if not self.configured:
+            self.known = list(names)
+        return list(self.known or ())
+
+
+def _log_failure(task: asyncio.Task[list[str]]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        if not isinstance(exc, DiscoveryFailed):
+            log.error("customer discovery failed", exc_info=exc)

@@ -1,0 +1,139 @@
+"""The walk: one customer's pages fetched, normalized and merged (fetch -> normalize -> store).
+
+Walks stream: each page is hashed and normalized as it arrives and only the rows that changed
+are kept (`app.store.ingest`), written in one short transaction at the end. At most `slots`
+customers are fetched at once and `COMMIT_SLOTS` more wait to be written; the upstream
+client's semaphore bounds the requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.clock import Clock
+from app.refresh.leasing import Leasing
+from app.refresh.ledger import RefreshOutcome
+from app.store import leases
+from app.store.feed import FeedConfig, Told
+from app.store.ingest import Ingest, IngestResult, SnapshotRecord, Writer, open_ingest
+from app.upstream.client import AvePointClient
+
+log = logging.getLogger("app.refresh")
+
+ROWS_PER_SLICE = 500
+"""Rows normalized between two yields to the event loop (a page is 100; a misbehaving
+upstream may send far more on one page)."""
+
+COMMIT_SLOTS = 4
+"""Walks done fetching that may wait for the writer at once, each with its changed rows."""
+
+
+class Walker:
+    def __init__(
+        self,
+        *,
+        client: AvePointClient,
+        sessions: async_sessionmaker[AsyncSession],
+        writer: Writer,
+        leasing: Leasing,
+        clock: Clock,
+        slots: int,
+        feed: FeedConfig | None = None,
+        on_told: Callable[[Told], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.sessions = sessions
+        self.writer = writer
+        self.leasing = leasing
+        self.clock = clock
+        self.feed = feed
+        self.on_told = on_told
+        self.slots = asyncio.Semaphore(max(1, slots))
+        self.commit_slots = asyncio.Semaphore(COMMIT_SLOTS)
+        self.walking: set[str] = set()  # customers whose walk holds a slot now
+
+    async def run(self, cid: str, started: datetime, lease: leases.Lease) -> RefreshOutcome:
+        """One walk of the customer's pages, staged as they come and merged at the end.
+
+        A walk holds a walk slot while it fetches (its caller took it before the lease),
+        then trades it for a commit slot: other walks fetch while it waits for the writer,
+        and the customers held in memory are at most the two kinds of slots together. A
+        keeper renews its lease meanwhile, and stops it when the lease was lost; the merge
+        checks the lease too.
+        """
+        slot = self.slots
+        self.walking.add(cid)
+        ingest: Ingest | None = None
+        pages = 0
+        request_id: str | None = None
+        me = asyncio.current_task()
+        assert me is not None
+        keeper = asyncio.create_task(self.leasing.keep(cid, lease, me), name=f"lease:{cid}")
+        try:
+            async with self.sessions() as session:
+                ingest = await open_ingest(
+                    session, cid, started=lease.taken_at, lease=(self.leasing.holder, lease.token)
+                )
+            async for page in self.client.iter_job_pages(cid):
+                pages += 1
+                request_id = page.request_id or request_id
+                rows = page.rows
+                for start in range(0, len(rows), ROWS_PER_SLICE):
+                    if start:
+                        await asyncio.sleep(0)
+                    ingest.add_page(rows[start : start + ROWS_PER_SLICE])
+                if ingest.must_spill:
+                    await ingest.spill(self.writer, self.clock())
+            snapshot = SnapshotRecord(
+                customer_id=cid,
+                started_at=started,
+                finished_at=self.clock(),
+                outcome="success",
+                pages=pages,
+                jobs_seen=len(ingest.seen),
+                rows_skipped=ingest.rows_skipped,
+                request_id=request_id,
+            )
+            await self.commit_slots.acquire()
+            self.slots.release()
+            slot = self.commit_slots
+            result: IngestResult = await ingest.commit(self.writer, snapshot, self.feed)
+        except BaseException as exc:
+            keeper.cancel()
+            # The keeper stopped this walk (not its caller): it is a lost lease.
+            lost = me in self.leasing.lost and isinstance(exc, asyncio.CancelledError)
+            if lost:
+                self.leasing.lost.discard(me)
+                me.uncancel()
+            if ingest is not None:
+                try:
+                    await asyncio.shield(ingest.discard(self.writer))
+                except Exception:
+                    log.exception("could not discard the staged rows of customer %s", cid)
+            if lost:
+                raise leases.LeaseLost(cid) from None
+            raise
+        finally:
+            keeper.cancel()
+            self.walking.discard(cid)
+            slot.release()
+        if result.told.events and self.on_told is not None:
+            self.on_told(result.told)
+        log.info(
+            "customer %s: %d jobs on %d pages, %d written", cid, result.jobs, pages, result.written
+        )
+        return RefreshOutcome(
+            cid,
+            ok=True,
+            jobs=result.jobs,
+            pages=pages,
+            rows_skipped=result.rows_skipped,
+            written=result.written,
+            stored_at=snapshot.finished_at,
+            data_version=result.data_version,
+        )
