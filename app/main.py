@@ -23,18 +23,20 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import __version__, webhooks
-from app.alerting import Notices, run_sweeps
-from app.alerts import Rules
+from app import __version__
+from app.access.keys import KeyBook
+from app.access.ratelimit import RateLimits
+from app.alert_rules import Rules
+from app.alerts import webhooks
+from app.alerts.notices import Notices
+from app.alerts.sweeps import run_sweeps
 from app.api import alerts, customers, deliveries, errors, events, export, jobs, meta, runs, summary
 from app.api.answers import AnswerCache, FastReads, FastReadsMiddleware
 from app.api.deps import Services
 from app.api.middleware import HeadAsGet, RequestIdMiddleware, RequestLimits, RequestMetrics
 from app.clock import Clock, utcnow
 from app.config import Settings
-from app.keys import KeyBook
 from app.metrics import Metrics, watch_loop_lag
-from app.ratelimit import RateLimits
 from app.refresh import Refresher, schedule
 from app.refresh.leasing import process_holder
 from app.refresh.replicas import Bus
@@ -321,7 +323,7 @@ def start_background(
     # A revoked key is refused within RELOAD_SECONDS, by every replica.
     tasks.spawn(services.keys.run(sessions, writer))
     if services.engine.dialect.name == "postgresql":
-        # Replicas add each other's requests to their counts (app.ratelimit).
+        # Replicas add each other's requests to their counts (app.access.ratelimit).
         tasks.spawn(services.limits.share(services.engine, refresher.holder))
     tasks.spawn(watch_loop_lag(metrics))
     if settings.refresh_interval:

@@ -368,7 +368,7 @@ class RefreshLease(Base):
 
 
 class ApiKey(Base):
-    """A key made with `jobs-gateway keys create`, stored as a salted hash (see `app.keys`)."""
+    """A key made with `jobs-gateway keys create`, stored as a salted hash (`app.access.keys`)."""
 
     __tablename__ = "api_keys"
     __table_args__ = (
@@ -395,7 +395,7 @@ class ApiKey(Base):
 
 
 class RateCount(Base):
-    """One process's requests of one key in one minute window (see `app.ratelimit`)."""
+    """One process's requests of one key in one minute window (see `app.access.ratelimit`)."""
 
     __tablename__ = "rate_counts"
 

@@ -165,7 +165,7 @@ async def test_an_overdue_key_opens_a_critical_alert_and_a_success_resolves_it(
         await refresh(api)
         _, cursor = await events(api)
         svc = api._transport.app.state.services  # type: ignore[attr-defined]
-        from app.alerting import sweep_overdue
+        from app.alerts.sweeps import sweep_overdue
 
         clock.advance(34 * HOUR)
         assert await sweep_overdue(svc.writer, svc.sessions, svc.feed, svc.clock) == 0

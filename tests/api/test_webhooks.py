@@ -32,11 +32,12 @@ import pytest
 from pydantic import ValidationError
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from app import keys, webhooks
+from app.access import keys
+from app.alerts import webhooks
+from app.alerts.webhooks import receiver_origin, retry_delay
 from app.api.deps import Services
 from app.logs import QUIET_LOGGERS
 from app.simulator import Simulator, SimulatorConfig
-from app.webhooks import receiver_origin, retry_delay
 from tests.api.conftest import Gateway, settings_for
 from tests.clock import FakeClock
 

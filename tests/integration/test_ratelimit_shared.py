@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.ratelimit import RateLimits
+from app.access.ratelimit import RateLimits
 from app.store.db import create_engine
 
 POSTGRES_ONLY = pytest.mark.parametrize(
@@ -144,7 +144,7 @@ async def test_a_process_that_starts_late_counts_what_the_others_admitted(
 async def test_a_database_failure_leaves_hits_working_and_sharing_resumes(
     engine: AsyncEngine, other_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="app.ratelimit")
+    caplog.set_level(logging.INFO, logger="app.access.ratelimit")
     a, b = RateLimits(clock=clock), RateLimits(clock=clock)
     async with sharing((a, engine, "host-a:1:aaaa"), (b, other_engine, "host-b:2:bbbb")):
         await settle()
@@ -178,7 +178,7 @@ async def test_a_database_failure_leaves_hits_working_and_sharing_resumes(
 async def test_an_unreachable_database_is_logged_without_secrets_and_never_stops_hits(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="app.ratelimit")
+    caplog.set_level(logging.INFO, logger="app.access.ratelimit")
     engine = create_engine("postgresql://gateway:pw-s3cret@127.0.0.1:1/jobs")
     limits = RateLimits(clock=clock)
     try:
@@ -188,11 +188,11 @@ async def test_an_unreachable_database_is_logged_without_secrets_and_never_stops
             await asyncio.sleep(2 * INTERVAL)
     finally:
         await engine.dispose()
-    lines = [r.getMessage() for r in caplog.records if r.name == "app.ratelimit"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "app.access.ratelimit"]
     assert len(lines) == 1, lines  # once, not every round
     assert "could not share" in lines[0]
     assert "pw-s3cret" not in lines[0]
-    assert all(r.exc_info is None for r in caplog.records if r.name == "app.ratelimit")
+    assert all(r.exc_info is None for r in caplog.records if r.name == "app.access.ratelimit")
 
 
 @POSTGRES_ONLY

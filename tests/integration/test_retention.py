@@ -19,7 +19,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import retention
-from app.alerts import Rules
+from app.alert_rules import Rules
 from app.config import DEFAULT_ALERT_STATUSES
 from app.store import repo
 from app.store.db import session_factory

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app import catalog
-from app.alerts import (
+from app.alert_rules import (
     AlertState,
     KeyJob,
     Rules,

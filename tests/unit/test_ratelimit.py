@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from app.ratelimit import RateLimits
+from app.access.ratelimit import RateLimits
 
 WINDOW = 29_000_000  # a minute of 2025, as int(now // 60)
 
