@@ -41,10 +41,10 @@ from app.refresh import Refresher, schedule
 from app.refresh.leasing import process_holder
 from app.refresh.replicas import Bus
 from app.refresh.runs import RefreshRuns
-from app.retention import run_retention
 from app.store import db
 from app.store.feed import FeedConfig, Told
 from app.store.ingest import Writer, purge_orphan_stage
+from app.store.retention import run_retention
 from app.tasks import Supervisor
 from app.upstream.auth import ClientAssertion, TokenProvider
 from app.upstream.breaker import CircuitBreaker

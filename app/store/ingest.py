@@ -34,7 +34,7 @@ import hashlib
 import json
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -45,11 +45,11 @@ from sqlalchemy import Table, and_, delete, func, literal, or_, select, text, up
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app import catalog, retention
+from app import catalog
 from app.normalize import NormalizedJob, job_id_of, normalize_row
 from app.store import feed, leases
 from app.store.db import apply_sqlite_pragmas, session_factory, sqlite_file
-from app.store.feed import FeedConfig, JobChange, Known, Told
+from app.store.feed import FeedConfig, JobChange, Known, Plan, Told, sql
 from app.store.tables import (
     SORT_MIN_DURATION,
     SORT_MIN_TIME,
@@ -512,7 +512,7 @@ class Ingest:
         if self.spilled and moved:
             self.known = await feed.run_async(conn, feed.read_known(dialect, cid))
         unreported = await feed.run_async(
-            conn, retention.note_reported(dialect, cid, self.known, self.seen, at, self.started)
+            conn, note_reported(dialect, cid, self.known, self.seen, at, self.started)
         )
         told = Told()
         if config is not None and job_changes:
@@ -563,7 +563,7 @@ class Ingest:
                 conn, feed.bump_version("sqlite", cid, job_count if self.created else None)
             )
         unreported = feed.run_sync(
-            conn, retention.note_reported("sqlite", cid, self.known, self.seen, at, self.started)
+            conn, note_reported("sqlite", cid, self.known, self.seen, at, self.started)
         )
         told = Told()
         if config is not None and job_changes:
@@ -932,3 +932,65 @@ def _merge_sql(dialect: str) -> tuple[str, str]:
         f"VALUES ({_marks(dialect, len(history))})"
     )
     return upsert, insert_history
+
+
+# -- jobs the upstream stopped reporting (`app.store.retention` purges them) --------------
+
+
+def _later(walk: Any, started: Any) -> bool:
+    """Whether a stored job was written by a walk that started after `started`."""
+    return walk is not None and started is not None and walk > started
+
+
+def note_reported(
+    dialect: str,
+    customer_id: str,
+    known: Mapping[str, tuple[int | None, int | None, Any, Any]],
+    seen: Collection[str],
+    at: datetime,
+    started: Any = None,
+) -> Plan[tuple[int, int]]:
+    """Keep `jobs.unreported_since` of one customer after a successful walk: mark, as of
+    `at`, the stored jobs the walk did not see, and unmark those it saw again. Run by the
+    merge, in its transaction, after it wrote the jobs; `known` and `seen` are the
+    `Ingest`'s (job id -> (content hash, status code) stored when the walk began, and the
+    job ids it saw). Gives the jobs marked and unmarked. A job a walk that started after this
+    one wrote (`started`, the driver's form of this walk's start) is not this walk's to mark:
+    it did not exist, or was not reported, when this walk looked.
+
+    A marked job has no content hash: it is marked once, not by every refresh that misses
+    it, and the walk that sees it again knows it (and rewrites it) from `known` alone. So
+    while nothing disappears, this runs no statement."""
+    gone = sorted(
+        job_id
+        for job_id, (digest, _, _, walk) in known.items()
+        if digest is not None and job_id not in seen and not _later(walk, started)
+    )
+    back = sorted(
+        job_id for job_id, (digest, *_) in known.items() if digest is None and job_id in seen
+    )
+    marked = unmarked = 0
+    stamp = feed.to_driver(dialect, at)
+    for chunk in chunks(gone, 1):
+        marked += yield (
+            "exec",
+            sql(
+                dialect,
+                "UPDATE jobs SET unreported_since = ?, content_hash = NULL "  # noqa: S608
+                f"WHERE customer_id = ? AND job_id IN ({', '.join('?' * len(chunk))}) "
+                "AND unreported_since IS NULL",
+            ),
+            (stamp, customer_id, *chunk),
+        )
+    for chunk in chunks(back, 1):
+        unmarked += yield (
+            "exec",
+            sql(
+                dialect,
+                "UPDATE jobs SET unreported_since = NULL "  # noqa: S608
+                f"WHERE customer_id = ? AND job_id IN ({', '.join('?' * len(chunk))}) "
+                "AND unreported_since IS NOT NULL",
+            ),
+            (customer_id, *chunk),
+        )
+    return marked, unmarked

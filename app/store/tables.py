@@ -197,7 +197,7 @@ class Job(Base):
     # A 64-bit hash of the upstream's row: a refresh rewrites only the rows whose hash moved.
     content_hash: Mapped[int | None] = mapped_column(BigInteger)
     # When a successful refresh of the customer first did not report the job; NULL while the
-    # newest successful refresh reports it (`app.retention`). Marking a job also clears its
+    # newest successful refresh reports it (`app.store.retention`). Marking a job also clears its
     # content hash, so that its next sighting rewrites it (and clears this).
     unreported_since: Mapped[datetime | None]
     # When the walk that wrote this version started (the database's clock): on a tie of
