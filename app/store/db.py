@@ -1,9 +1,9 @@
 """Engines, sessions and migrations.
 
 Nothing here runs at import time: the application's lifespan calls `create_engine` and
-`migrate`, and disposes the engine. The Alembic scripts ship inside the package
-(`app/migrations/`, package data of the wheel); `MIGRATIONS_DIR` finds them from this module,
-so neither the working directory nor a source checkout matters.
+`migrate`, and disposes the engine. The Alembic scripts live in the checkout's
+top-level `migrations/` and ship inside the wheel as `app/migrations/`; `MIGRATIONS_DIR`
+finds them from this module either way, so the working directory never matters.
 """
 
 from __future__ import annotations
@@ -23,8 +23,16 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
-"""The Alembic script directory, inside the installed package (`app/migrations`)."""
+
+def _migrations_dir() -> Path:
+    package = Path(__file__).resolve().parents[1]
+    installed, checkout = package / "migrations", package.parent / "migrations"
+    return checkout if not installed.is_dir() and (checkout / "env.py").is_file() else installed
+
+
+MIGRATIONS_DIR = _migrations_dir()
+"""The Alembic script directory: `app/migrations` in an installed wheel, the checkout's
+top-level `migrations/` in a source tree."""
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10
