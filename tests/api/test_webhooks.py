@@ -654,6 +654,32 @@ async def test_a_snoozed_alerts_updates_are_not_sent_but_its_resolution_is(
     assert receiver.types() == ["alert.opened", "alert.resolved"]
 
 
+async def test_a_snooze_that_ran_out_mutes_nothing(
+    gateway: Gateway,
+    sim: Simulator,
+    clock: FakeClock,
+    customer: str,
+    secret: str,
+    receiver: Receiver,
+) -> None:
+    start = clock.now
+    async with gateway(**hooks(receiver.url, secret)) as api:
+        sim.put_job(customer, "j0", status=FAILED, start=start - timedelta(hours=4))
+        await refresh(api)
+        await until(api, delivered(1))
+        snooze = {"until": z(start + timedelta(hours=1)), "reason": "a quick fix"}
+        response = await api.post(f"/alerts/{key_of(customer)}/snooze", json=snooze)
+        assert response.status_code == 200, response.text
+
+        clock.advance(2 * HOUR)  # the snooze ran out an hour ago; the key still fails
+        for n in (1, 2):  # the third failure makes it critical: alert.updated
+            sim.put_job(customer, f"j{n}", status=FAILED, start=start - timedelta(hours=4 - n))
+            await refresh(api)
+        items = await until(api, delivered(2))
+    assert [d["event_type"] for d in items] == ["alert.opened", "alert.updated"]
+    assert receiver.types() == ["alert.opened", "alert.updated"]
+
+
 # -- the pure parts -------------------------------------------------------------------------
 
 
