@@ -371,6 +371,22 @@ def test_a_snooze_mutes_until_its_time_and_not_after() -> None:
     assert alert.snoozed(NOW + timedelta(days=30)) is False
 
 
+def test_a_snooze_stays_on_the_alert_through_its_changes() -> None:
+    # The alert an event carries is the alert /alerts lists: a snooze is the user's, and no
+    # new failure, rise in severity or resolution drops it from what is told.
+    until = NOW + timedelta(days=1)
+    current = opened_alert(snoozed_until=until, snooze_reason="planned maintenance")
+    histories = {
+        None: history("failed", "failed"),
+        "updated": history("failed", "failed", "failed"),
+        "resolved": history("failed", "finished"),
+    }
+    for change, jobs in histories.items():
+        [t] = transition(KEY, current, judge(jobs, RULES, NOW), NOW)
+        assert t.change == change
+        assert (t.alert.snoozed_until, t.alert.snooze_reason) == (until, "planned maintenance")
+
+
 def test_an_alert_never_snoozed_is_not_muted() -> None:
     alert = opened_alert()
     assert alert.snoozed_until is None
