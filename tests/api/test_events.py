@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from app.api import events as events_api
 from app.simulator import Simulator, SimulatorConfig
-from tests.api.conftest import Gateway
+from tests.api.conftest import Gateway, services_of
 from tests.clock import FakeClock
 
 HOUR = 3600.0
@@ -256,18 +257,36 @@ async def test_filters_by_type_and_customer(
 
 
 async def test_a_long_poll_hears_of_a_failure_as_soon_as_it_is_stored(
-    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock, customer: str
+    api: httpx.AsyncClient,
+    sim: Simulator,
+    clock: FakeClock,
+    customer: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await refresh(api)
     _, cursor = await events(api)
-    poll = asyncio.create_task(api.get("/events", params={"after": cursor, "wait": 10}))
-    await asyncio.sleep(0.05)
+    notices = services_of(api).notices
+    waiting = asyncio.Event()
+    woken: list[bool] = []
+    wait = notices.wait
+
+    async def watched(seconds: float, since: int | None = None) -> bool:
+        waiting.set()
+        woken.append(await wait(seconds, since))
+        return woken[-1]
+
+    monkeypatch.setattr(notices, "wait", watched)
+    # The poll looks at the database only when a notice wakes it: what answers it is the
+    # write's own notice, never the periodic look nor its `wait` running out.
+    monkeypatch.setattr(events_api, "POLL_SECONDS", 3600)
+    poll = asyncio.create_task(api.get("/events", params={"after": cursor, "wait": 30}))
+    await asyncio.wait_for(waiting.wait(), 30)  # a failure guard: it waits at once
     assert not poll.done()
     sim.put_job(customer, "late", status=FAILED, start=clock.now)
-    began = asyncio.get_running_loop().time()
     await refresh(api)
-    response = await asyncio.wait_for(poll, 5)
-    assert asyncio.get_running_loop().time() - began < 1.0
+    # A failure guard well inside the poll's own 30 s: it answers when the notice comes.
+    response = await asyncio.wait_for(poll, 25)
+    assert woken and woken[-1] is True, "the poll's wait ran out: the write did not wake it"
     assert [e["type"] for e in response.json()["items"]][:1] == ["job.created"]
 
 
