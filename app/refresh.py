@@ -53,13 +53,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import Clock, iso, to_second, utcnow
 from app.logs import upstream_fields
 from app.metrics import Metrics
-from app.store import leases, repo
+from app.store import leases, outage, repo
 from app.store.feed import FeedConfig, Told
 from app.store.ingest import Ingest, IngestResult, SnapshotRecord, Writer, open_ingest
 from app.upstream.client import AvePointClient
@@ -87,6 +86,10 @@ LEASE_SECONDS = 120.0
 """How long a refresh lease lasts unless renewed; a walk renews it when half has passed."""
 LOOK_SECONDS = 0.25
 """How often a process waiting on another's refresh looks at the database meanwhile."""
+
+
+LISTING_FAILURES: tuple[type[Exception], ...] = (UpstreamError, *outage.DRIVER_ERRORS)
+"""What a customer listing may fail with and be backed off for: the upstream or the database."""
 
 
 class DiscoveryFailed(Exception):
@@ -289,7 +292,7 @@ class CustomerDirectory:
                 await repo.upsert_customers(
                     session, [*((cid, None) for cid in self.configured), *pairs], now=self.clock()
                 )
-        except (UpstreamError, SQLAlchemyError) as exc:
+        except LISTING_FAILURES as exc:
             reason = str(exc) if isinstance(exc, UpstreamError) else "the database failed"
             # The message names the upstream's request id when it sent one; so does a field.
             log.warning(
@@ -633,7 +636,9 @@ class Refresher:
         """The customer's refresh in flight, started if there is none (single flight)."""
         task = self._inflight.get(customer_id)
         if task is None or task.done():
-            task = asyncio.create_task(self._refresh(customer_id), name=f"refresh:{customer_id}")
+            task = asyncio.create_task(
+                self._refresh_or_back_off(customer_id), name=f"refresh:{customer_id}"
+            )
             self._inflight[customer_id] = task
             task.add_done_callback(functools.partial(self._forget, customer_id))
         return task
@@ -645,6 +650,19 @@ class Refresher:
     def _forget(self, customer_id: str, task: asyncio.Task[RefreshOutcome]) -> None:
         if self._inflight.get(customer_id) is task:
             del self._inflight[customer_id]
+
+    async def _refresh_or_back_off(self, cid: str) -> RefreshOutcome:
+        """`_refresh`; a database that fails before the walk (taking the lease, reading
+        another process's result) is a failed refresh of kind `database` too, backed off like
+        any other, so that requests serve what they have and nothing retries in a loop."""
+        try:
+            return await self._refresh(cid)
+        except outage.DRIVER_ERRORS as exc:
+            log.warning("refresh of customer %s failed on the database: %s", cid, outage.cause(exc))
+            error = SourceError("database", f"refresh failed: {type(exc).__name__}", None)
+            outcome = RefreshOutcome(cid, ok=False, error=error)
+            self._settle(cid, outcome, None)
+            return outcome
 
     async def _refresh(self, cid: str) -> RefreshOutcome:
         if self.shared:
@@ -729,8 +747,11 @@ class Refresher:
             await self._record_failure(cid, started, error, exc.request_id)
             outcome = RefreshOutcome(cid, ok=False, error=error)
         except Exception as exc:  # a bug or the database: record it, never crash the task
-            log.exception("refresh of customer %s failed", cid)
-            kind = "database" if isinstance(exc, SQLAlchemyError) else "internal"
+            if outage.unreachable(exc):  # no traceback: an outage is not a bug
+                log.warning("refresh of customer %s failed: %s", cid, outage.cause(exc))
+            else:
+                log.exception("refresh of customer %s failed", cid)
+            kind = "database" if isinstance(exc, outage.DRIVER_ERRORS) else "internal"
             error = SourceError(kind, f"refresh failed: {type(exc).__name__}", None)
             await self._record_failure(cid, started, error, None)
             outcome = RefreshOutcome(cid, ok=False, error=error)

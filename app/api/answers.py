@@ -145,7 +145,8 @@ class FastReadsMiddleware:
 
     async def _answer(self, scope: Scope) -> Response | None:
         from app.api.deps import offered_keys, rate_limited
-        from app.api.errors import envelope
+        from app.api.errors import database_unavailable, envelope
+        from app.store import outage
 
         svc = getattr(scope["app"].state, "services", None)
         if svc is None or not svc.fast:
@@ -165,7 +166,10 @@ class FastReadsMiddleware:
         route, answer = entry
         try:
             response: Response = await answer(headers)
-        except Exception:  # an error the route renders, e.g. the customer list is gone
+        except Exception as exc:  # an error the route renders, e.g. the customer list is gone
+            if outage.unreachable(exc):
+                # The route would only ask the database again, and wait for it again.
+                return database_unavailable(svc.settings.database_url, exc)
             return None
         scope["route"] = route
         return response

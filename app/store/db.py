@@ -179,11 +179,17 @@ async def migrate(engine_or_url: AsyncEngine | str) -> None:
             await engine.dispose()
 
 
+async def migrations_at_head(engine: AsyncEngine) -> bool:
+    """Whether the database's schema is at the newest migration (for /readyz). A database
+    that cannot be asked raises the driver's error: unreachable is not the same as behind."""
+    async with engine.connect() as connection:
+        current = await connection.run_sync(_current_revisions)
+    return current == _head_revisions()
+
+
 async def migrations_current(engine: AsyncEngine) -> bool:
-    """True when the database answers and its schema is at the newest migration (for /readyz)."""
+    """True when the database answers and its schema is at the newest migration."""
     try:
-        async with engine.connect() as connection:
-            current = await connection.run_sync(_current_revisions)
+        return await migrations_at_head(engine)
     except (SQLAlchemyError, OSError, TimeoutError):
         return False
-    return current == _head_revisions()
