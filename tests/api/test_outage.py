@@ -6,12 +6,17 @@ use break, new ones are refused. Then every answer is either one kept in memory 
 `sources` saying the customers could not be refreshed, with an error of kind `database`) or
 503 `database_unavailable` naming the database, never a 500; `/readyz` says the database
 cannot be reached. Restoring the proxy brings every answer back, without a restart.
+
+On both databases: a driver error that says the database is away is a 503, any other one
+(a bug) still the 500 envelope.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,14 +24,14 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.main import create_app
 from app.simulator import Simulator, create_simulator_app
+from app.store import repo
 from tests.api.conftest import API_KEY, Sleeps, settings_for
 from tests.clock import FakeClock
 from tests.conftest import _admin
-
-pytestmark = pytest.mark.postgres
 
 PASSWORD = "pw-s3cret"  # PostgreSQL trusts the test's connections; it must never be shown
 DEADLINE_SECONDS = 60.0  # a failure guard only: the conditions are polled, never timed
@@ -166,6 +171,7 @@ KEPT = ["/jobs?max_age=0", "/jobs", "/customers", "/summary", "/alerts", "/event
 NEW = ["/jobs?status=failed&limit=7", "/alerts?state=open", "/events?after=1&limit=3"]
 
 
+@pytest.mark.postgres
 async def test_postgres_going_away_is_503_or_a_kept_answer_and_it_recovers(
     served: tuple[httpx.AsyncClient, TcpProxy], sim: Simulator, clock: FakeClock
 ) -> None:
@@ -234,3 +240,57 @@ async def test_postgres_going_away_is_503_or_a_kept_answer_and_it_recovers(
         return forced.json()["sources"] == []
 
     await until(stored_again, "a forced refresh stores again once the database is back")
+
+
+async def _failing_query(*_: object, error: BaseException) -> None:
+    raise error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)"),
+        sqlite3.OperationalError("unable to open database file"),
+        DBAPIError("SELECT 1", None, Exception("gone"), connection_invalidated=True),
+    ],
+    ids=["refused", "sqlite-cannot-open", "connection-invalidated"],
+)
+async def test_a_database_that_cannot_be_reached_is_503_naming_it(
+    api: httpx.AsyncClient,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    error: BaseException,
+) -> None:
+    monkeypatch.setattr(repo, "query_jobs", functools.partial(_failing_query, error=error))
+    response = await api.get("/jobs?status=failed")
+    assert response.status_code == 503, response.text
+    assert response.json()["error"] == "database_unavailable"
+    url = make_url(database_url)
+    named = (
+        f"(sqlite, {url.database})"
+        if url.get_backend_name() == "sqlite"
+        else f"(postgresql, {url.host}:{url.port})"
+    )
+    assert f"the database {named} cannot be reached" in response.json()["detail"]
+    assert int(response.headers["retry-after"]) > 0
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        IntegrityError("INSERT ...", {}, Exception("duplicate key")),
+        sqlite3.OperationalError("no such table: jobs"),
+        OSError(2, "No such file or directory"),
+    ],
+    ids=["integrity", "sqlite-no-such-table", "enoent"],
+)
+async def test_any_other_driver_error_is_still_a_500(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    monkeypatch.setattr(repo, "query_jobs", functools.partial(_failing_query, error=error))
+    response = await api.get("/jobs?status=failed")
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": "internal",
+        "detail": "an unexpected error occurred; it has been logged",
+    }
