@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import fastapi_offline
@@ -41,7 +43,7 @@ from app.ratelimit import RateLimits
 from app.refresh import Refresher
 from app.replicas import Bus
 from app.runs import RefreshRuns
-from app.store import db
+from app.store import db, outage
 from app.store.feed import FeedConfig, Told
 from app.store.ingest import Writer, purge_orphan_stage
 from app.upstream.auth import ClientAssertion, TokenProvider
@@ -58,6 +60,8 @@ one made with `jobs-gateway keys create` (which may be limited to some customers
 others do not exist). Past a key's rate limit, a 429 says when to come back. Every answer says
 how current each customer's data is (`sources`); one failing customer never fails a request.
 """
+
+log = logging.getLogger(__name__)
 
 SIMULATOR_URL = "http://simulator.invalid"
 
@@ -144,7 +148,7 @@ async def open_services(
         await db.migrate(engine)
         sessions = db.session_factory(engine)
         writer = Writer.for_engine(engine)
-        await purge_orphan_stage(writer, clock())
+        await purge_stage_if_writable(writer, clock(), settings.database_url)
         upstream = upstream_of(settings, transport)
         concurrency = settings.upstream_concurrency
         feed_config = feed_config_of(settings)
@@ -291,6 +295,21 @@ async def open_services(
                 writer.close()
     finally:
         await engine.dispose()
+
+
+async def purge_stage_if_writable(writer: Writer, now: datetime, database_url: str) -> None:
+    """Purge what killed refreshes staged; a database that may be read but not written (a
+    SQLite file in a folder the service may not write) is served all the same: its answers
+    are there, and only refreshes fail (with a source error of kind `database`)."""
+    try:
+        await purge_orphan_stage(writer, now)
+    except outage.DRIVER_ERRORS as exc:
+        if not outage.unreachable(exc):
+            raise
+        log.warning(
+            "%s; serving what it holds, refreshes fail until it can be written",
+            outage.message(database_url, exc),
+        )
 
 
 def feed_config_of(settings: Settings) -> FeedConfig:

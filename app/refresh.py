@@ -281,6 +281,7 @@ class CustomerDirectory:
     async def _discover(self) -> list[str]:
         # Even with a configured list, the listing gives the customers' names.
         self.fetched_at = self.clock()
+        failed: str | None = None
         try:
             customers = await self.client.list_customers()
             pairs = [(c.id, c.organization) for c in customers]
@@ -307,7 +308,11 @@ class CustomerDirectory:
             )
             if self.configured:
                 return list(self.configured)
-            raise DiscoveryFailed(reason) from exc
+            failed = reason
+        if failed is not None:
+            # Raised here, not in the handler: the task keeps its error until the next
+            # listing, and a cause would keep the database connection it failed on open.
+            raise DiscoveryFailed(failed)
         self.failure = None
         self.failures = 0
         self.on_names(names)
