@@ -23,7 +23,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import Clock, utcnow
@@ -40,7 +39,7 @@ from app.refresh.ledger import (
     View,
 )
 from app.refresh.walk import Walker
-from app.store import leases, repo
+from app.store import leases, outage, repo
 from app.store.feed import FeedConfig, Told
 from app.store.ingest import SnapshotRecord, Writer
 from app.upstream.client import AvePointClient
@@ -233,7 +232,9 @@ class Refresher:
         """The customer's refresh in flight, started if there is none (single flight)."""
         task = self._inflight.get(customer_id)
         if task is None or task.done():
-            task = asyncio.create_task(self._refresh(customer_id), name=f"refresh:{customer_id}")
+            task = asyncio.create_task(
+                self._refresh_or_back_off(customer_id), name=f"refresh:{customer_id}"
+            )
             self._inflight[customer_id] = task
             task.add_done_callback(functools.partial(self._forget, customer_id))
         return task
@@ -245,6 +246,15 @@ class Refresher:
     def _forget(self, customer_id: str, task: asyncio.Task[RefreshOutcome]) -> None:
         if self._inflight.get(customer_id) is task:
             del self._inflight[customer_id]
+
+    async def _refresh_or_back_off(self, cid: str) -> RefreshOutcome:
+        """`_refresh`; a database that fails before the walk (taking the lease, reading
+        another process's result) is a failed refresh of kind `database` too, backed off like
+        any other, so that requests serve what they have and nothing retries in a loop."""
+        try:
+            return await self._refresh(cid)
+        except outage.DRIVER_ERRORS as exc:
+            return self._failed_to_start(cid, exc)
 
     async def _refresh(self, cid: str) -> RefreshOutcome:
         """One refresh: not while the customer backs off; else a walk slot, then the lease
@@ -274,10 +284,10 @@ class Refresher:
         log.warning(
             "refresh of customer %s could not start: %s",
             cid,
-            type(exc).__name__,
+            outage.cause(exc),
             extra={"customer_id": cid},
         )
-        kind = "database" if isinstance(exc, SQLAlchemyError | OSError) else "internal"
+        kind = "database" if isinstance(exc, outage.DRIVER_ERRORS) else "internal"
         error = SourceError(kind, f"refresh failed: {type(exc).__name__}", None)
         outcome = RefreshOutcome(cid, ok=False, error=error)
         self.ledger.settle(cid, outcome, None, self.clock())
@@ -353,8 +363,11 @@ class Refresher:
             await self._record_failure(cid, started, error, exc.request_id)
             outcome = RefreshOutcome(cid, ok=False, error=error)
         except Exception as exc:  # a bug or the database: record it, never crash the task
-            log.exception("refresh of customer %s failed", cid)
-            kind = "database" if isinstance(exc, SQLAlchemyError) else "internal"
+            if outage.unreachable(exc):  # no traceback: an outage is not a bug
+                log.warning("refresh of customer %s failed: %s", cid, outage.cause(exc))
+            else:
+                log.exception("refresh of customer %s failed", cid)
+            kind = "database" if isinstance(exc, outage.DRIVER_ERRORS) else "internal"
             error = SourceError(kind, f"refresh failed: {type(exc).__name__}", None)
             await self._record_failure(cid, started, error, None)
             outcome = RefreshOutcome(cid, ok=False, error=error)

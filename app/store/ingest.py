@@ -47,8 +47,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import catalog
 from app.normalize import NormalizedJob, job_id_of, normalize_row
-from app.store import feed, leases
-from app.store.db import apply_sqlite_pragmas, session_factory, sqlite_file
+from app.store import feed, leases, outage
+from app.store.db import (
+    SqliteRecovery,
+    apply_sqlite_pragmas,
+    session_factory,
+    sqlite_file,
+    sqlite_recovery,
+)
 from app.store.feed import FeedConfig, JobChange, Known, Plan, Told, sql
 from app.store.tables import (
     SORT_MIN_DURATION,
@@ -110,9 +116,11 @@ class Writer:
         sessions: async_sessionmaker[AsyncSession],
         dialect: str,
         sqlite_file: str | None = None,
+        recovery: SqliteRecovery | None = None,
     ) -> None:
         self.sessions = sessions
         self.dialect = dialect
+        self._recovery = recovery
         self._lock: asyncio.Lock | None = asyncio.Lock() if dialect == "sqlite" else None
         self._sqlite_file = sqlite_file if dialect == "sqlite" else None
         self._thread: ThreadPoolExecutor | None = None
@@ -122,7 +130,12 @@ class Writer:
     def for_engine(cls, engine: AsyncEngine) -> Writer:
         """The engine's writer, with its own connection when the database is a SQLite file."""
         path = sqlite_file(str(engine.url)) if engine.dialect.name == "sqlite" else None
-        return cls(session_factory(engine), engine.dialect.name, str(path) if path else None)
+        return cls(
+            session_factory(engine),
+            engine.dialect.name,
+            str(path) if path else None,
+            sqlite_recovery(engine),
+        )
 
     @property
     def direct(self) -> bool:
@@ -138,14 +151,28 @@ class Writer:
 
         def transaction() -> T:
             if self._conn is None:
+                if self._recovery is not None:
+                    self._recovery.before_reopen()
                 self._conn = _open_sqlite(path)
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    # SQLite has rolled back itself after some errors (a full disk, I/O).
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                if outage.unreachable(exc):
+                    # Opened read-only, it would stay so: the next write opens the file
+                    # afresh, with the pool's connections (`SqliteRecovery`).
+                    self._conn = None
+                    conn.close()
+                    if self._recovery is not None:
+                        self._recovery.away()
                 raise
             return result
 
