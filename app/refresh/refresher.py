@@ -260,18 +260,27 @@ class Refresher:
         """One refresh: not while the customer backs off; else a walk slot, then the lease
         (taken only now, so it never runs down in a queue), then the walk."""
         status = self.ledger.of(cid)
-        if self.ledger.in_backoff(status, self.clock()):
+        asked = self.clock()
+        if self.ledger.in_backoff(status, asked):
             return RefreshOutcome(cid, ok=False, error=self.ledger.backoff_error(status))
         slots = self.walker.slots
         await slots.acquire()
         try:
             lease = await self.leasing.take(cid)
+            # While this walk queued, another process may have walked the customer and
+            # handed its lease back: then its result is this refresh's too.
+            landed = lease.ours and await self._landed_since(cid, asked, success=True)
         except Exception as exc:  # the database: a failed refresh, backed off like any other
             slots.release()
             return self._failed_to_start(cid, exc)
         if not lease.ours:
             slots.release()
             return await self._await_other(cid, lease)
+        if landed:
+            slots.release()
+            await asyncio.shield(self.leasing.hand_back(cid, lease, 0.0))
+            await self.reload([cid])
+            return RefreshOutcome(cid, ok=True)
         self.metrics.leases_held.inc()
         try:
             outcome = await self._walk(cid, lease)
@@ -334,9 +343,13 @@ class Refresher:
         ok = status.error is None and last is not None and last >= since
         return RefreshOutcome(cid, ok=ok, error=status.error)
 
-    async def _landed_since(self, cid: str, since: datetime) -> bool:
+    async def _landed_since(self, cid: str, since: datetime, *, success: bool = False) -> bool:
+        """Whether a refresh of the customer (with `success`: a successful one) was
+        recorded after `since` (strictly: a clock that stands still in tests is no news)."""
         async with self.sessions() as session:
             state = (await repo.customer_states(session, [cid]))[cid]
+        if success:
+            return state.last_success_at is not None and state.last_success_at > since
         return state.last_attempt_at is not None and state.last_attempt_at >= since
 
     async def _walk(self, cid: str, lease: leases.Lease) -> RefreshOutcome:
