@@ -1,10 +1,11 @@
 # syntax=docker/dockerfile:1
-# Build: wheels for the app (its Alembic migrations are package data) and its pinned
+# Build: wheels for the app (its Alembic migrations ship inside, as app/migrations) and its pinned
 # dependencies, in a throwaway stage.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY app ./app
+COPY migrations ./migrations
 RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt .
 
 # Run: only the installed wheels and a non-root user; no source tree, no PYTHONPATH. The

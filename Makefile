@@ -22,8 +22,8 @@ serve: setup
 	$(BIN)/jobs-gateway serve
 
 lint: setup
-	$(BIN)/ruff check app tests bench
-	$(BIN)/ruff format --check app tests bench
+	$(BIN)/ruff check app migrations tests bench
+	$(BIN)/ruff format --check app migrations tests bench
 	$(BIN)/mypy
 	$(BIN)/jobs-gateway openapi --check
 

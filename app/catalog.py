@@ -46,6 +46,8 @@ class Catalog:
         if ambiguous:
             raise ValueError(f"{kind}: names that do not name exactly one code: {ambiguous}")
         self._codes_by_name = {n: frozenset(c) for n, c in by_name.items()}
+        # Code -> name, for the loops that name every row (`.get(code, UNKNOWN)`).
+        self.names_by_code: dict[int | None, str] = {e.code: e.name for e in self.entries}
 
     def name(self, code: int | None) -> str:
         entry = self._by_code.get(code) if code is not None else None

@@ -22,7 +22,7 @@ from app.config import NO_KEY, ConfigError, Settings, load_settings
 from app.logs import configure_logging
 
 if TYPE_CHECKING:
-    from app import keys as keys_module
+    from app.access import keys as keys_module
     from app.refresh import RefreshOutcome
     from app.store.ingest import Writer
 
@@ -258,7 +258,7 @@ def keys_create(
     ] = None,
 ) -> None:
     """Make a new API key, store only its hash, and print the key once, on the last line."""
-    from app import keys
+    from app.access import keys
 
     settings = _keys_settings()
     scope = [c.strip() for c in customers.split(",")] if customers is not None else None
@@ -312,7 +312,7 @@ async def _create_key(
 ) -> tuple[str, list[str]]:
     from sqlalchemy import select
 
-    from app import keys
+    from app.access import keys
     from app.clock import utcnow
     from app.store.tables import Customer
 
@@ -334,7 +334,7 @@ def keys_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one key each.")] = False,
 ) -> None:
     """The keys: name, scope, rate limit, created and last used. Never the key."""
-    from app import keys
+    from app.access import keys
 
     settings = _keys_settings()
     infos = asyncio.run(_list_keys(settings, show_revoked))
@@ -362,7 +362,7 @@ def keys_list(
 
 
 async def _list_keys(settings: Settings, revoked: bool) -> list[keys_module.KeyInfo]:
-    from app import keys
+    from app.access import keys
 
     async with _key_store(settings) as writer, writer.sessions() as session:
         return await keys.list_keys(session, revoked=revoked)
@@ -373,7 +373,7 @@ def keys_revoke(
     name: Annotated[str, typer.Argument(help="The name of the key to revoke.")],
 ) -> None:
     """Revoke a key: running servers refuse it within seconds, without a restart."""
-    from app import keys
+    from app.access import keys
 
     settings = _keys_settings()
     if not asyncio.run(_revoke_key(settings, name)):
@@ -382,7 +382,7 @@ def keys_revoke(
 
 
 async def _revoke_key(settings: Settings, name: str) -> bool:
-    from app import keys
+    from app.access import keys
     from app.clock import utcnow
 
     async with _key_store(settings) as writer:
@@ -390,7 +390,7 @@ async def _revoke_key(settings: Settings, name: str) -> bool:
 
 
 async def _live_keys(settings: Settings) -> int:
-    from app import keys
+    from app.access import keys
 
     async with _key_store(settings) as writer, writer.sessions() as session:
         return len(await keys.live_keys(session))

@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     upstream_rate_per_second: float = Field(50, ge=0, le=100_000)
     # Origins whose pages may call the API from a browser (CORS); empty: none.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # Alerts, the change feed and webhooks (see app.alerts, app.store.feed, app.webhooks).
+    # Alerts, the change feed and webhooks (see app.alert_rules, app.store.feed, app.alerts).
     alert_statuses: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_ALERT_STATUSES)
     )

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import fastapi_offline
@@ -23,26 +25,28 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import __version__, webhooks
-from app.alerting import Notices, run_sweeps
-from app.alerts import Rules
+from app import __version__
+from app.access.keys import KeyBook
+from app.access.ratelimit import RateLimits
+from app.alert_rules import Rules
+from app.alerts import webhooks
+from app.alerts.notices import Notices
+from app.alerts.sweeps import run_sweeps
 from app.api import alerts, customers, deliveries, errors, events, export, jobs, meta, runs, summary
 from app.api.answers import AnswerCache, FastReads, FastReadsMiddleware
 from app.api.deps import Services
 from app.api.middleware import HeadAsGet, RequestIdMiddleware, RequestLimits, RequestMetrics
 from app.clock import Clock, utcnow
 from app.config import Settings
-from app.keys import KeyBook
 from app.metrics import Metrics, watch_loop_lag
-from app.ratelimit import RateLimits
 from app.refresh import Refresher, schedule
 from app.refresh.leasing import process_holder
 from app.refresh.replicas import Bus
 from app.refresh.runs import RefreshRuns
-from app.retention import run_retention
-from app.store import db
+from app.store import db, outage
 from app.store.feed import FeedConfig, Told
 from app.store.ingest import Writer, purge_orphan_stage
+from app.store.retention import run_retention
 from app.tasks import Supervisor
 from app.upstream.auth import ClientAssertion, TokenProvider
 from app.upstream.breaker import CircuitBreaker
@@ -58,6 +62,8 @@ one made with `jobs-gateway keys create` (which may be limited to some customers
 others do not exist). Past a key's rate limit, a 429 says when to come back. Every answer says
 how current each customer's data is (`sources`); one failing customer never fails a request.
 """
+
+log = logging.getLogger(__name__)
 
 SIMULATOR_URL = "http://simulator.invalid"
 
@@ -144,11 +150,7 @@ async def open_services(
     try:
         await db.migrate(engine)
         writer = Writer.for_engine(engine)
-        await purge_orphan_stage(writer, clock())
-        if background:
-            # Before any sender starts: what no sender will take fails now, not never. Not in
-            # one-off commands, whose environment may lack the server's WEBHOOK_URLS.
-            await webhooks.fail_removed_receivers(writer, settings.webhook_urls, clock())
+        await tidy_if_writable(writer, settings, clock(), background)
         upstream = upstream_of(settings, transport)
         async with (
             upstream_http(settings, upstream) as http,
@@ -321,7 +323,7 @@ def start_background(
     # A revoked key is refused within RELOAD_SECONDS, by every replica.
     tasks.spawn(services.keys.run(sessions, writer))
     if services.engine.dialect.name == "postgresql":
-        # Replicas add each other's requests to their counts (app.ratelimit).
+        # Replicas add each other's requests to their counts (app.access.ratelimit).
         tasks.spawn(services.limits.share(services.engine, refresher.holder))
     tasks.spawn(watch_loop_lag(metrics))
     if settings.refresh_interval:
@@ -344,6 +346,29 @@ def start_background(
             on_attempt=metrics.webhook_attempt,
         )
         tasks.spawn(sender.run())
+
+
+async def tidy_if_writable(
+    writer: Writer, settings: Settings, now: datetime, background: bool
+) -> None:
+    """Start-up's writes: purge what killed refreshes staged and, in a server, fail the
+    deliveries to receivers no longer configured. A database that may be read but not
+    written (a SQLite file in a folder the service may not write) is served all the same:
+    its answers are there, and only writes fail (refreshes with a source error of kind
+    `database`)."""
+    try:
+        await purge_orphan_stage(writer, now)
+        if background:
+            # Before any sender starts: what no sender will take fails now, not never. Not in
+            # one-off commands, whose environment may lack the server's WEBHOOK_URLS.
+            await webhooks.fail_removed_receivers(writer, settings.webhook_urls, now)
+    except outage.DRIVER_ERRORS as exc:
+        if not outage.unreachable(exc):
+            raise
+        log.warning(
+            "%s; serving what it holds, refreshes fail until it can be written",
+            outage.message(settings.database_url, exc),
+        )
 
 
 def feed_config_of(settings: Settings) -> FeedConfig:

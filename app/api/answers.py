@@ -25,8 +25,9 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.errors import envelope
+from app.api.errors import database_unavailable, envelope
 from app.api.guard import offered_keys, rate_limited
+from app.store import outage
 
 T = TypeVar("T")
 
@@ -165,7 +166,10 @@ class FastReadsMiddleware:
         route, answer = entry
         try:
             response: Response = await answer(headers)
-        except Exception:  # an error the route renders, e.g. the customer list is gone
+        except Exception as exc:  # an error the route renders, e.g. the customer list is gone
+            if outage.unreachable(exc):
+                # The route would only ask the database again, and wait for it again.
+                return database_unavailable(svc.settings.database_url, exc)
             return None
         scope["route"] = route
         return response

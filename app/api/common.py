@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
+from app.access.keys import Principal
 from app.api.errors import InvalidParameter, Unavailable
 from app.api.params import shorten
 from app.clock import iso
-from app.keys import Principal
 
 if TYPE_CHECKING:
     from app.api.deps import Services

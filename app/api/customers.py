@@ -12,12 +12,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import Headers
 
+from app.access.keys import Principal
 from app.api import schemas
 from app.api.common import scope, source_out
 from app.api.deps import Authorized, PrincipalDep, SafeParams, Services, ServicesDep
 from app.api.etags import dumps, etag_of, json_answer, matches, not_modified
 from app.api.params import decode_cursor, encode_cursor, fingerprint
-from app.keys import Principal
 from app.store import repo
 
 router = APIRouter(tags=["customers"], dependencies=[Authorized, SafeParams])

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 
+from app.alerts.webhooks import receiver_origin
 from app.api import schemas
 from app.api.common import customers_of, visible
 from app.api.deps import Authorized, PrincipalDep, SafeParams, ServicesDep
@@ -15,7 +16,6 @@ from app.api.etags import dumps
 from app.api.params import MAX_ID, id_cursor, split_values
 from app.clock import iso
 from app.store import feed
-from app.webhooks import receiver_origin
 
 router = APIRouter(tags=["webhooks"], dependencies=[Authorized, SafeParams])
 

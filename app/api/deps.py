@@ -14,15 +14,15 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.alerting import Notices
+from app.access.keys import KeyBook, Principal
+from app.access.ratelimit import RateLimits
+from app.alerts.notices import Notices
 from app.api.answers import AnswerCache, FastReads
 from app.api.errors import InvalidParameter, Unauthorized
 from app.api.guard import rate_limited
 from app.clock import Clock
 from app.config import Settings
-from app.keys import KeyBook, Principal
 from app.metrics import Metrics
-from app.ratelimit import RateLimits
 from app.refresh import Refresher
 from app.refresh.replicas import Bus
 from app.refresh.runs import RefreshRuns

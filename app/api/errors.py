@@ -15,6 +15,10 @@ field, `oldest_cursor`: where the client can read on from.
 
 Validation errors from FastAPI, Starlette's HTTP errors (unknown route, wrong method) and any
 unexpected exception are turned into the same envelope; the last never shows a stack trace.
+
+A database that cannot be reached or written (`app.store.outage.unreachable`) is not a bug:
+the driver's error becomes 503 `database_unavailable`, naming the database (never its
+credentials), with a Retry-After; any other error of the drivers stays a 500.
 """
 
 from __future__ import annotations
@@ -27,10 +31,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.store import outage
+
 log = logging.getLogger("app.api")
 
 UNEXPECTED = "an unexpected error occurred; it has been logged"
 """The detail of every 500: what went wrong is in the log, never in the answer."""
+
+DATABASE_RETRY_AFTER_SECONDS = 5
+"""When a client may ask again after a 503 `database_unavailable`: a database restart or
+fail-over takes seconds."""
 
 
 class ApiError(Exception):
@@ -106,6 +116,22 @@ def envelope(
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
+def database_unavailable(database_url: str | None, exc: BaseException) -> JSONResponse:
+    """The 503 of an answer that needs the database while it cannot be reached."""
+    where = outage.message(database_url, exc) if database_url else "the database cannot be reached"
+    return envelope(
+        503,
+        "database_unavailable",
+        f"{where}; answers kept in memory are still served",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
+def _database_url(app: Any) -> str | None:
+    services = getattr(app.state, "services", None)
+    return services.settings.database_url if services is not None else None
+
+
 def _location(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in {"query", "path", "header", "body", "cookie"}:
@@ -166,6 +192,23 @@ def install(app: FastAPI) -> None:
             # is the same mistake, and gets the same answer.
             return envelope(422, "invalid_parameter", unreadable_body_detail(exc.__cause__))
         return envelope(exc.status_code, error, detail, dict(exc.headers or {}))
+
+    async def driver_error(request: Request, exc: Exception) -> JSONResponse:
+        # Here (not in the handler of Exception below) so that the answer is the whole story:
+        # Starlette re-raises what reaches that one to the server after answering.
+        if outage.unreachable(exc):
+            log.warning(
+                "%s %s answered 503: the database cannot be reached (%s)",
+                request.method,
+                request.url.path,
+                outage.cause(exc),
+            )
+            return database_unavailable(_database_url(request.app), exc)
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return envelope(500, "internal", UNEXPECTED)
+
+    for kind in outage.DRIVER_ERRORS:
+        app.add_exception_handler(kind, driver_error)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -9,11 +9,11 @@ import math
 from starlette.datastructures import Headers
 from starlette.types import Scope
 
+from app.access.keys import ANYONE, Principal
+from app.access.ratelimit import RateLimits
 from app.api.errors import RateLimited
 from app.config import Settings
-from app.keys import ANYONE, Principal
 from app.metrics import Metrics
-from app.ratelimit import RateLimits
 
 
 def rate_limited(

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import Headers
 
+from app.access.keys import Principal
 from app.api import schemas
 from app.api.common import covered, scope, servable, source_out, visible
 from app.api.deps import Authorized, PrincipalDep, RefresherDep, SafeParams, Services, ServicesDep
@@ -22,7 +23,6 @@ from app.api.etags import dumps, etag_of, json_answer, matches, not_modified
 from app.api.filters import JobFilters, JobFiltersDep
 from app.api.params import decode_cursor, encode_cursor, shorten
 from app.clock import iso
-from app.keys import Principal
 from app.store import repo
 
 router = APIRouter(tags=["jobs"], dependencies=[Authorized, SafeParams])

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from app import catalog
 from app.api import schemas
 from app.api.deps import Authorized, ServicesDep
-from app.store import db
+from app.store import db, outage
 
 router = APIRouter()
 
@@ -57,18 +57,22 @@ async def readyz(svc: ServicesDep) -> Response:
     if svc.stopping:
         # A load balancer sends no more requests here; those in flight are finished.
         return JSONResponse({"status": "unavailable", "detail": "stopping"}, status_code=503)
+    url = svc.settings.database_url
     try:
-        current = await db.migrations_current(svc.engine)
-    except Exception as exc:  # any failure to reach the database means: not ready
-        return JSONResponse(
-            {"status": "unavailable", "detail": f"database unreachable: {type(exc).__name__}"},
-            status_code=503,
+        current = await db.migrations_at_head(svc.engine)
+    except Exception as exc:  # any failure to ask the database means: not ready
+        detail = (
+            outage.message(url, exc)
+            if outage.unreachable(exc)
+            else f"the database ({outage.where(url)}) failed: {outage.cause(exc)}"
         )
+        return JSONResponse({"status": "unavailable", "detail": detail}, status_code=503)
     if not current:
         return JSONResponse(
             {
                 "status": "unavailable",
-                "detail": "database migrations are not current; run `jobs-gateway migrate`",
+                "detail": f"the database ({outage.where(url)}) is reachable but its migrations "
+                "are not current; run `jobs-gateway migrate`",
             },
             status_code=503,
         )

@@ -240,7 +240,12 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         414: "The query string is longer than the API takes.",
         422: "A bad parameter: the detail names it (and lists allowed values for enums).",
         429: "Past the key's rate limit: Retry-After says when to come back.",
-        503: "The upstream or the database is unavailable and nothing could be served.",
+        503: (
+            "`database_unavailable`: the answer needs the database and it cannot be reached "
+            "(the detail names it, never its credentials; answers kept in memory are still "
+            "served). `unavailable`: the customer list could not be had from the upstream. "
+            "Retry-After says when to ask again."
+        ),
     }
     out: dict[int | str, dict[str, Any]] = {}
     if 401 in statuses:  # what needs a key is also counted against the key's rate limit
@@ -252,6 +257,13 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             out[status] = {"model": CursorExpiredBody, "description": descriptions[status]}
         else:
             out[status] = {"model": ErrorBody, "description": descriptions[status]}
+        if status == 503:
+            out[status]["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds until the request may work again.",
+                    "schema": {"type": "integer"},
+                }
+            }
     return out
 
 

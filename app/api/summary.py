@@ -24,6 +24,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import Headers
 
 from app import catalog
+from app.access.keys import Principal
 from app.api import schemas
 from app.api.common import covered, servable, source_out
 from app.api.deps import Authorized, PrincipalDep, SafeParams, Services, ServicesDep
@@ -31,7 +32,6 @@ from app.api.etags import dumps, etag_of, json_answer, matches, not_modified
 from app.api.filters import JobFilters, JobFiltersDep
 from app.api.jobs import MaxAge
 from app.clock import iso
-from app.keys import Principal
 from app.store import feed, repo
 
 router = APIRouter(tags=["summary"], dependencies=[Authorized, SafeParams])

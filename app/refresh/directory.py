@@ -12,16 +12,18 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from app.clock import Clock
 from app.refresh.ledger import backoff_seconds
-from app.store import repo
+from app.store import outage, repo
 from app.store.ingest import Writer
 from app.upstream.client import AvePointClient
 from app.upstream.errors import UpstreamError, upstream_fields
 
 log = logging.getLogger("app.refresh")
+
+
+LISTING_FAILURES: tuple[type[Exception], ...] = (UpstreamError, *outage.DRIVER_ERRORS)
+"""What a customer listing may fail with and be backed off for: the upstream or the database."""
 
 
 class DiscoveryFailed(Exception):
@@ -102,6 +104,7 @@ class CustomerDirectory:
     async def _discover(self) -> list[str]:
         # Even with a configured list, the listing gives the customers' names.
         self.fetched_at = self.clock()
+        failed: str | None = None
         try:
             customers = await self.client.list_customers()
             pairs = [(c.id, c.organization) for c in customers]
@@ -113,7 +116,7 @@ class CustomerDirectory:
                 await repo.upsert_customers(
                     session, [*((cid, None) for cid in self.configured), *pairs], now=self.clock()
                 )
-        except (UpstreamError, SQLAlchemyError) as exc:
+        except LISTING_FAILURES as exc:
             reason = str(exc) if isinstance(exc, UpstreamError) else "the database failed"
             # The message names the upstream's request id when it sent one; so does a field.
             log.warning(
@@ -128,7 +131,11 @@ class CustomerDirectory:
             )
             if self.configured:
                 return list(self.configured)
-            raise DiscoveryFailed(reason) from exc
+            failed = reason
+        if failed is not None:
+            # Raised here, not in the handler: the task keeps its error until the next
+            # listing, and a cause would keep the database connection it failed on open.
+            raise DiscoveryFailed(failed)
         self.failure = None
         self.failures = 0
         self.on_names(names)

@@ -23,7 +23,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import Clock, utcnow
@@ -40,7 +39,7 @@ from app.refresh.ledger import (
     View,
 )
 from app.refresh.walk import Walker
-from app.store import leases, repo
+from app.store import leases, outage, repo
 from app.store.feed import FeedConfig, Told
 from app.store.ingest import SnapshotRecord, Writer
 from app.upstream.client import AvePointClient
@@ -233,7 +232,9 @@ class Refresher:
         """The customer's refresh in flight, started if there is none (single flight)."""
         task = self._inflight.get(customer_id)
         if task is None or task.done():
-            task = asyncio.create_task(self._refresh(customer_id), name=f"refresh:{customer_id}")
+            task = asyncio.create_task(
+                self._refresh_or_back_off(customer_id), name=f"refresh:{customer_id}"
+            )
             self._inflight[customer_id] = task
             task.add_done_callback(functools.partial(self._forget, customer_id))
         return task
@@ -246,22 +247,40 @@ class Refresher:
         if self._inflight.get(customer_id) is task:
             del self._inflight[customer_id]
 
+    async def _refresh_or_back_off(self, cid: str) -> RefreshOutcome:
+        """`_refresh`; a database that fails before the walk (taking the lease, reading
+        another process's result) is a failed refresh of kind `database` too, backed off like
+        any other, so that requests serve what they have and nothing retries in a loop."""
+        try:
+            return await self._refresh(cid)
+        except outage.DRIVER_ERRORS as exc:
+            return self._failed_to_start(cid, exc)
+
     async def _refresh(self, cid: str) -> RefreshOutcome:
         """One refresh: not while the customer backs off; else a walk slot, then the lease
         (taken only now, so it never runs down in a queue), then the walk."""
         status = self.ledger.of(cid)
-        if self.ledger.in_backoff(status, self.clock()):
+        asked = self.clock()
+        if self.ledger.in_backoff(status, asked):
             return RefreshOutcome(cid, ok=False, error=self.ledger.backoff_error(status))
         slots = self.walker.slots
         await slots.acquire()
         try:
             lease = await self.leasing.take(cid)
+            # While this walk queued, another process may have walked the customer and
+            # handed its lease back: then its result is this refresh's too.
+            landed = lease.ours and await self._landed_since(cid, asked, success=True)
         except Exception as exc:  # the database: a failed refresh, backed off like any other
             slots.release()
             return self._failed_to_start(cid, exc)
         if not lease.ours:
             slots.release()
             return await self._await_other(cid, lease)
+        if landed:
+            slots.release()
+            await asyncio.shield(self.leasing.hand_back(cid, lease, 0.0))
+            await self.reload([cid])
+            return RefreshOutcome(cid, ok=True)
         self.metrics.leases_held.inc()
         try:
             outcome = await self._walk(cid, lease)
@@ -274,10 +293,10 @@ class Refresher:
         log.warning(
             "refresh of customer %s could not start: %s",
             cid,
-            type(exc).__name__,
+            outage.cause(exc),
             extra={"customer_id": cid},
         )
-        kind = "database" if isinstance(exc, SQLAlchemyError | OSError) else "internal"
+        kind = "database" if isinstance(exc, outage.DRIVER_ERRORS) else "internal"
         error = SourceError(kind, f"refresh failed: {type(exc).__name__}", None)
         outcome = RefreshOutcome(cid, ok=False, error=error)
         self.ledger.settle(cid, outcome, None, self.clock())
@@ -324,9 +343,13 @@ class Refresher:
         ok = status.error is None and last is not None and last >= since
         return RefreshOutcome(cid, ok=ok, error=status.error)
 
-    async def _landed_since(self, cid: str, since: datetime) -> bool:
+    async def _landed_since(self, cid: str, since: datetime, *, success: bool = False) -> bool:
+        """Whether a refresh of the customer (with `success`: a successful one) was
+        recorded after `since` (strictly: a clock that stands still in tests is no news)."""
         async with self.sessions() as session:
             state = (await repo.customer_states(session, [cid]))[cid]
+        if success:
+            return state.last_success_at is not None and state.last_success_at > since
         return state.last_attempt_at is not None and state.last_attempt_at >= since
 
     async def _walk(self, cid: str, lease: leases.Lease) -> RefreshOutcome:
@@ -353,8 +376,11 @@ class Refresher:
             await self._record_failure(cid, started, error, exc.request_id)
             outcome = RefreshOutcome(cid, ok=False, error=error)
         except Exception as exc:  # a bug or the database: record it, never crash the task
-            log.exception("refresh of customer %s failed", cid)
-            kind = "database" if isinstance(exc, SQLAlchemyError) else "internal"
+            if outage.unreachable(exc):  # no traceback: an outage is not a bug
+                log.warning("refresh of customer %s failed: %s", cid, outage.cause(exc))
+            else:
+                log.exception("refresh of customer %s failed", cid)
+            kind = "database" if isinstance(exc, outage.DRIVER_ERRORS) else "internal"
             error = SourceError(kind, f"refresh failed: {type(exc).__name__}", None)
             await self._record_failure(cid, started, error, None)
             outcome = RefreshOutcome(cid, ok=False, error=error)

@@ -1,14 +1,17 @@
 """Engines, sessions and migrations.
 
 Nothing here runs at import time: the application's lifespan calls `create_engine` and
-`migrate`, and disposes the engine. The Alembic scripts ship inside the package
-(`app/migrations/`, package data of the wheel); `MIGRATIONS_DIR` finds them from this module,
-so neither the working directory nor a source checkout matters.
+`migrate`, and disposes the engine. The Alembic scripts live in the checkout's
+top-level `migrations/` and ship inside the wheel as `app/migrations/`; `MIGRATIONS_DIR`
+finds them from this module either way, so the working directory never matters.
 """
 
 from __future__ import annotations
 
 import functools
+import gc
+import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +21,23 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
-"""The Alembic script directory, inside the installed package (`app/migrations`)."""
+from app.store import outage
+
+
+def _migrations_dir() -> Path:
+    package = Path(__file__).resolve().parents[1]
+    installed, checkout = package / "migrations", package.parent / "migrations"
+    return checkout if not installed.is_dir() and (checkout / "env.py").is_file() else installed
+
+
+MIGRATIONS_DIR = _migrations_dir()
+"""The Alembic script directory: `app/migrations` in an installed wheel, the checkout's
+top-level `migrations/` in a source tree."""
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10
@@ -83,6 +96,64 @@ def apply_sqlite_pragmas(dbapi_connection: Any, _record: Any = None) -> None:
         cursor.close()
 
 
+SQLITE_AWAY_SECONDS = 30.0
+"""How long after a SQLite file last failed to open or be written its pooled connections are
+closed when handed back, rather than kept (see `SqliteRecovery`)."""
+
+
+class SqliteRecovery:
+    """Lets a SQLite store that could not be written be written again, without a restart.
+
+    SQLite opens a file it may not write read-only, and its WAL index (`-shm`) too. That
+    index is shared by every connection of the process to the file, and stays read-only for
+    as long as any of them is open: a connection opened once the file may be written again
+    still cannot write. So, for a while after such a failure (`recovering`):
+
+    - every pooled connection is closed when it fails or is handed back, rather than kept;
+    - before the writer opens the file afresh, garbage is collected: a connection closed
+      while a statement of it was still referenced (by the traceback of the error that
+      failed it, in a reference cycle) stays open in SQLite until that statement goes.
+
+    Then, as soon as the process holds no connection for a moment, the next one opens the
+    file and its index afresh, and writes again. The pool keeps its connections again once
+    nothing has failed for `SQLITE_AWAY_SECONDS`.
+    """
+
+    def __init__(self) -> None:
+        self.away_until = 0.0
+
+    @property
+    def recovering(self) -> bool:
+        return time.monotonic() < self.away_until
+
+    def away(self) -> None:
+        """The file could not be opened or written just now."""
+        self.away_until = time.monotonic() + SQLITE_AWAY_SECONDS
+
+    def before_reopen(self) -> None:
+        """The writer is about to open the file afresh."""
+        if self.recovering:
+            gc.collect()
+
+    def on_error(self, context: ExceptionContext) -> None:
+        original = context.original_exception
+        if original is not None and outage.unreachable(original):
+            context.is_disconnect = True  # out of the pool, and the pool recycled
+            self.away()
+
+    def on_checkin(self, dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is not None and self.recovering:
+            record.invalidate()
+
+
+_SQLITE_RECOVERY: weakref.WeakKeyDictionary[Any, SqliteRecovery] = weakref.WeakKeyDictionary()
+
+
+def sqlite_recovery(engine: AsyncEngine) -> SqliteRecovery | None:
+    """The recovery of a SQLite engine made by `create_engine` (None for another)."""
+    return _SQLITE_RECOVERY.get(engine.sync_engine)
+
+
 def create_engine(url: str) -> AsyncEngine:
     """An async engine for `url` (plain `postgresql://` and `sqlite:///` URLs are accepted).
 
@@ -101,6 +172,9 @@ def create_engine(url: str) -> AsyncEngine:
             path.parent.mkdir(parents=True, exist_ok=True)
         engine = _create_async_engine(url, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", apply_sqlite_pragmas)
+        recovery = _SQLITE_RECOVERY[engine.sync_engine] = SqliteRecovery()
+        event.listen(engine.sync_engine, "handle_error", recovery.on_error)
+        event.listen(engine.sync_engine.pool, "checkin", recovery.on_checkin)
         return engine
     if backend == "postgresql":
         connect_args: dict[str, Any] = {}
@@ -185,11 +259,17 @@ async def migrate(engine_or_url: AsyncEngine | str) -> None:
             await engine.dispose()
 
 
+async def migrations_at_head(engine: AsyncEngine) -> bool:
+    """Whether the database's schema is at the newest migration (for /readyz). A database
+    that cannot be asked raises the driver's error: unreachable is not the same as behind."""
+    async with engine.connect() as connection:
+        current = await connection.run_sync(_current_revisions)
+    return current == _head_revisions()
+
+
 async def migrations_current(engine: AsyncEngine) -> bool:
-    """True when the database answers and its schema is at the newest migration (for /readyz)."""
+    """True when the database answers and its schema is at the newest migration."""
     try:
-        async with engine.connect() as connection:
-            current = await connection.run_sync(_current_revisions)
+        return await migrations_at_head(engine)
     except (SQLAlchemyError, OSError, TimeoutError):
         return False
-    return current == _head_revisions()

@@ -39,8 +39,8 @@ from typing import Any, Literal, TypeVar, cast
 from sqlalchemy import Select, Table, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app import alerts as rules_
-from app.alerts import AlertState, KeyJob, Rules, Transition
+from app import alert_rules as rules_
+from app.alert_rules import AlertState, KeyJob, Rules, Transition
 from app.clock import iso
 from app.store.tables import Alert, Event, FeedHorizon, WebhookDelivery
 

@@ -34,22 +34,28 @@ import hashlib
 import json
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar, cast
 
-from sqlalchemy import Table, and_, delete, func, literal, or_, select, text, update
+from sqlalchemy import Table, delete, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app import catalog, retention
+from app import catalog
 from app.normalize import NormalizedJob, job_id_of, normalize_row
-from app.store import feed, leases
-from app.store.db import apply_sqlite_pragmas, session_factory, sqlite_file
-from app.store.feed import FeedConfig, JobChange, Known, Told
+from app.store import feed, leases, outage
+from app.store.db import (
+    SqliteRecovery,
+    apply_sqlite_pragmas,
+    session_factory,
+    sqlite_file,
+    sqlite_recovery,
+)
+from app.store.feed import FeedConfig, JobChange, Known, Plan, Told, sql
 from app.store.tables import (
     SORT_MIN_DURATION,
     SORT_MIN_TIME,
@@ -110,9 +116,11 @@ class Writer:
         sessions: async_sessionmaker[AsyncSession],
         dialect: str,
         sqlite_file: str | None = None,
+        recovery: SqliteRecovery | None = None,
     ) -> None:
         self.sessions = sessions
         self.dialect = dialect
+        self._recovery = recovery
         self._lock: asyncio.Lock | None = asyncio.Lock() if dialect == "sqlite" else None
         self._sqlite_file = sqlite_file if dialect == "sqlite" else None
         self._thread: ThreadPoolExecutor | None = None
@@ -122,7 +130,12 @@ class Writer:
     def for_engine(cls, engine: AsyncEngine) -> Writer:
         """The engine's writer, with its own connection when the database is a SQLite file."""
         path = sqlite_file(str(engine.url)) if engine.dialect.name == "sqlite" else None
-        return cls(session_factory(engine), engine.dialect.name, str(path) if path else None)
+        return cls(
+            session_factory(engine),
+            engine.dialect.name,
+            str(path) if path else None,
+            sqlite_recovery(engine),
+        )
 
     @property
     def direct(self) -> bool:
@@ -138,14 +151,28 @@ class Writer:
 
         def transaction() -> T:
             if self._conn is None:
+                if self._recovery is not None:
+                    self._recovery.before_reopen()
                 self._conn = _open_sqlite(path)
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    # SQLite has rolled back itself after some errors (a full disk, I/O).
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                if outage.unreachable(exc):
+                    # Opened read-only, it would stay so: the next write opens the file
+                    # afresh, with the pool's connections (`SqliteRecovery`).
+                    self._conn = None
+                    conn.close()
+                    if self._recovery is not None:
+                        self._recovery.away()
                 raise
             return result
 
@@ -419,8 +446,21 @@ class Ingest:
     async def spill(self, writer: Writer, at: datetime) -> None:
         """Move the rows held in memory to `job_stage` (one short transaction)."""
         if self.pending:
-            async with writer.transaction() as session:
-                await self.spill_in(session, at)
+            await writer.run_plan(lambda dialect: self._spill(dialect, at))
+
+    def _spill(self, dialect: str, at: datetime) -> feed.Plan[None]:
+        if not self.pending:
+            return
+        staged_at = _driver_value(dialect, at)
+        rows = [
+            (self.stage_id, staged_at, c.created, c.previous_status_code, *c.row)
+            for c in self.pending.values()
+        ]
+        stage_sql = _stage_sql(dialect)
+        for chunk in chunks(rows, len(_WRITE_COLUMNS) + 4):
+            yield ("many", stage_sql, list(chunk))
+        self.spilled += len(rows)
+        self.pending.clear()
 
     # -- at the end -----------------------------------------------------------------------
 
@@ -475,49 +515,53 @@ class Ingest:
             if c.created or c.previous_status_code != c.status_code
         ]
 
-    async def merge(
-        self, session: AsyncSession, snapshot: SnapshotRecord, config: FeedConfig | None = None
+    async def commit(
+        self, writer: Writer, snapshot: SnapshotRecord, config: FeedConfig | None = None
     ) -> IngestResult:
-        """Write everything into `session`'s transaction (the caller commits); with `config`,
-        tell the changes (events, alerts, webhook deliveries)."""
+        """Merge the walk in one write transaction (see `merge`)."""
+        return await writer.run_plan(lambda dialect: self.merge(dialect, snapshot, config))
+
+    def merge(
+        self, dialect: str, snapshot: SnapshotRecord, config: FeedConfig | None = None
+    ) -> feed.Plan[IngestResult]:
+        """The one merge of a walk, as a plan (run on the SQLite writer's own connection or
+        on a SQLAlchemy one, inside the caller's transaction): lock the customer and check
+        the lease; take the changes again if another walk wrote meanwhile (newest wins);
+        write the changed jobs and their history, from memory or from `job_stage`; move
+        the customer's version; mark what the upstream stopped reporting; with `config`,
+        tell the changes (events, alerts, webhook deliveries); record the snapshot."""
         at = snapshot.finished_at
-        cid, dialect = self.customer_id, self.dialect
-        conn = await session.connection()
-        version = await feed.run_async(conn, feed.lock_customer(dialect, cid, at))
+        cid = self.customer_id
+        version = yield from feed.lock_customer(dialect, cid, at)
         if self.lease is not None:
-            await feed.run_async(conn, leases.check(dialect, cid, *self.lease))
+            yield from leases.check(dialect, cid, *self.lease)
         moved = version != self.version
         job_changes: list[JobChange]
+        job_count: int | None
         if self.spilled:
-            await self.spill_in(session, at)
+            yield from self._spill(dialect, at)
             if moved:
-                await self._rebase_stage(session)
-            written, changes, job_changes = await self._merge_stage(session, at)
-            job_count = (
-                await feed.run_async(conn, feed.count_jobs(dialect, cid)) if written else None
-            )
+                yield from self._rebase_stage(dialect)
+            written, changes, job_changes = yield from self._merge_stage(dialect, at)
+            job_count = (yield from feed.count_jobs(dialect, cid)) if written else None
+            if moved:
+                self.known = yield from feed.read_known(dialect, cid)
         else:
             if moved:
-                self._rebase(await feed.run_async(conn, feed.read_known(dialect, cid)))
+                self._rebase((yield from feed.read_known(dialect, cid)))
             written = len(self.pending)
             changes = self._changes(at)
             job_changes = self._job_changes()
             if self.pending:
-                await self._merge_memory(session, at, changes)
+                yield from self._merge_memory(dialect, at, changes)
             job_count = len(self.known) + self.created
         if written:
-            await feed.run_async(
-                conn, feed.bump_version(dialect, cid, job_count if self.created else None)
-            )
-        if self.spilled and moved:
-            self.known = await feed.run_async(conn, feed.read_known(dialect, cid))
-        unreported = await feed.run_async(
-            conn, retention.note_reported(dialect, cid, self.known, self.seen, at, self.started)
-        )
+            yield from feed.bump_version(dialect, cid, job_count if self.created else None)
+        unreported = yield from note_reported(dialect, cid, self.known, self.seen, at, self.started)
         told = Told()
         if config is not None and job_changes:
-            told = await feed.run_async(conn, feed.tell(dialect, cid, at, job_changes, config))
-        await session.execute(SNAPSHOTS.insert().values(snapshot_values(snapshot)))
+            told = yield from feed.tell(dialect, cid, at, job_changes, config)
+        yield from _record_snapshot(dialect, snapshot)
         if job_count is None:
             job_count = len(self.known) + self.created
         return IngestResult(
@@ -531,98 +575,26 @@ class Ingest:
             unreported=unreported,
         )
 
-    async def commit(
-        self, writer: Writer, snapshot: SnapshotRecord, config: FeedConfig | None = None
-    ) -> IngestResult:
-        if writer.direct and not self.spilled:
-            return await writer.run_sync(functools.partial(self._merge_sqlite, snapshot, config))
-        async with writer.transaction() as session:
-            return await self.merge(session, snapshot, config)
-
-    def _merge_sqlite(
-        self, snapshot: SnapshotRecord, config: FeedConfig | None, conn: sqlite3.Connection
-    ) -> IngestResult:
-        """`merge` of rows held in memory, on the writer's own SQLite connection."""
-        at = snapshot.finished_at
-        stamp = _sqlite_time(at)
-        cid = self.customer_id
-        version = feed.run_sync(conn, feed.lock_customer("sqlite", cid, at))
-        if self.lease is not None:
-            feed.run_sync(conn, leases.check("sqlite", cid, *self.lease))
-        if version != self.version:
-            self._rebase(feed.run_sync(conn, feed.read_known("sqlite", cid)))
-        job_count = len(self.known) + self.created
-        changes = self._changes(at)
-        job_changes = self._job_changes()
-        upsert_sql, history_sql = _merge_sql("sqlite")
-        if self.pending:
-            rows, history = self._merge_rows(stamp, changes)
-            conn.executemany(upsert_sql, rows)
-            conn.executemany(history_sql, history)
-            feed.run_sync(
-                conn, feed.bump_version("sqlite", cid, job_count if self.created else None)
-            )
-        unreported = feed.run_sync(
-            conn, retention.note_reported("sqlite", cid, self.known, self.seen, at, self.started)
-        )
-        told = Told()
-        if config is not None and job_changes:
-            told = feed.run_sync(conn, feed.tell("sqlite", cid, at, job_changes, config))
-        values = snapshot_values(snapshot)
-        values["started_at"] = _sqlite_time(snapshot.started_at)
-        values["finished_at"] = stamp
-        conn.execute(
-            f"INSERT INTO snapshots ({', '.join(values)}) "  # noqa: S608 - our own column names
-            f"VALUES ({_marks('sqlite', len(values))})",
-            tuple(values.values()),
-        )
-        return IngestResult(
-            jobs=len(self.seen),
-            rows_skipped=self.rows_skipped,
-            written=len(self.pending),
-            job_count=job_count,
-            changes=changes,
-            told=told,
-            data_version=version + 1 if self.pending else version,
-            unreported=unreported,
-        )
-
     async def discard(self, writer: Writer) -> None:
         """Forget a failed walk: delete what it staged (nothing else was written)."""
         self.pending.clear()
         if self.spilled:
-            async with writer.transaction() as session:
-                await session.execute(delete(STAGE).where(STAGE.c.stage_id == self.stage_id))
+            await writer.run_plan(
+                lambda d: _exec(d, "DELETE FROM job_stage WHERE stage_id = ?", (self.stage_id,))
+            )
             self.spilled = 0
 
-    async def spill_in(self, session: AsyncSession, at: datetime) -> None:
-        """`spill`, inside a transaction the caller holds."""
-        if not self.pending:
-            return
-        staged_at = _driver_value(self.dialect, at)
-        rows = [
-            (self.stage_id, staged_at, c.created, c.previous_status_code, *c.row)
-            for c in self.pending.values()
-        ]
-        conn = await session.connection()
-        stage_sql = _stage_sql(self.dialect)
-        for chunk in chunks(rows, len(_WRITE_COLUMNS) + 4):
-            await conn.exec_driver_sql(stage_sql, list(chunk))
-        self.spilled += len(rows)
-        self.pending.clear()
-
-    async def _merge_memory(
-        self, session: AsyncSession, at: datetime, changes: Sequence[StatusChange]
-    ) -> None:
+    def _merge_memory(
+        self, dialect: str, at: datetime, changes: Sequence[StatusChange]
+    ) -> feed.Plan[None]:
         """The changed rows and their history, by the driver's executemany: plain tuples,
         converted once here, with none of the per-value processing of bound parameters."""
-        conn = await session.connection()
-        rows, history = self._merge_rows(_driver_value(self.dialect, at), changes)
-        upsert_sql, history_sql = _merge_sql(self.dialect)
+        rows, history = self._merge_rows(_driver_value(dialect, at), changes)
+        upsert_sql, history_sql = _merge_sql(dialect)
         for chunk in chunks(rows, len(_WRITE_COLUMNS) + 2):
-            await conn.exec_driver_sql(upsert_sql, list(chunk))
+            yield ("many", upsert_sql, list(chunk))
         for chunk in chunks(history, len(_HISTORY_COLUMNS)):
-            await conn.exec_driver_sql(history_sql, list(chunk))
+            yield ("many", history_sql, list(chunk))
 
     def _merge_rows(
         self, stamp: Any, changes: Sequence[StatusChange]
@@ -635,110 +607,92 @@ class Ingest:
         ]
         return rows, history
 
-    async def _rebase_stage(self, session: AsyncSession) -> None:
-        """`_rebase` of the staged rows, in SQL: drop those stored as they are, and take
-        `created` and the previous status from what is stored now."""
-        s, j = STAGE, JOBS
-        same_job = and_(j.c.customer_id == s.c.customer_id, j.c.job_id == s.c.job_id)
-        mine = s.c.stage_id == self.stage_id
-        # Newest wins, as `_older` says: a newer `sort_modified`, or the same one written by
-        # a walk that started later.
-        newer = or_(
-            j.c.sort_modified > s.c.sort_modified,
-            and_(
-                j.c.sort_modified == s.c.sort_modified,
-                j.c.walk_started_at.is_not(None),
-                s.c.walk_started_at.is_not(None),
-                j.c.walk_started_at > s.c.walk_started_at,
-            ),
+    def _rebase_stage(self, dialect: str) -> feed.Plan[None]:
+        """`_rebase` of the staged rows, in SQL: drop those stored as they are, or stored in
+        a newer version (newest wins, as `_older` says), and take `created` and the
+        previous status from what is stored now."""
+        same = "j.customer_id = s.customer_id AND j.job_id = s.job_id"
+        newer = (
+            "j.sort_modified > s.sort_modified OR (j.sort_modified = s.sort_modified "
+            "AND j.walk_started_at IS NOT NULL AND s.walk_started_at IS NOT NULL "
+            "AND j.walk_started_at > s.walk_started_at)"
         )
-        await session.execute(
-            delete(s).where(
-                mine,
-                select(j.c.job_id)
-                .where(same_job, or_(j.c.content_hash == s.c.content_hash, newer))
-                .exists(),
-            )
+        yield from _exec(
+            dialect,
+            "DELETE FROM job_stage AS s WHERE s.stage_id = ? AND EXISTS ("  # noqa: S608
+            f"SELECT 1 FROM jobs AS j WHERE {same} AND (j.content_hash = s.content_hash "
+            f"OR {newer}))",
+            (self.stage_id,),
         )
-        await session.execute(
-            update(s)
-            .where(mine)
-            .values(
-                previous_status_code=select(j.c.status_code).where(same_job).scalar_subquery(),
-                created=~select(j.c.job_id).where(same_job).exists(),
-            )
+        yield from _exec(
+            dialect,
+            "UPDATE job_stage AS s SET "  # noqa: S608
+            f"previous_status_code = (SELECT j.status_code FROM jobs AS j WHERE {same}), "
+            f"created = NOT EXISTS (SELECT 1 FROM jobs AS j WHERE {same}) "
+            "WHERE s.stage_id = ?",
+            (self.stage_id,),
         )
 
-    async def _merge_stage(
-        self, session: AsyncSession, at: datetime
-    ) -> tuple[int, list[StatusChange], list[JobChange]]:
+    def _merge_stage(
+        self, dialect: str, at: datetime
+    ) -> feed.Plan[tuple[int, list[StatusChange], list[JobChange]]]:
         """Staged rows into `jobs` and history; gives the rows written and the changes."""
-        s = STAGE
-        mine = s.c.stage_id == self.stage_id
-        staged = await session.execute(select(func.count()).select_from(s).where(mine))
-        written = int(staged.scalar_one())
-        columns = _WRITE_COLUMNS
-        source = select(
-            *(s.c[name] for name in columns),
-            literal(at, JOBS.c.first_seen_at.type).label("first_seen_at"),
-            literal(at, JOBS.c.last_seen_at.type).label("last_seen_at"),
-        ).where(mine)
-        upsert = insert_for(self.dialect, JOBS).from_select(
-            [*columns, "first_seen_at", "last_seen_at"], source
+        stamp = _driver_value(dialect, at)
+        mine = (self.stage_id,)
+        counted = yield (
+            "fetch",
+            feed.sql(dialect, "SELECT COUNT(*) FROM job_stage WHERE stage_id = ?"),
+            mine,
         )
-        upsert = upsert.on_conflict_do_update(
-            index_elements=[JOBS.c.customer_id, JOBS.c.job_id],
-            set_={c.name: upsert.excluded[c.name] for c in JOBS.c if c.name not in _JOB_KEEP},
+        written = int(counted[0][0])
+        columns = ", ".join(_WRITE_COLUMNS)
+        updates = ", ".join(
+            f"{c} = excluded.{c}" for c in [*_WRITE_COLUMNS, "last_seen_at"] if c not in _JOB_KEEP
         )
-        await session.execute(upsert)
-        changed = or_(
-            s.c.created.is_(True), s.c.status_code.is_distinct_from(s.c.previous_status_code)
+        yield from _exec(
+            dialect,
+            f"INSERT INTO jobs ({columns}, first_seen_at, last_seen_at) "  # noqa: S608
+            f"SELECT {columns}, ?, ? FROM job_stage WHERE stage_id = ? "
+            f"ON CONFLICT (customer_id, job_id) DO UPDATE SET {updates}",
+            (stamp, stamp, self.stage_id),
         )
-        history_source = select(
-            s.c.customer_id,
-            s.c.job_id,
-            s.c.status_code,
-            s.c.status,
-            s.c.previous_status_code,
-            literal(at, HISTORY.c.changed_at.type).label("changed_at"),
-        ).where(and_(mine, changed))
-        await session.execute(HISTORY.insert().from_select(_HISTORY_COLUMNS, history_source))
-        found = await session.stream(
-            select(
-                s.c.job_id,
-                s.c.previous_status_code,
-                s.c.status_code,
-                s.c.created,
-                s.c.status,
-                s.c.job_type,
-                s.c.module,
-                s.c.name,
-                s.c.start_time,
-            ).where(mine, changed)
+        distinct = "IS NOT" if dialect == "sqlite" else "IS DISTINCT FROM"
+        changed = f"(created OR status_code {distinct} previous_status_code)"
+        yield from _exec(
+            dialect,
+            f"INSERT INTO job_status_history ({', '.join(_HISTORY_COLUMNS)}) "  # noqa: S608
+            "SELECT customer_id, job_id, status_code, status, previous_status_code, ? "
+            f"FROM job_stage WHERE stage_id = ? AND {changed}",
+            (stamp, self.stage_id),
+        )
+        found = yield (
+            "fetch",
+            feed.sql(
+                dialect,
+                "SELECT job_id, previous_status_code, status_code, created, status, "  # noqa: S608
+                f"job_type, module, name, start_time FROM job_stage WHERE stage_id = ? "
+                f"AND {changed}",
+            ),
+            mine,
         )
         changes: list[StatusChange] = []
         job_changes: list[JobChange] = []
-        # In slices: a large customer's changes would hold the event loop in one go.
-        async for part in found.partitions(ROWS_PER_SLICE):
-            for job_id, previous, current, new, status, job_type, module, name, start in part:
-                created = bool(new)
-                changes.append(
-                    StatusChange(self.customer_id, job_id, previous, current, at, created=created)
+        for job_id, previous, current, new, status, job_type, module, name, start in found:
+            created = bool(new)
+            changes.append(StatusChange(self.customer_id, job_id, previous, current, at, created))
+            job_changes.append(
+                JobChange(
+                    job_id=job_id,
+                    created=created,
+                    previous=None if created else catalog.STATUS.name(previous),
+                    status=status,
+                    job_type=job_type,
+                    module=module,
+                    name=name,
+                    start_time=feed.from_driver(start),
                 )
-                job_changes.append(
-                    JobChange(
-                        job_id=job_id,
-                        created=created,
-                        previous=None if created else catalog.STATUS.name(previous),
-                        status=status,
-                        job_type=job_type,
-                        module=module,
-                        name=name,
-                        start_time=start,
-                    )
-                )
-            await asyncio.sleep(0)
-        await session.execute(delete(STAGE).where(mine))
+            )
+        yield from _exec(dialect, "DELETE FROM job_stage WHERE stage_id = ?", mine)
         return written, changes, job_changes
 
 
@@ -786,6 +740,23 @@ async def purge_orphan_stage(writer: Writer, now: datetime) -> int:
             delete(STAGE).where(STAGE.c.staged_at < now - ORPHAN_STAGE_AGE)
         )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _exec(dialect: str, statement: str, params: tuple[Any, ...]) -> feed.Plan[int]:
+    count: int = yield ("exec", feed.sql(dialect, statement), params)
+    return count
+
+
+def _record_snapshot(dialect: str, snapshot: SnapshotRecord) -> feed.Plan[None]:
+    values = snapshot_values(snapshot)
+    values["started_at"] = _driver_value(dialect, snapshot.started_at)
+    values["finished_at"] = _driver_value(dialect, snapshot.finished_at)
+    yield from _exec(
+        dialect,
+        f"INSERT INTO snapshots ({', '.join(values)}) "  # noqa: S608 - our own column names
+        f"VALUES ({', '.join('?' * len(values))})",
+        tuple(values.values()),
+    )
 
 
 def _driver_value(dialect: str, value: datetime) -> Any:
@@ -932,3 +903,65 @@ def _merge_sql(dialect: str) -> tuple[str, str]:
         f"VALUES ({_marks(dialect, len(history))})"
     )
     return upsert, insert_history
+
+
+# -- jobs the upstream stopped reporting (`app.store.retention` purges them) --------------
+
+
+def _later(walk: Any, started: Any) -> bool:
+    """Whether a stored job was written by a walk that started after `started`."""
+    return walk is not None and started is not None and walk > started
+
+
+def note_reported(
+    dialect: str,
+    customer_id: str,
+    known: Mapping[str, tuple[int | None, int | None, Any, Any]],
+    seen: Collection[str],
+    at: datetime,
+    started: Any = None,
+) -> Plan[tuple[int, int]]:
+    """Keep `jobs.unreported_since` of one customer after a successful walk: mark, as of
+    `at`, the stored jobs the walk did not see, and unmark those it saw again. Run by the
+    merge, in its transaction, after it wrote the jobs; `known` and `seen` are the
+    `Ingest`'s (job id -> (content hash, status code) stored when the walk began, and the
+    job ids it saw). Gives the jobs marked and unmarked. A job a walk that started after this
+    one wrote (`started`, the driver's form of this walk's start) is not this walk's to mark:
+    it did not exist, or was not reported, when this walk looked.
+
+    A marked job has no content hash: it is marked once, not by every refresh that misses
+    it, and the walk that sees it again knows it (and rewrites it) from `known` alone. So
+    while nothing disappears, this runs no statement."""
+    gone = sorted(
+        job_id
+        for job_id, (digest, _, _, walk) in known.items()
+        if digest is not None and job_id not in seen and not _later(walk, started)
+    )
+    back = sorted(
+        job_id for job_id, (digest, *_) in known.items() if digest is None and job_id in seen
+    )
+    marked = unmarked = 0
+    stamp = feed.to_driver(dialect, at)
+    for chunk in chunks(gone, 1):
+        marked += yield (
+            "exec",
+            sql(
+                dialect,
+                "UPDATE jobs SET unreported_since = ?, content_hash = NULL "  # noqa: S608
+                f"WHERE customer_id = ? AND job_id IN ({', '.join('?' * len(chunk))}) "
+                "AND unreported_since IS NULL",
+            ),
+            (stamp, customer_id, *chunk),
+        )
+    for chunk in chunks(back, 1):
+        unmarked += yield (
+            "exec",
+            sql(
+                dialect,
+                "UPDATE jobs SET unreported_since = NULL "  # noqa: S608
+                f"WHERE customer_id = ? AND job_id IN ({', '.join('?' * len(chunk))}) "
+                "AND unreported_since IS NOT NULL",
+            ),
+            (customer_id, *chunk),
+        )
+    return marked, unmarked

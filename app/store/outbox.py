@@ -3,7 +3,7 @@ what each attempt gave, and failing the deliveries of receivers that are gone.
 
 `app.store.feed.tell` writes the deliveries, in the transaction of their events; the listing
 and the manual retry (`GET /webhooks/deliveries`) read and write them there too. What to do
-with an answer (retry when, fail when) is `app.webhooks`'s to decide: the steps here only
+with an answer (retry when, fail when) is `app.alerts.webhooks`'s to decide: the steps here only
 write it down. They are plans (`app.store.feed.Plan`), run by `Writer.run_plan`.
 
 A receiver is its URL exactly as `WEBHOOK_URLS` gives it: two receivers may share an origin

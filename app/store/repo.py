@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import catalog
 from app.normalize import NormalizedJob
+from app.store import feed
 from app.store.ingest import (
     CUSTOMERS,
     HISTORY,
@@ -229,7 +230,8 @@ async def record_success(
     try:
         ingest = await open_ingest(session, snapshot.customer_id)
         ingest.add_jobs(jobs)
-        result = await ingest.merge(session, snapshot)
+        conn = await session.connection()
+        result = await feed.run_async(conn, ingest.merge(conn.dialect.name, snapshot))
         await session.commit()
     except Exception:
         await session.rollback()

@@ -199,7 +199,7 @@ class Job(Base):
     # A 64-bit hash of the upstream's row: a refresh rewrites only the rows whose hash moved.
     content_hash: Mapped[int | None] = mapped_column(BigInteger)
     # When a successful refresh of the customer first did not report the job; NULL while the
-    # newest successful refresh reports it (`app.retention`). Marking a job also clears its
+    # newest successful refresh reports it (`app.store.retention`). Marking a job also clears its
     # content hash, so that its next sighting rewrites it (and clears this).
     unreported_since: Mapped[datetime | None]
     # When the walk that wrote this version started (the database's clock): on a tie of
@@ -380,7 +380,7 @@ class RefreshLease(Base):
 
 
 class ApiKey(Base):
-    """A key made with `jobs-gateway keys create`, stored as a salted hash (see `app.keys`)."""
+    """A key made with `jobs-gateway keys create`, stored as a salted hash (`app.access.keys`)."""
 
     __tablename__ = "api_keys"
     __table_args__ = (
@@ -407,7 +407,7 @@ class ApiKey(Base):
 
 
 class RateCount(Base):
-    """One process's requests of one key in one minute window (see `app.ratelimit`)."""
+    """One process's requests of one key in one minute window (see `app.access.ratelimit`)."""
 
     __tablename__ = "rate_counts"
 

@@ -51,6 +51,7 @@ Two guards shared by every customer, both off unless given (`open_services` give
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import random
@@ -144,9 +145,14 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JobsPage:
-    """One page of a customer's jobs, as the upstream sent it."""
+    """One page of a customer's jobs, as the upstream sent it.
+
+    `raw`: each row's JSON as the upstream sent it, aligned with `rows` (`raw[i]` is the
+    bytes of `rows[i]`), for the store to keep as the raw row with `normalize.raw_json`;
+    None when the page was read by the general path (the store then encodes the row).
+    """
 
     customer_id: str
     page: int
@@ -154,6 +160,7 @@ class JobsPage:
     total_count: int | None
     page_size: int | None
     request_id: str | None
+    raw: list[bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -205,6 +212,17 @@ class _Call:
     body: dict[str, Any]
     page: int
     customer_id: str | None = None
+
+    @property
+    def content(self) -> bytes:
+        """The body as httpx's `json=` would send it."""
+        return _json_body(self.body)
+
+
+def _json_body(body: dict[str, Any]) -> bytes:
+    if not body:
+        return b"{}"
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 @dataclass
@@ -431,6 +449,7 @@ class AvePointClient:
             total_count=metadata.total_count,
             page_size=metadata.page_size,
             request_id=answer.request_id,
+            raw=answer.envelope.raw,
         )
 
     # -- one request, with retries ---------------------------------------------------
@@ -578,17 +597,13 @@ class AvePointClient:
     ) -> tuple[httpx.Response, float]:
         """One HTTP exchange, inside the semaphore and the rate limit; transport failures
         become typed."""
+        request = self._build(call, token)
         async with self._semaphore:
             if self._rate_limiter is not None:
                 await self._rate_limiter.acquire()
             started = self._clock()
             try:
-                response = await self._http.post(
-                    call.url,
-                    params={"pageIndex": call.page, "pageSize": self.PAGE_SIZE},
-                    json=call.body,
-                    headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-                )
+                response = await self._http.send(request)
             except httpx.RequestError as exc:
                 error = _transport_error(call, exc)
                 self._observe(error.kind, self._clock() - started, call.what, None)
@@ -597,15 +612,39 @@ class AvePointClient:
                 # `from None`: the httpx error holds the request and its Authorization.
                 raise error from None
             seconds = self._clock() - started
-        logger.debug(
-            "AvePoint %s customer=%s page=%d -> HTTP %d (request id %s)",
-            call.what,
-            call.customer_id,
-            call.page,
-            response.status_code,
-            request_id_of(response.headers),
-        )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "AvePoint %s customer=%s page=%d -> HTTP %d (request id %s)",
+                call.what,
+                call.customer_id,
+                call.page,
+                response.status_code,
+                request_id_of(response.headers),
+            )
         return response, seconds
+
+    def _build(self, call: _Call, token: str) -> httpx.Request:
+        """The request of one attempt, built straight: the query and the JSON body are known
+        text, so the client's general merging (URL parsing, params encoding, JSON encoding
+        and header merging on every page) is skipped. A client with cookies or default
+        params of its own takes its general path, which adds them."""
+        http = self._http
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        params = {"pageIndex": call.page, "pageSize": self.PAGE_SIZE}
+        if http.cookies or http.params:
+            return http.build_request(
+                "POST", call.url, params=params, json=call.body, headers=headers
+            )
+        merged = httpx.Headers(http.headers)
+        merged.update(headers)
+        merged["Content-Type"] = "application/json"
+        return httpx.Request(
+            "POST",
+            f"{call.url}?pageIndex={call.page}&pageSize={self.PAGE_SIZE}",
+            headers=merged,
+            content=call.content,
+            extensions={"timeout": http.timeout.as_dict()},
+        )
 
     def _read(
         self, call: _Call, permit: Permit | None, response: httpx.Response, seconds: float

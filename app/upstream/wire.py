@@ -8,6 +8,12 @@ Unknown fields are ignored and missing metadata becomes None; `totalCount` may a
 number, a string of digits or `"N/A"`. Job rows stay plain dicts because the store keeps
 the raw JSON; only a body that is not JSON, or not that envelope, is an error
 (`UpstreamMalformed`).
+
+Pages are decoded by msgspec in C: the envelope first, with each row kept as its own bytes
+(`PageEnvelope.raw`, what the store can keep as the raw row without encoding it again),
+then each row into a dict. A body msgspec refuses (not JSON to it, `NaN`, a number past
+a float's range, a lone surrogate) takes the general path (`json.loads`), which reads what
+it can exactly as before and names what it cannot.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import email.utils
 import json
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+import msgspec
+from pydantic import BaseModel, ConfigDict
 
 from app.normalize import job_id_of, text
 from app.upstream.errors import UpstreamMalformed
@@ -40,26 +48,56 @@ def count_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and value >= 0 else None
 
 
-Count = Annotated[int | None, BeforeValidator(count_or_none)]
-
-
-class PageMetadata(BaseModel):
+@dataclass(frozen=True, slots=True)
+class PageMetadata:
     """The envelope's `metadata`; every field None when absent or unreadable."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    page_index: int | None = None
+    page_size: int | None = None
+    total_count: int | None = None
 
-    page_index: Count = Field(default=None, alias="pageIndex")
-    page_size: Count = Field(default=None, alias="pageSize")
-    total_count: Count = Field(default=None, alias="totalCount")
+    @classmethod
+    def of(cls, metadata: Any) -> PageMetadata:
+        if not isinstance(metadata, dict) or not metadata:
+            return _NO_METADATA
+
+        def field(alias: str, name: str) -> int | None:
+            # The upstream's camelCase name, else the field's own (as the pydantic model
+            # this replaced accepted both).
+            return count_or_none(metadata[alias] if alias in metadata else metadata.get(name))
+
+        return cls(
+            field("pageIndex", "page_index"),
+            field("pageSize", "page_size"),
+            field("totalCount", "total_count"),
+        )
 
 
-class PageEnvelope(BaseModel):
-    """One page: its rows as plain dicts, and its metadata."""
+_NO_METADATA = PageMetadata()
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+
+@dataclass(frozen=True, slots=True)
+class PageEnvelope:
+    """One page: its rows as plain dicts, and its metadata.
+
+    `raw`, when given, holds each row's JSON exactly as the upstream sent it (`raw[i]` is
+    the bytes of `data[i]`); None when the page took the general path.
+    """
 
     data: list[dict[str, Any]]
-    metadata: PageMetadata = PageMetadata()
+    metadata: PageMetadata = _NO_METADATA
+    raw: list[bytes] | None = None
+
+
+class _RawPage(msgspec.Struct):
+    """The envelope as the fast path reads it: rows left as their bytes."""
+
+    data: list[msgspec.Raw] | msgspec.UnsetType | None = msgspec.UNSET
+    metadata: Any = None
+
+
+_PAGE = msgspec.json.Decoder(_RawPage)
+_ROW = msgspec.json.Decoder()
 
 
 class UpstreamCustomer(BaseModel):
@@ -80,6 +118,10 @@ def parse_page(
     request_id: str | None = None,
 ) -> PageEnvelope:
     """The page envelope in `content`, or UpstreamMalformed naming the context."""
+
+    fast = _fast_page(content)
+    if fast is not None:
+        return fast
 
     def malformed(reason: str) -> UpstreamMalformed:
         return UpstreamMalformed(
@@ -105,11 +147,26 @@ def parse_page(
         raise malformed("a page whose 'data' is not a list")
     if not all(isinstance(row, dict) for row in data):
         raise malformed("a page whose 'data' holds something other than objects")
-    metadata = body.get("metadata")
-    return PageEnvelope(
-        data=data,
-        metadata=PageMetadata.model_validate(metadata if isinstance(metadata, dict) else {}),
-    )
+    return PageEnvelope(data=data, metadata=PageMetadata.of(body.get("metadata")))
+
+
+def _fast_page(content: bytes) -> PageEnvelope | None:
+    """The page by msgspec, or None: anything it refuses (or that is not a page of objects)
+    is left to the general path, which reads it or names the fault."""
+    try:
+        page = _PAGE.decode(content)
+        if page.data is msgspec.UNSET:
+            return None
+        if page.data is None:
+            return PageEnvelope(data=[], metadata=PageMetadata.of(page.metadata), raw=[])
+        raw = [bytes(row) for row in page.data]
+        rows = [_ROW.decode(row) for row in raw]
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+        return None
+    for row in rows:
+        if type(row) is not dict:
+            return None
+    return PageEnvelope(data=rows, metadata=PageMetadata.of(page.metadata), raw=raw)
 
 
 def customer_of(row: Mapping[str, Any]) -> UpstreamCustomer | None:

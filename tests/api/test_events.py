@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.api import events as events_api
 from app.simulator import Simulator, SimulatorConfig
 from tests.api.conftest import Gateway, services_of
 from tests.clock import FakeClock
@@ -165,7 +166,7 @@ async def test_an_overdue_key_opens_a_critical_alert_and_a_success_resolves_it(
         await refresh(api)
         _, cursor = await events(api)
         svc = api._transport.app.state.services  # type: ignore[attr-defined]
-        from app.alerting import sweep_overdue
+        from app.alerts.sweeps import sweep_overdue
 
         clock.advance(34 * HOUR)
         assert await sweep_overdue(svc.writer, svc.sessions, svc.feed, svc.clock) == 0
@@ -256,18 +257,36 @@ async def test_filters_by_type_and_customer(
 
 
 async def test_a_long_poll_hears_of_a_failure_as_soon_as_it_is_stored(
-    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock, customer: str
+    api: httpx.AsyncClient,
+    sim: Simulator,
+    clock: FakeClock,
+    customer: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await refresh(api)
     _, cursor = await events(api)
-    poll = asyncio.create_task(api.get("/events", params={"after": cursor, "wait": 10}))
-    await asyncio.sleep(0.05)
+    notices = services_of(api).notices
+    waiting = asyncio.Event()
+    woken: list[bool] = []
+    wait = notices.wait
+
+    async def watched(seconds: float, since: int | None = None) -> bool:
+        waiting.set()
+        woken.append(await wait(seconds, since))
+        return woken[-1]
+
+    monkeypatch.setattr(notices, "wait", watched)
+    # The poll looks at the database only when a notice wakes it: what answers it is the
+    # write's own notice, never the periodic look nor its `wait` running out.
+    monkeypatch.setattr(events_api, "POLL_SECONDS", 3600)
+    poll = asyncio.create_task(api.get("/events", params={"after": cursor, "wait": 30}))
+    await asyncio.wait_for(waiting.wait(), 30)  # a failure guard: it waits at once
     assert not poll.done()
     sim.put_job(customer, "late", status=FAILED, start=clock.now)
-    began = asyncio.get_running_loop().time()
     await refresh(api)
-    response = await asyncio.wait_for(poll, 5)
-    assert asyncio.get_running_loop().time() - began < 1.0
+    # A failure guard well inside the poll's own 30 s: it answers when the notice comes.
+    response = await asyncio.wait_for(poll, 25)
+    assert woken and woken[-1] is True, "the poll's wait ran out: the write did not wake it"
     assert [e["type"] for e in response.json()["items"]][:1] == ["job.created"]
 
 
@@ -464,7 +483,7 @@ DAY = 24 * HOUR
 
 async def purge(api: httpx.AsyncClient, days: float = 90) -> dict[str, int]:
     """The hourly retention purge, run now on the app's own store."""
-    from app.retention import purge as purge_store
+    from app.store.retention import purge as purge_store
 
     svc = services_of(api)
     return await purge_store(svc.writer, svc.clock(), days)

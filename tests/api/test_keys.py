@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from app import keys
+from app.access import keys
 from app.simulator import Simulator, SimulatorConfig
 from app.store.tables import ApiKey
 from tests.api.conftest import Gateway, services_of

@@ -134,7 +134,7 @@ def test_a_keys_rate_limit_holds_for_the_sum_of_two_replicas(
     upstream: tuple[str, Simulator], postgres_database: str
 ) -> None:
     """Two processes on one database, a key allowed 60 requests a minute, 200 requests sent
-    to both in turn: about 60 get through in all (app.ratelimit states the tolerance), not
+    to both in turn: about 60 get through in all (app.access.ratelimit states the tolerance), not
     60 each."""
     env = serve_env(upstream[0], postgres_database, "full-key", REFRESH_INTERVAL_SECONDS="0")
     key = made(env, "limited", "--rate-per-minute", "60")

@@ -8,13 +8,17 @@ once, both processes then answer with the same ETag, and the change feed tells e
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 
+import asyncpg
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from app.simulator import Simulator, SimulatorConfig
 from tests.e2e.conftest import serve_env, simulator_over_http
@@ -24,6 +28,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 KEY = "e2e-replica-key"
 CUSTOMERS = 6
+GUARD_SECONDS = 120.0  # how long a wait may take before the test fails: never reached when well
+FAILED = 3  # the upstream's status code
 
 
 @pytest.fixture
@@ -70,9 +76,11 @@ async def _get(client: httpx.AsyncClient, url: str, **params: object) -> httpx.R
 
 
 async def _same_etag(client: httpx.AsyncClient, bases: list[str], path: str) -> str:
-    """Both processes' ETag of `path` once they agree (they reload within about a second)."""
+    """Both processes' ETag of `path` once they agree (they reload within about a second;
+    the deadline only stops a test that would wait forever)."""
     tags: list[str] = []
-    for _ in range(40):
+    deadline = time.monotonic() + GUARD_SECONDS
+    while time.monotonic() < deadline:
         tags = [(await _get(client, base + path)).headers["etag"] for base in bases]
         if len(set(tags)) == 1:
             return tags[0]
@@ -120,23 +128,33 @@ def test_two_processes_walk_each_customer_once_and_agree(
             created = Counter(e["job_id"] for e in feeds[0] if e["type"] == "job.created")
             assert created and set(created.values()) == {1}
 
-            # A refresh through one process is seen by the other: their answers agree again.
+            # A refresh through one process is seen by the other: a failure the upstream
+            # reports from now on is in both processes' answers, which agree again.
+            cid = sim.customer_ids()[0]
+            sim.put_job(cid, "e2e-new-failure", status=FAILED, start=sim.now())
+            failed = f"/jobs?status=failed&customer_id={cid}"
+            before = (await _get(client, replicas[1] + failed)).json()["items"]
+            assert "e2e-new-failure" not in {j["job_id"] for j in before}
             sim.stats.reset()
-            before = (await _get(client, replicas[1] + "/jobs")).headers["etag"]
             response = await client.post(replicas[0] + "/refresh")
             assert response.status_code == 202
             run = response.headers["location"]
-            for _ in range(100):
-                state = (await _get(client, replicas[0] + run)).json()
-                if state["state"] == "done":
-                    break
+            deadline = time.monotonic() + GUARD_SECONDS
+            while (state := (await _get(client, replicas[0] + run)).json())["state"] != "done":
+                assert time.monotonic() < deadline, f"the refresh did not end: {state}"
                 await asyncio.sleep(0.05)
+            assert {c["state"] for c in state["customers"]} == {"ok"}, state
             assert set(Counter(sim.stats.walks).values()) == {1}
-            tag = await _same_etag(client, replicas, "/jobs")
-            # The simulator's clock moved on, so its running jobs did too: new data.
-            assert tag != before or sim.stats.walks
+            await _same_etag(client, replicas, failed)
+            for base in replicas:
+                items = (await _get(client, base + failed)).json()["items"]
+                assert "e2e-new-failure" in {j["job_id"] for j in items}, base
 
     asyncio.run(scenario())
+
+
+INTERVAL = 2.0  # REFRESH_INTERVAL_SECONDS of the background replicas
+WALKS = 4  # walks of every customer the background test waits for
 
 
 @pytest.fixture
@@ -148,7 +166,7 @@ def background_replicas(
         postgres_database,
         KEY,
         CACHE_TTL_SECONDS="3",
-        REFRESH_INTERVAL_SECONDS="2",
+        REFRESH_INTERVAL_SECONDS=str(INTERVAL),
         UPSTREAM_CONCURRENCY="4",
     )
     with two_processes(env) as bases:
@@ -163,19 +181,60 @@ def _refreshes(metrics: str) -> int:
     )
 
 
+Walk = tuple[datetime, datetime, str]  # a snapshot: started, finished, outcome
+
+
+def _walks(database_url: str) -> dict[str, list[Walk]]:
+    """Every customer's refreshes as the processes recorded them (snapshots), in order."""
+
+    async def read() -> list[asyncpg.Record]:
+        dsn = make_url(database_url).set(drivername="postgresql")
+        connection = await asyncpg.connect(dsn.render_as_string(hide_password=False))
+        try:
+            return list(
+                await connection.fetch(
+                    "SELECT customer_id, started_at, finished_at, outcome FROM snapshots "
+                    "ORDER BY customer_id, started_at"
+                )
+            )
+        finally:
+            await connection.close()
+
+    walks: dict[str, list[Walk]] = {}
+    for row in asyncio.run(read()):
+        walks.setdefault(row[0], []).append((row[1], row[2], row[3]))
+    return walks
+
+
 def test_the_background_refresh_is_spread_over_the_processes_not_repeated(
-    background_replicas: list[str], upstream: tuple[str, Simulator]
+    background_replicas: list[str], upstream: tuple[str, Simulator], postgres_database: str
 ) -> None:
     _, sim = upstream
-    seconds = 8.0
-    time.sleep(seconds)
-    walks = Counter(sim.stats.walks)
-    assert set(walks) == set(sim.customer_ids())
-    # Every 2 s (jittered down to 1.8 s) by one process or the other: at most one walk per
-    # interval and customer, plus the first; two processes on their own would make twice that.
-    most = 1 + int(seconds / 1.8) + 1
-    assert max(walks.values()) <= most, walks
-    done = [
-        _refreshes(httpx.get(base + "/metrics", timeout=10).text) for base in background_replicas
-    ]
-    assert all(n > 0 for n in done), f"one process did all the work: {done}"
+    deadline = time.monotonic() + GUARD_SECONDS
+    while True:
+        walks = _walks(postgres_database)
+        done = [
+            _refreshes(httpx.get(base + "/metrics", timeout=10).text)
+            for base in background_replicas
+        ]
+        if (
+            set(walks) == set(sim.customer_ids())
+            and min(len(w) for w in walks.values()) >= WALKS
+            and all(n > 0 for n in done)
+        ):
+            break
+        assert time.monotonic() < deadline, f"not {WALKS} walks each by both: {done}, {walks}"
+        time.sleep(0.2)
+
+    pace = timedelta(seconds=INTERVAL * 0.9)  # the interval, jittered down by a tenth
+    for cid, rounds in walks.items():
+        assert {outcome for _, _, outcome in rounds} == {"success"}, (cid, rounds)
+        # One process at a time: each walk starts after the one before it was stored.
+        for (_, finished, _), (started, _, _) in itertools.pairwise(rounds):
+            assert started >= finished, (cid, rounds)
+        # Not repeated: whichever process walks, it walks when the customer is due after
+        # the last walk stored, so walks come at most one per interval (the first is free),
+        # measured on the walks' own times, however slowly this machine ran them. Two
+        # processes on their own would walk each customer twice as often.
+        span = rounds[-1][0] - rounds[0][0]
+        assert len(rounds) - 1 <= span / pace + 1, (cid, [r[0].isoformat() for r in rounds])

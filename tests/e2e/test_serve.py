@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -98,19 +100,31 @@ def stack(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         assert "demo-secret" not in logs[0], "the client secret must never be logged"
 
 
-def expected_failed(at: datetime, cid: str) -> tuple[set[str], set[str]]:
-    """The customer's failed jobs in the simulator during the seconds its walk took:
-    those failed at some moment of it, and those failed throughout."""
+def expected_failed(cid: str, since: datetime, at: datetime) -> tuple[set[str], set[str]]:
+    """The customer's failed jobs in the simulator during the seconds its walks took (from
+    `since` to `at`, as the snapshots tell, however slowly this machine ran them): those
+    failed at some moment of them, and those failed throughout."""
     sim = Simulator(SimulatorConfig(seed=SEED, customers=CUSTOMERS))
+    first = since.replace(microsecond=0)  # the simulator's clock counts whole seconds
     moments = [
         {
             f"{cid}:{job.job_id}"
-            for row in sim.jobs(cid, now=at - timedelta(seconds=s))
+            for row in sim.jobs(cid, now=first + timedelta(seconds=s))
             if (job := normalize_row(cid, row)) is not None and job.status == "failed"
         }
-        for s in range(4)
+        for s in range(int((at - first).total_seconds()) + 1)
     ]
     return set.union(*moments), set.intersection(*moments)
+
+
+def walks_began(database_url: str) -> dict[str, datetime]:
+    """When each customer's first successful walk began, from the gateway's snapshots."""
+    with closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as db:
+        rows = db.execute(
+            "SELECT customer_id, MIN(started_at) FROM snapshots WHERE outcome = 'success' "
+            "GROUP BY customer_id"
+        ).fetchall()
+    return {cid: datetime.fromisoformat(began).replace(tzinfo=UTC) for cid, began in rows}
 
 
 def utc(value: str) -> datetime:
@@ -118,7 +132,7 @@ def utc(value: str) -> datetime:
 
 
 def test_failed_jobs_over_real_http_match_the_simulator(stack: tuple[str, dict[str, str]]) -> None:
-    base, _ = stack
+    base, env = stack
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as c:
         assert c.get("/readyz").status_code == 200
         assert c.get("/jobs").status_code == 200
@@ -142,8 +156,9 @@ def test_failed_jobs_over_real_http_match_the_simulator(stack: tuple[str, dict[s
             # A job is shown as some snapshot up to its customer's latest fetched it.
             assert utc(item["fetched_at"]) <= fetched[item["customer_id"]]
             served[item["customer_id"]].add(item["id"])
+        began = walks_began(env["DATABASE_URL"])
         for cid, at in fetched.items():
-            some_moment, throughout = expected_failed(at, cid)
+            some_moment, throughout = expected_failed(cid, began[cid], at)
             assert throughout <= served[cid] <= some_moment, cid
         assert sum(map(len, served.values())) > 0
         # Unauthenticated and malformed requests get envelopes, not 500s.

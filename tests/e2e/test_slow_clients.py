@@ -1,6 +1,11 @@
 """Slow and greedy clients against a real `serve` process (`app.server`): a request head that
 does not arrive in time is cut off (HEADER_TIMEOUT_SECONDS, 1 s here) while other clients are
-served; a head too large is refused; keep-alive and a clean SIGTERM stop still work."""
+served; a head too large is refused; keep-alive and a clean SIGTERM stop still work.
+
+No test bounds how late a cut comes (a loaded machine would fail that for nothing): a cut
+must come at all (socket reads fail after GUARD_SECONDS), never before the deadline (timed
+from before the connection opens, so load can only make it later), and for a dripping
+client before its drip ends."""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ pytestmark = pytest.mark.e2e
 
 KEY = "e2e-key-not-secret"
 HEADER_TIMEOUT = 1.0
+GUARD_SECONDS = 60.0  # a read that waits this long fails the test: never reached when well
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +71,7 @@ def server(
 
 
 def connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=GUARD_SECONDS)
     return sock
 
 
@@ -98,11 +104,11 @@ def envelope(response: bytes) -> tuple[int, dict[str, str]]:
 
 
 def test_a_stalled_head_is_cut_off_while_others_are_served(server: int) -> None:
-    stalled = connect(server)
     began = time.monotonic()
+    stalled = connect(server)
     stalled.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Slow: ")
     # Meanwhile, on other connections, normal clients are served at once.
-    with httpx.Client(base_url=f"http://127.0.0.1:{server}", timeout=5) as client:
+    with httpx.Client(base_url=f"http://127.0.0.1:{server}", timeout=GUARD_SECONDS) as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/jobs", headers={"X-API-Key": KEY}).status_code == 200
     answer = read_until_closed(stalled)
@@ -111,42 +117,45 @@ def test_a_stalled_head_is_cut_off_while_others_are_served(server: int) -> None:
     status, body = envelope(answer)
     assert status == 408
     assert body["error"] == "request_timeout"
-    assert HEADER_TIMEOUT * 0.9 <= took < HEADER_TIMEOUT + 3, took
+    assert took >= HEADER_TIMEOUT * 0.9, took  # not before its deadline
 
 
 def test_a_head_dripped_a_byte_at_a_time_does_not_reset_the_deadline(server: int) -> None:
+    # 150 bytes, one every 0.1 s at least: 15 s of drip, each byte well within the deadline
+    # of the one before. A deadline reset by every byte would let it all through.
+    drip = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Slow: " + b"z" * 100
     sock = connect(server)
-    began = time.monotonic()
-    closed_after: float | None = None
+    sent = 0
+    cut = False
     try:
-        for byte in b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Slow: " + b"z" * 100:
+        for byte in drip:
             sock.sendall(bytes([byte]))
+            sent += 1
             time.sleep(0.1)
             sock.setblocking(False)
             try:
                 if sock.recv(65536, socket.MSG_PEEK):
-                    closed_after = time.monotonic() - began
+                    cut = True
                     break
             except BlockingIOError:
                 pass
             finally:
                 sock.setblocking(True)
     except (BrokenPipeError, ConnectionResetError):
-        closed_after = time.monotonic() - began
-    sock.settimeout(5)
+        cut = True
     answer = read_until_closed(sock)
     sock.close()
-    assert closed_after is not None and closed_after < HEADER_TIMEOUT + 2, closed_after
+    assert cut and sent < len(drip), f"not cut while dripping ({sent} of {len(drip)} bytes)"
     assert envelope(answer)[0] == 408
 
 
 def test_an_idle_connection_is_closed_without_a_word(server: int) -> None:
-    sock = connect(server)
     began = time.monotonic()
-    assert read_until_closed(sock) == b""
+    sock = connect(server)
+    assert read_until_closed(sock) == b""  # closed: a read would fail after GUARD_SECONDS
     took = time.monotonic() - began
     sock.close()
-    assert HEADER_TIMEOUT * 0.9 <= took < HEADER_TIMEOUT + 3, took
+    assert took >= HEADER_TIMEOUT * 0.9, took  # not before its deadline
 
 
 def test_keep_alive_outlives_the_header_timeout(server: int) -> None:
@@ -184,7 +193,7 @@ def test_a_head_over_the_limit_is_431(server: int) -> None:
     sock.close()
     assert (status, body["error"]) == (414, "uri_too_long")
     # A head under the limit is served.
-    with httpx.Client(base_url=f"http://127.0.0.1:{server}", timeout=5) as client:
+    with httpx.Client(base_url=f"http://127.0.0.1:{server}", timeout=GUARD_SECONDS) as client:
         ok = client.get("/healthz", headers={"X-Big": "b" * (MAX_HEAD_BYTES // 2)})
     assert ok.status_code == 200
 
@@ -197,10 +206,8 @@ def test_sigterm_stops_cleanly_with_a_stalled_head_open(
         stalled = connect(port)
         stalled.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n")
         time.sleep(0.2)
-        began = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        out, _ = process.communicate(timeout=15)
-        took = time.monotonic() - began
+        out, _ = process.communicate(timeout=GUARD_SECONDS)  # it stops by itself
         stalled.close()
     finally:
         if process.poll() is None:
@@ -209,5 +216,4 @@ def test_sigterm_stops_cleanly_with_a_stalled_head_open(
     output = out.decode(errors="replace")
     secret_scan.output(output, "serve (slow clients, SIGTERM)")  # type: ignore[attr-defined]
     assert process.returncode == 0, output[-3000:]
-    assert took < 5, took
     assert "Traceback" not in output

@@ -1,5 +1,9 @@
 """SIGTERM stops a real `serve` process cleanly: not ready at once, the requests in flight
-answered, leases handed back, exit status 0 within 10 seconds; on SQLite and PostgreSQL."""
+answered, a long poll let go, leases handed back, exit status 0; on SQLite and PostgreSQL.
+
+How long a stop takes is not timed here (a loaded machine would fail that for nothing): the
+server bounds it (`app.server.STOP_GRACE_SECONDS`), and the tests check what bounds it, such
+as a long poll answering at once rather than when its wait is up."""
 
 from __future__ import annotations
 
@@ -32,12 +36,21 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+GUARD_SECONDS = 60.0  # how long a wait may take before the test fails: never reached when well
+POLL_WAIT = 30  # the longest `wait` of GET /events
+STOP_GUARD = 25  # shorter than POLL_WAIT: a stop that waited for the poll's wait fails
+
+
 @pytest.fixture
-def slow_upstream() -> Iterator[str]:
-    """The simulator over HTTP, answering each jobs page after 0.5 s."""
-    with simulator_over_http(
-        Simulator(SimulatorConfig(seed=3, customers=4, latency_seconds=0.5))
-    ) as base:
+def slow_sim() -> Simulator:
+    """The upstream, answering each API request after 0.5 s."""
+    return Simulator(SimulatorConfig(seed=3, customers=4, latency_seconds=0.5))
+
+
+@pytest.fixture
+def slow_upstream(slow_sim: Simulator) -> Iterator[str]:
+    """`slow_sim` over HTTP."""
+    with simulator_over_http(slow_sim) as base:
         yield base
 
 
@@ -58,7 +71,7 @@ def _leases(database: str) -> int | None:
 
 
 def test_sigterm_finishes_what_is_in_flight_and_exits_0(
-    database: str, slow_upstream: str, secret_scan: object
+    database: str, slow_sim: Simulator, slow_upstream: str, secret_scan: object
 ) -> None:
     env = serve_env(
         slow_upstream, database, KEY, CACHE_TTL_SECONDS="3600", REFRESH_INTERVAL_SECONDS="0"
@@ -72,18 +85,22 @@ def test_sigterm_finishes_what_is_in_flight_and_exits_0(
         results: dict[str, httpx.Response] = {}
 
         def read(name: str, path: str) -> None:
-            results[name] = httpx.get(base + path, headers=headers, timeout=15)
+            results[name] = httpx.get(base + path, headers=headers, timeout=GUARD_SECONDS)
 
-        # In flight when SIGTERM comes: a read waiting on refreshes (each page takes 0.5 s),
-        # and a long poll of the change feed.
+        # In flight when SIGTERM comes: a long poll of the change feed, and a read waiting
+        # on refreshes (each upstream request takes 0.5 s). The poll asks for what no first
+        # refresh tells (a resolution), so only the stop can end it before its wait is up.
+        poll = f"/events?wait={POLL_WAIT}&type=alert.resolved"
         readers = [
+            threading.Thread(target=read, args=("events", poll)),
             threading.Thread(target=read, args=("jobs", "/jobs?max_age=0")),
-            threading.Thread(target=read, args=("events", "/events?wait=25")),
         ]
         for t in readers:
             t.start()
-        time.sleep(0.6)
-        began = time.monotonic()
+        deadline = time.monotonic() + GUARD_SECONDS
+        while slow_sim.stats.in_flight == 0:  # the read's refresh is asking the upstream
+            assert time.monotonic() < deadline, "the read never asked the upstream"
+            time.sleep(0.02)
         process.send_signal(signal.SIGTERM)
         try:
             ready = httpx.get(f"{base}/readyz", timeout=2)
@@ -91,10 +108,10 @@ def test_sigterm_finishes_what_is_in_flight_and_exits_0(
             assert ready.json()["detail"] == "stopping"
         except httpx.TransportError:
             pass  # already no longer accepting: just as good for a load balancer
-        out, _ = process.communicate(timeout=15)
-        took = time.monotonic() - began
+        # It stops by itself, before the long poll's wait could be up: it let the poll go.
+        out, _ = process.communicate(timeout=STOP_GUARD)
         for t in readers:
-            t.join(15)
+            t.join(GUARD_SECONDS)
     finally:
         if process.poll() is None:
             process.kill()
@@ -102,9 +119,9 @@ def test_sigterm_finishes_what_is_in_flight_and_exits_0(
     log = out.decode(errors="replace")
     secret_scan.output(log, "serve (stopped)")  # type: ignore[attr-defined]
     assert process.returncode == 0, log[-3000:]
-    assert took < 10, took
     assert results["jobs"].status_code == 200, results["jobs"].text
     assert results["events"].status_code == 200
+    assert results["events"].json()["items"] == []
     assert _leases(database) in (None, 0)
     assert "Traceback" not in log
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.alerts import Rules
+from app.alert_rules import Rules
 from app.config import DEFAULT_ALERT_STATUSES
 from app.store import feed
 from app.store.db import create_engine, session_factory

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app import keys
+from app.access import keys
 from app.store.db import session_factory
 from app.store.ingest import Writer
 

@@ -309,11 +309,13 @@ async def test_unusable_sqlite_path_raises_database_unavailable(tmp_path: Path) 
         await migrate(f"sqlite:///{blocker / 'sub' / 'db.sqlite'}")
 
 
-def test_migrations_are_found_inside_the_package() -> None:
-    assert MIGRATIONS_DIR == REPO_ROOT / "app" / "migrations"
+def test_migrations_are_found_in_the_top_level_migrations_of_a_checkout() -> None:
+    # One copy: the checkout's migrations/, which the wheel carries as app/migrations
+    # (tests/e2e/test_packaging.py installs one and migrates with it).
+    assert MIGRATIONS_DIR == REPO_ROOT / "migrations"
     assert (MIGRATIONS_DIR / "env.py").is_file()
     assert (MIGRATIONS_DIR / "script.py.mako").is_file()
-    assert not (REPO_ROOT / "migrations").exists(), "the old top-level migrations/ is back"
+    assert not (REPO_ROOT / "app" / "migrations").exists(), "a second copy inside app/"
 
 
 def test_alembic_command_line_upgrades_and_finds_no_drift(tmp_path: Path) -> None:

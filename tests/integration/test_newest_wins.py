@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.alerts import Rules
+from app.alert_rules import Rules
 from app.config import DEFAULT_ALERT_STATUSES
 from app.store import feed, leases
 from app.store.db import session_factory

@@ -3,7 +3,7 @@ start-up, a pending webhook, an open alert or a job the upstream still reports n
 
 Every test runs on a SQLite file and on PostgreSQL. The data is written the way refreshes
 write it (`open_ingest`, `add_page`, `commit`); the merge keeps `jobs.unreported_since`
-(`retention.note_reported`).
+(`app.store.ingest.note_reported`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from app import retention
-from app.alerts import Rules
+from app.alert_rules import Rules
 from app.config import DEFAULT_ALERT_STATUSES
-from app.store import feed, repo
+from app.store import feed, repo, retention
 from app.store.db import session_factory
 from app.store.feed import FeedConfig
 from app.store.ingest import IngestResult, SnapshotRecord, Writer, open_ingest
@@ -417,7 +416,7 @@ async def test_run_retention_purges_logs_and_survives_a_failure(
         heard.append(list(customer_ids))
         purged.set()
 
-    caplog.set_level(logging.INFO, logger="app.retention")
+    caplog.set_level(logging.INFO, logger="app.store.retention")
     task = asyncio.create_task(
         retention.run_retention(
             writer, DAYS, lambda: NOW, 0.0, delay=0.0, on_jobs_purged=on_jobs_purged

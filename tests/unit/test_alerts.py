@@ -16,11 +16,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app import catalog
-from app.alerts import (
+from app.alert_rules import (
     AlertState,
     KeyJob,
     Rules,
     Transition,
+    group_by_key,
     judge,
     transition,
 )
@@ -344,6 +345,95 @@ def test_an_alert_whose_jobs_vanished_is_left_alone() -> None:
     assert transition(KEY, current, judge(left, RULES, NOW), NOW) == []
 
 
+def test_an_overdue_alert_names_its_last_success_whatever_the_latest_job() -> None:
+    # `judge` makes an overdue key's latest finished job its last success, so only a
+    # judgement built here can tell the two apart: the cause an overdue alert names (its
+    # event's job, `last_job_id`) is the last success, by `transition`'s own rule.
+    jobs = history("finished", newest_hours_ago=40)
+    later = KeyJob("later", "failed", hours_ago(1))
+    judgement = replace(judge(jobs, RULES, NOW), latest=later)
+    assert judgement.reason == "overdue"
+    [t] = transition(KEY, None, judgement, NOW)
+    assert t.job == jobs[0]
+    assert t.alert.last_job_id == "j0"
+
+
+# -- snoozes ----------------------------------------------------------------------------------
+
+
+def test_a_snooze_mutes_until_its_time_and_not_after() -> None:
+    alert = opened_alert(snoozed_until=NOW)
+    assert alert.snoozed(NOW - timedelta(hours=1)) is True
+    assert alert.snoozed(NOW - timedelta(seconds=1)) is True
+    # `until` is the first moment it speaks again; and a snooze that ran out stays out.
+    assert alert.snoozed(NOW) is False
+    assert alert.snoozed(NOW + timedelta(seconds=1)) is False
+    assert alert.snoozed(NOW + timedelta(days=30)) is False
+
+
+def test_a_snooze_stays_on_the_alert_through_its_changes() -> None:
+    # The alert an event carries is the alert /alerts lists: a snooze is the user's, and no
+    # new failure, rise in severity or resolution drops it from what is told.
+    until = NOW + timedelta(days=1)
+    current = opened_alert(snoozed_until=until, snooze_reason="planned maintenance")
+    histories = {
+        None: history("failed", "failed"),
+        "updated": history("failed", "failed", "failed"),
+        "resolved": history("failed", "finished"),
+    }
+    for change, jobs in histories.items():
+        [t] = transition(KEY, current, judge(jobs, RULES, NOW), NOW)
+        assert t.change == change
+        assert (t.alert.snoozed_until, t.alert.snooze_reason) == (until, "planned maintenance")
+
+
+def test_an_alert_never_snoozed_is_not_muted() -> None:
+    alert = opened_alert()
+    assert alert.snoozed_until is None
+    assert alert.snoozed(NOW) is False
+
+
+# -- grouping the stored jobs by key ------------------------------------------------------------
+
+
+def test_jobs_are_grouped_by_job_type_and_module() -> None:
+    rows = [
+        ("microsoft_365", "exchange_online", "a", "failed", hours_ago(3)),
+        ("microsoft_365", "onedrive", "b", "finished", hours_ago(2)),
+        ("microsoft_365", "exchange_online", "c", "finished", hours_ago(1)),
+        ("salesforce", "exchange_online", "d", "failed", hours_ago(1)),
+    ]
+    assert group_by_key(rows) == {
+        ("microsoft_365", "exchange_online"): [
+            KeyJob("a", "failed", hours_ago(3)),
+            KeyJob("c", "finished", hours_ago(1)),
+        ],
+        ("microsoft_365", "onedrive"): [KeyJob("b", "finished", hours_ago(2))],
+        ("salesforce", "exchange_online"): [KeyJob("d", "failed", hours_ago(1))],
+    }
+
+
+def test_a_job_without_a_start_time_is_left_out_and_the_jobs_after_it_still_count() -> None:
+    rows = [
+        ("microsoft_365", "exchange_online", "a", "failed", hours_ago(3)),
+        ("microsoft_365", "exchange_online", "no-start", "failed", None),
+        ("microsoft_365", "exchange_online", "c", "finished", hours_ago(1)),
+        ("microsoft_365", "onedrive", "d", "failed", hours_ago(1)),
+    ]
+    keys = group_by_key(rows)
+    assert keys == {
+        ("microsoft_365", "exchange_online"): [
+            KeyJob("a", "failed", hours_ago(3)),
+            KeyJob("c", "finished", hours_ago(1)),
+        ],
+        ("microsoft_365", "onedrive"): [KeyJob("d", "failed", hours_ago(1))],
+    }
+    # What a user sees: the success after the job with no start resolves the key, and the
+    # other key's failure opens its alert.
+    assert judge(keys[("microsoft_365", "exchange_online")], RULES, NOW).open is False
+    assert judge(keys[("microsoft_365", "onedrive")], RULES, NOW).open is True
+
+
 # -- properties -------------------------------------------------------------------------------
 
 statuses = st.sampled_from(STATUS_NAMES)
@@ -422,6 +512,22 @@ def test_a_key_whose_last_finished_job_succeeded_is_overdue_only_past_overdue_ho
     assert judgement.open is overdue
     assert judgement.reason == ("overdue" if overdue else None)
     assert judgement.severity == ("critical" if overdue else None)
+
+
+@given(key_jobs(), st.integers(min_value=0, max_value=24 * 30))
+def test_an_overdue_key_names_its_last_success_as_the_cause(
+    jobs: list[KeyJob], hours_later: int
+) -> None:
+    now = NOW + timedelta(hours=hours_later)
+    judgement = judge(jobs, RULES, now)
+    if judgement.reason != "overdue":
+        return
+    successes = [j for j in in_time_order(jobs) if j.status == "finished"]
+    assert judgement.last_success == successes[-1]
+    assert judgement.latest == successes[-1]  # overdue: nothing finished after it
+    [t] = transition(KEY, None, judgement, now)
+    assert t.job == successes[-1]
+    assert t.alert.last_job_id == successes[-1].job_id
 
 
 def replay(jobs: list[KeyJob], rules: Rules) -> list[Transition]:

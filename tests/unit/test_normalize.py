@@ -12,12 +12,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app import normalize
 from app.normalize import (
+    JOB_VALUES,
+    NormalizedJob,
+    job_values,
     normalize_row,
+    parse_code,
     parse_count,
     parse_duration,
     parse_size,
     parse_timestamp,
+    raw_json,
     storable,
     text,
 )
@@ -388,3 +394,129 @@ def test_numbers_json_cannot_hold_are_dropped_from_the_raw_row() -> None:
     assert job is not None
     assert job.raw["extra"] == [None, None, 1.5]
     assert job.raw["deep"] == {"x": None}
+
+
+# -- The fast paths give what the general paths give ------------------------------------------
+
+SHAPED_DURATIONS = st.builds(
+    lambda h, m, s, parts: "".join(
+        f"{n}{u}"
+        for n, u, keep in ((h, "h", parts[0]), (m, "m", parts[1]), (s, "s", parts[2]))
+        if keep
+    ),
+    st.integers(0, 10**7),
+    st.integers(0, 10**7),
+    st.integers(0, 10**7),
+    st.tuples(st.booleans(), st.booleans(), st.booleans()),
+)
+SHAPED_SIZES = st.builds(
+    lambda n, frac, unit: f"{n}{frac} {unit}",
+    st.integers(0, 10**15),
+    st.one_of(st.just(""), st.integers(0, 10**6).map(lambda f: f".{f}")),
+    st.sampled_from(["B", "KB", "MB", "GB", "TB", "PB", "XB", "kB", "GiB"]),
+)
+
+
+@given(st.one_of(SHAPED_DURATIONS, ANY_TEXT, st.text(alphabet="0123456789hms. HMSd", max_size=12)))
+def test_the_duration_fast_path_reads_as_the_general_path(value: str) -> None:
+    # Past the cache's length bound, the general path reads the text without its fast path.
+    assert parse_duration(value) == parse_duration(" " * 40 + value + " ") or not value.strip()
+    assert parse_duration(value) == normalize._duration_of_text(text(value))
+
+
+@given(st.one_of(SHAPED_SIZES, ANY_TEXT, st.text(alphabet="0123456789. KMGTPiBb", max_size=14)))
+def test_the_size_fast_path_reads_as_the_general_path(value: str) -> None:
+    assert parse_size(value) == normalize._size_of_text(text(value))
+
+
+def general_normalize_row(customer_id: str, row: dict[str, Any]) -> NormalizedJob | None:
+    """`normalize_row` spelled with the public parsers only: what the fast one must equal."""
+    job_id = text(row.get("jobId"))
+    if job_id is None:
+        return None
+    return NormalizedJob(
+        customer_id=customer_id,
+        job_id=job_id,
+        name=text(row.get("name")),
+        job_type_code=parse_code(row.get("jobType")),
+        module_code=parse_code(row.get("jobModule")),
+        status_code=parse_code(row.get("status")),
+        total_count=parse_count(row.get("totalCount")),
+        failed_count=parse_count(row.get("failedCount")),
+        successful_count=parse_count(row.get("successfulCount")),
+        skipped_count=parse_count(row.get("skippedCount")),
+        warning_count=parse_count(row.get("warningCount")),
+        backup_size_bytes=parse_size(row.get("backupSize")),
+        start_time=parse_timestamp(row.get("startTime")),
+        end_time=parse_timestamp(row.get("endTime")),
+        duration_seconds=parse_duration(row.get("jobDuration")),
+        last_modified=parse_timestamp(row.get("lastModifyTime")),
+        raw=storable(row),
+    )
+
+
+ROW_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(),
+    ANY_TEXT,
+    st.integers(0, 10**12).map(str),
+    SHAPED_DURATIONS,
+    SHAPED_SIZES,
+    st.datetimes(timezones=st.just(UTC)).map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%SZ")),
+    st.sampled_from(["N/A", "", " 7 ", "1,234", "0 S", "0.84 GB", "2025-02-30T03:21:16Z"]),
+)
+
+
+@given(st.dictionaries(st.sampled_from(list(PAGE_SAMPLE)), ROW_VALUES))
+def test_normalize_row_and_job_values_agree_with_the_general_parsers(row: dict[str, Any]) -> None:
+    expected = general_normalize_row("c", row)
+    assert normalize_row("c", row) == expected
+    values = job_values(row)
+    if expected is None:
+        assert values is None
+        return
+    assert values is not None
+    by_name = dict(zip(JOB_VALUES, values, strict=True))
+    for name in JOB_VALUES:
+        assert by_name[name] == getattr(expected, name), name
+
+
+def test_job_values_are_in_the_store_s_column_order() -> None:
+    values = job_values(PAGE_SAMPLE)
+    assert values is not None
+    assert dict(zip(JOB_VALUES, values, strict=True)) == {
+        "job_id": "FB20250911032116214502",
+        "name": None,
+        "job_type_code": 7,
+        "module_code": 304,
+        "status_code": 3,
+        "job_type": "microsoft_365",
+        "module": "microsoft_365_groups",
+        "status": "failed",
+        "total_count": 2323,
+        "failed_count": 0,
+        "successful_count": 2323,
+        "skipped_count": 0,
+        "warning_count": 0,
+        "backup_size_bytes": 0,
+        "start_time": datetime(2025, 9, 11, 3, 21, 16, tzinfo=UTC),
+        "end_time": datetime(2025, 9, 11, 3, 38, 56, tzinfo=UTC),
+        "last_modified": datetime(2025, 9, 11, 3, 38, 57, tzinfo=UTC),
+        "duration_seconds": 1059,
+    }
+    assert job_values({"jobId": "N/A"}) is None
+
+
+def test_raw_json_keeps_the_bytes_received_when_they_can_be_stored_as_they_are() -> None:
+    received = b'{"jobId": "J1",  "name":"Z\xc3\xbcrich", "n": 1.50}'
+    row = json.loads(received)
+    assert raw_json(row, received) == received.decode()
+    # Without the bytes, or with escapes in them, the row is encoded again, made storable.
+    assert raw_json(row) == '{"jobId":"J1","name":"Zürich","n":1.5}'
+    escaped = rb'{"jobId": "J\u00001", "name": "a\ud800b", "ok": "tab\t"}'
+    assert (
+        raw_json(json.loads(escaped), escaped) == '{"jobId":"J1","name":"a\ufffdb","ok":"tab\\t"}'
+    )
+    assert raw_json({"x": 1}, b"\xff") == '{"x":1}'

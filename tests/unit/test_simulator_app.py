@@ -6,7 +6,7 @@ import asyncio
 import base64
 import dataclasses
 import json
-import time
+import types
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -495,11 +495,30 @@ async def test_odd_text_customers_send_escaped_odd_names_and_1e400(
     assert await walk(authed, odd_id, 100) == sim.jobs(odd_id)
 
 
-async def test_latency_delays_api_responses(authed: httpx.AsyncClient, sim: Simulator) -> None:
+async def test_latency_delays_api_responses(
+    authed: httpx.AsyncClient, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer waits for a sleep of `latency_seconds`: told by the order of things, not
+    by a clock, so a loaded machine changes nothing."""
+    happened: list[str] = []
+    sleep = asyncio.sleep
+
+    async def recorded(seconds: float) -> None:
+        happened.append(f"sleep {seconds}")
+        await sleep(seconds)
+        happened.append("woke")
+
+    monkeypatch.setattr(simulator_app, "asyncio", types.SimpleNamespace(sleep=recorded))
     reconfigure(sim, latency_seconds=0.05)
-    started = time.perf_counter()
-    await authed.post(jobs_path(sim.customer_ids()[0]))
-    assert time.perf_counter() - started >= 0.05
+    response = await authed.post(jobs_path(sim.customer_ids()[0]))
+    happened.append(f"answered {response.status_code}")
+    assert happened == ["sleep 0.05", "woke", "answered 200"]
+    # Without latency, nothing waits.
+    happened.clear()
+    reconfigure(sim, latency_seconds=0)
+    response = await authed.post(jobs_path(sim.customer_ids()[0]))
+    happened.append(f"answered {response.status_code}")
+    assert happened == ["answered 200"]
 
 
 # --- stats --------------------------------------------------------------------------------

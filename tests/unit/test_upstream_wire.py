@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app.normalize import raw_json, storable
 from app.upstream import RetryPolicy, UpstreamMalformed
 from app.upstream.client import backoff_delay, jobs_filter, usable_page_size
 from app.upstream.wire import (
@@ -218,3 +219,47 @@ def test_jobs_filter_and_page_size() -> None:
     assert usable_page_size(50, 100) == 50
     assert usable_page_size(500, 100) == 100
     assert usable_page_size(0, 100) == 100
+
+
+def test_parse_page_keeps_each_row_s_own_bytes() -> None:
+    content = (
+        b'{"data": [{"jobId": "J1", "name": "x"},  {"jobId":"J2","n":[1, 2.5]}], '
+        b'"metadata": {"totalCount": 2}}'
+    )
+    page = parse_page(content)
+    assert page.data == [{"jobId": "J1", "name": "x"}, {"jobId": "J2", "n": [1, 2.5]}]
+    assert page.raw == [b'{"jobId": "J1", "name": "x"}', b'{"jobId":"J2","n":[1, 2.5]}']
+    assert page.metadata.total_count == 2
+    assert parse_page(b'{"data": null}').raw == []
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"data": [{"jobId": "J1", "x": NaN}]}',
+        b'{"data": [{"jobId": "J1", "x": 1e400}]}',
+        b'{"data": [{"jobId": "J\\ud800"}]}',
+    ],
+)
+def test_what_the_fast_decoder_refuses_is_read_as_before_without_raw_bytes(content: bytes) -> None:
+    page = parse_page(content)
+    assert page.raw is None
+    assert json.dumps(page.data) == json.dumps(json.loads(content)["data"])
+
+
+@given(st.lists(st.dictionaries(st.text(max_size=5), json_values, max_size=4), max_size=3))
+def test_raw_json_of_a_page_s_rows_is_the_row_made_storable(rows: list[dict[str, Any]]) -> None:
+    content = json.dumps({"data": rows}, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    page = parse_page(content)
+    for n, row in enumerate(page.data):
+        received = page.raw[n] if page.raw is not None else None
+        document = raw_json(row, received)
+        expected = json.dumps(storable(row), allow_nan=False)
+        assert json.loads(document) == json.loads(expected)
+        document.encode("utf-8")  # no lone surrogate
+        assert "\\u0000" not in document and "\x00" not in document
+
+
+def test_metadata_reads_the_upstream_s_names_and_the_field_names() -> None:
+    page = parse_page(b'{"data": [], "metadata": {"total_count": "7", "pageSize": 50}}')
+    assert (page.metadata.total_count, page.metadata.page_size) == (7, 50)

@@ -1,5 +1,4 @@
-"""Beside the refresher: the overdue sweep, and the notices that wake long polls of
-`GET /events` and the webhook sender when events are written.
+"""The overdue sweep: alerts that time opens.
 
 An overdue alert opens because time passed, not because a refresh saw something, so a sweep
 looks for keys whose last success is older than `OVERDUE_HOURS` and judges their customers
@@ -24,33 +23,6 @@ log = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 60.0
 """How often the overdue sweep runs: an hour's threshold needs no finer grain."""
-
-
-class Notices:
-    """A signal that events were written in this process. Other processes' events are found
-    by readers polling the database at a short interval (see `GET /events`)."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self.count = 0
-
-    def notify(self, told: Told | None = None) -> None:
-        if told is not None and not told.events:
-            return
-        self.count += 1
-        event, self._event = self._event, asyncio.Event()
-        event.set()
-
-    async def wait(self, seconds: float, since: int | None = None) -> bool:
-        """Whether a notice came within `seconds`; at once when one came after the caller
-        read `count` as `since` (so a notice during the caller's work is not missed)."""
-        if since is not None and self.count != since:
-            return True
-        try:
-            await asyncio.wait_for(self._event.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
 
 
 async def sweep_overdue(

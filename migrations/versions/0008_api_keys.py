@@ -11,7 +11,7 @@ Create Date: 2026-11-29 19:45:00
   (`revoked_at`), and its name is free again: names are unique among live keys only.
 - `rate_counts`: requests per key, per minute window and per process, so that each `serve`
   process on one PostgreSQL database can add the others' requests to its own count
-  (`app.ratelimit`). Rows of past windows are deleted as they pass.
+  (`app.access.ratelimit`). Rows of past windows are deleted as they pass.
 """
 
 from collections.abc import Sequence

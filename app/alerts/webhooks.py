@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook
 
 from app import __version__
-from app.alerting import Notices
+from app.alerts.notices import Notices
 from app.clock import Clock
 from app.store import feed, outbox
 from app.store.ingest import Writer

@@ -56,7 +56,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -455,65 +455,6 @@ def purge_alerts(
 
 
 # -- the mark of jobs the upstream stopped reporting, kept by a refresh's merge -----------------
-
-
-def _later(walk: Any, started: Any) -> bool:
-    """Whether a stored job was written by a walk that started after `started`."""
-    return walk is not None and started is not None and walk > started
-
-
-def note_reported(
-    dialect: str,
-    customer_id: str,
-    known: Mapping[str, tuple[int | None, int | None, Any, Any]],
-    seen: Collection[str],
-    at: datetime,
-    started: Any = None,
-) -> Plan[tuple[int, int]]:
-    """Keep `jobs.unreported_since` of one customer after a successful walk: mark, as of
-    `at`, the stored jobs the walk did not see, and unmark those it saw again. Run by the
-    merge, in its transaction, after it wrote the jobs; `known` and `seen` are the
-    `Ingest`'s (job id -> (content hash, status code) stored when the walk began, and the
-    job ids it saw). Gives the jobs marked and unmarked. A job a walk that started after this
-    one wrote (`started`, the driver's form of this walk's start) is not this walk's to mark:
-    it did not exist, or was not reported, when this walk looked.
-
-    A marked job has no content hash: it is marked once, not by every refresh that misses
-    it, and the walk that sees it again knows it (and rewrites it) from `known` alone. So
-    while nothing disappears, this runs no statement."""
-    gone = sorted(
-        job_id
-        for job_id, (digest, _, _, walk) in known.items()
-        if digest is not None and job_id not in seen and not _later(walk, started)
-    )
-    back = sorted(
-        job_id for job_id, (digest, *_) in known.items() if digest is None and job_id in seen
-    )
-    marked = unmarked = 0
-    stamp = to_driver(dialect, at)
-    for chunk in _chunks(gone):
-        marked += yield (
-            "exec",
-            sql(
-                dialect,
-                "UPDATE jobs SET unreported_since = ?, content_hash = NULL "  # noqa: S608
-                f"WHERE customer_id = ? AND job_id IN ({_marks(len(chunk))}) "
-                "AND unreported_since IS NULL",
-            ),
-            (stamp, customer_id, *chunk),
-        )
-    for chunk in _chunks(back):
-        unmarked += yield (
-            "exec",
-            sql(
-                dialect,
-                "UPDATE jobs SET unreported_since = NULL "  # noqa: S608
-                f"WHERE customer_id = ? AND job_id IN ({_marks(len(chunk))}) "
-                "AND unreported_since IS NOT NULL",
-            ),
-            (customer_id, *chunk),
-        )
-    return marked, unmarked
 
 
 def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
