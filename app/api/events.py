@@ -30,7 +30,6 @@ from app.store import feed
 
 router = APIRouter(tags=["events"], dependencies=[Authorized, SafeParams])
 
-POLL_SECONDS = 0.5
 """How often a long poll looks at the database for events other processes wrote."""
 
 
@@ -113,7 +112,10 @@ async def answer_events(
         page: tuple[bytes, int] | None = svc.answers.get(versioned)
         if page is None:
             try:
-                page = await _page(svc, after, limit, types, customers)
+                # Waiters woken by one notice share one query per query string.
+                page = await svc.answers.build_once(
+                    versioned, functools.partial(_page, svc, after, limit, types, customers)
+                )
             except feed.CursorExpired as expired:
                 return _expired(expired)
             if page[1]:
@@ -124,7 +126,10 @@ async def answer_events(
         remaining = deadline - loop.time()
         if count or remaining <= 0 or svc.stopping:
             return Response(content, media_type="application/json")
-        await svc.notices.wait(min(remaining, POLL_SECONDS), since=seen)
+        # An idle long poll reads nothing: it waits for a notice, which comes with this
+        # process's own writes at once, and with other processes' within a look of the
+        # database (`app.refresh.replicas`: one query per process, not one per waiter).
+        await svc.notices.wait(remaining, since=seen)
 
 
 async def _page(

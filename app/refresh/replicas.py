@@ -37,7 +37,9 @@ from app.refresh.refresher import Refresher
 log = logging.getLogger(__name__)
 
 CHANNEL = "jobs_gateway"
-LOOK_SECONDS = 1.0
+LOOK_SECONDS = 0.5
+"""How often a process looks at the database for what others stored: long polls hear of
+another process's events within it, every replica of a snooze within two."""
 RECONNECT_SECONDS = 2.0
 
 

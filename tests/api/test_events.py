@@ -277,8 +277,7 @@ async def test_a_long_poll_hears_of_a_failure_as_soon_as_it_is_stored(
 
     monkeypatch.setattr(notices, "wait", watched)
     # The poll looks at the database only when a notice wakes it: what answers it is the
-    # write's own notice, never the periodic look nor its `wait` running out.
-    monkeypatch.setattr(events_api, "POLL_SECONDS", 3600)
+    # write's own notice, never its `wait` running out.
     poll = asyncio.create_task(api.get("/events", params={"after": cursor, "wait": 30}))
     await asyncio.wait_for(waiting.wait(), 30)  # a failure guard: it waits at once
     assert not poll.done()
@@ -288,6 +287,51 @@ async def test_a_long_poll_hears_of_a_failure_as_soon_as_it_is_stored(
     response = await asyncio.wait_for(poll, 25)
     assert woken and woken[-1] is True, "the poll's wait ran out: the write did not wake it"
     assert [e["type"] for e in response.json()["items"]][:1] == ["job.created"]
+
+
+async def test_many_long_polls_woken_by_one_write_share_one_read_of_the_feed(
+    api: httpx.AsyncClient, sim: Simulator, customer: str, clock: FakeClock
+) -> None:
+    await refresh(api)
+    _, cursor = await events(api)
+    svc = services_of(api)
+    waiting = 0
+    wait = svc.notices.wait
+
+    async def counted(seconds: float, since: int | None = None) -> bool:
+        nonlocal waiting
+        waiting += 1
+        return await wait(seconds, since)
+
+    svc.notices.wait = counted  # type: ignore[method-assign]
+    reads = 0
+    page = events_api._page
+
+    async def read(*args: Any) -> tuple[bytes, int]:
+        nonlocal reads
+        reads += 1
+        return await page(*args)
+
+    polls = [
+        asyncio.create_task(api.get("/events", params={"after": cursor, "wait": 30}))
+        for _ in range(20)
+    ]
+    for _ in range(3000):  # a failure guard: all twenty are waiting soon
+        if waiting >= 20:
+            break
+        await asyncio.sleep(0.01)
+    assert waiting >= 20
+    before = reads
+    events_api._page = read  # type: ignore[assignment]
+    try:
+        sim.put_job(customer, "late", status=FAILED, start=clock.now)
+        await refresh(api)
+        answers = await asyncio.wait_for(asyncio.gather(*polls), 25)
+    finally:
+        events_api._page = page  # type: ignore[assignment]
+    assert all(r.json()["items"][0]["job_id"] == "late" for r in answers)
+    # One read of the feed answered all twenty (none of them polls the database by itself).
+    assert reads - before == 1
 
 
 async def test_a_long_poll_with_nothing_new_answers_empty_when_its_wait_is_up(
