@@ -30,6 +30,11 @@ lint: setup
 test: lint
 	$(BIN)/pytest
 
+# The fast layers, for a quick loop: unit tests and the API on SQLite (no PostgreSQL, no
+# server processes). `make test` runs everything.
+unit: setup
+	$(BIN)/pytest tests/unit tests/api -m "not postgres and not e2e"
+
 openapi: setup
 	$(BIN)/jobs-gateway openapi
 
