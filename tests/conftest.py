@@ -218,15 +218,18 @@ class _Lines(logging.Handler):
 
 
 SECRET_SCAN = pytest.StashKey[SecretScan]()
+WORKER_LEAKS = "jobs_gateway_secret_leaks"
 
 
 class SecretScanPlugin:
-    """Runs one `SecretScan` over the whole session (see above)."""
+    """Runs one `SecretScan` over the whole session (see above). Under pytest-xdist each
+    worker scans what its tests logged, and the controller fails the session for all."""
 
     def __init__(self) -> None:
         self.scan = SecretScan()
         self.patches = pytest.MonkeyPatch()
         self.app_level = logging.NOTSET
+        self.worker_leaks: list[str] = []  # with pytest-xdist: what the workers' scans found
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         from app.simulator import Simulator
@@ -246,17 +249,29 @@ class SecretScanPlugin:
         self.app_level = app.level
         app.setLevel(logging.DEBUG)
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        """pytest-xdist, in the controller: a worker is done, with what its scan found."""
+        self.worker_leaks += getattr(node, "workeroutput", {}).get(WORKER_LEAKS, [])
+
+    # Before pytest-xdist's own, which sends the worker's output to the controller.
+    @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         logging.getLogger().removeHandler(self.scan.handler)
         logging.getLogger("app").setLevel(self.app_level)
         self.patches.undo()
-        leaks = self.scan.leaks()
+        leaks = [str(leak) for leak in self.scan.leaks()]
+        workeroutput = getattr(session.config, "workeroutput", None)
+        if workeroutput is not None:  # a pytest-xdist worker: the controller reports
+            workeroutput[WORKER_LEAKS] = leaks
+            return
+        leaks += self.worker_leaks
         if not leaks:
             return
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         title = f"{len(leaks)} log line(s) hold a secret"
-        lines = [str(leak) for leak in leaks[:50]]
+        lines = leaks[:50]
         if reporter is None:
             print("\n".join([title, *lines]), file=sys.stderr)
             return
@@ -306,3 +321,29 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     hypothesis' included."""
     gc.collect()
     gc.freeze()
+
+
+E2E_TESTS = "tests/e2e/"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test` runs the suite on two pytest-xdist workers: the e2e tests, which start
+    servers and time what they do, all go to one worker, one at a time as without workers,
+    while the other runs the in-process tests beside them; then both take what is left.
+
+    (`--dist loadgroup` would say the same with marks, but pytest-xdist 3.8 cannot rename
+    the tests of pytest 9.2 into their groups.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    if config.getvalue("dist") != "load":
+        return None
+
+    class E2eTogether(LoadScopeScheduling):
+        """One unit of work for every e2e test together, one for each other test. The
+        largest unit goes out first (`--loadscope-reorder`, the default): the e2e tests."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return E2E_TESTS if nodeid.startswith(E2E_TESTS) else nodeid
+
+    return E2eTogether(config, log)

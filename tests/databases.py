@@ -50,7 +50,7 @@ SPARES = 4
 """Test databases made ahead of need, by MAKERS threads: a copy takes the server about as long
 as a quick test takes us."""
 MAKERS = 2
-DROPS_AT_ONCE = 8
+DROPS_AT_ONCE = 4
 
 
 def run_apart(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
