@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import io
 import json
 import os
@@ -209,12 +210,22 @@ def _numbered(sql: str) -> str:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        yield Store(f"sqlite:///{tmp_path / 'crash.sqlite'}")
-        return
-    yield Store(request.getfixturevalue("postgres_database"))
+    url = (
+        f"sqlite:///{tmp_path / 'crash.sqlite'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_database")
+    )
+    try:
+        yield Store(url)
+    finally:
+        # What was read of this store is of no use to the next test: let it go.
+        when.cache_clear()
+        as_shown.cache_clear()
 
 
+# Each round reads the whole store again, mostly the same times and events as before: each
+# stored value is converted once (a pure function of it), not once per reading.
+@functools.cache
 def when(value: Any) -> datetime:
     """A stored time, aware UTC (SQLite gives naive text)."""
     moment: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
@@ -225,6 +236,7 @@ def when(value: Any) -> datetime:
 Event = tuple[int, str, str | None, str, str | None, str | None, Any]
 
 
+@functools.cache
 def as_shown(
     eid: int, type_: str, at: Any, cid: str, jid: str | None, key: str | None, data: str
 ) -> Event:
