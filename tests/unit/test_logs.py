@@ -462,7 +462,10 @@ def test_the_secret_scan_fails_the_session_however_it_runs(
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *workers],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        },
         capture_output=True,
         text=True,
         timeout=120,
