@@ -27,8 +27,15 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/jobs-gateway openapi --check
 
+# Two workers (the machine's two cores): the e2e tests, which mostly wait on their servers,
+# run on one, one at a time, while the other takes the in-process tests (tests/conftest.py).
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
+
+# The fast layers, for a quick loop: unit tests and the API on SQLite (no PostgreSQL, no
+# server processes). `make test` runs everything.
+unit: setup
+	$(BIN)/pytest tests/unit tests/api -m "not postgres and not e2e"
 
 openapi: setup
 	$(BIN)/jobs-gateway openapi

@@ -102,7 +102,7 @@ def run_server(settings: Settings, host: str, port: int, *, warm: bool = False) 
             fail(NO_KEY)
     configure_logging(settings.log_level, settings.log_format)
     migrate_or_exit(settings)
-    app = create_app(settings, warm=warm)
+    app = create_app(settings, warm=warm, freeze_heap=True)
     config = uvicorn.Config(
         app,
         host=host,

@@ -245,7 +245,9 @@ def settings_for(url: str, customer_ids: list[str]) -> Settings:
 async def running_app(
     url: str, customer_ids: list[str], upstream: RefusingUpstream
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Services]]:
-    app = create_app(settings_for(url, customer_ids), clock=lambda: NOW, transport=upstream)
+    app = create_app(
+        settings_for(url, customer_ids), clock=lambda: NOW, transport=upstream, freeze_heap=True
+    )
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(

@@ -1,34 +1,42 @@
-"""Fixtures every suite shares: a fresh database of each backend; and a scan of every log
+"""Fixtures every suite shares: fresh databases of each backend; and a scan of every log
 line of the session for secrets.
 
-`database_url` is an empty database, fresh for every test: a SQLite file in `tmp_path`, or a
-PostgreSQL database created for the test and dropped after it. PostgreSQL comes from
-TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/test, a database used only to
-create and drop the per-test ones). When it is unreachable the PostgreSQL variants are skipped
-with the reason, or fail when JOBS_GATEWAY_REQUIRE_POSTGRES=1 (as in CI).
+`database_url` is a database at the newest schema, fresh for every test: a SQLite file in
+`tmp_path`, or a PostgreSQL database created for the test and dropped after it. Both are
+copies of a template the migrations built once (tests/databases.py tells how), so the app's
+start-up finds nothing to migrate. `empty_database_url` is an empty one, for the tests of the
+migrations themselves. PostgreSQL comes from TEST_POSTGRES_URL (default
+postgresql://postgres@127.0.0.1:5432/test, a database used only to create and drop the
+others). When it is unreachable the PostgreSQL variants are skipped with the reason, or fail
+when JOBS_GATEWAY_REQUIRE_POSTGRES=1 (as in CI).
 """
 
 from __future__ import annotations
 
-import asyncio
+import gc
 import logging
 import os
 import re
 import subprocess
 import sys
-import uuid
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
-from sqlalchemy.engine import make_url
 
 from app.logs import JsonFormatter
 from app.store.db import safe_url
+from tests.databases import (
+    PostgresDatabases,
+    asyncpg_dsn,
+    build_sqlite_template,
+    copy_sqlite,
+    ensure_postgres_template,
+    run_apart,
+)
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -37,15 +45,8 @@ def postgres_admin_url() -> str:
     return os.environ.get("TEST_POSTGRES_URL") or DEFAULT_POSTGRES_URL
 
 
-def _asyncpg_dsn(url: str, database: str | None = None) -> str:
-    parsed = make_url(url).set(drivername="postgresql")
-    if database is not None:
-        parsed = parsed.set(database=database)
-    return parsed.render_as_string(hide_password=False)
-
-
 async def _probe(url: str) -> None:
-    connection = await asyncpg.connect(_asyncpg_dsn(url), timeout=3)
+    connection = await asyncpg.connect(asyncpg_dsn(url), timeout=3)
     await connection.close()
 
 
@@ -54,9 +55,7 @@ def postgres_url() -> str:
     """The admin URL of a reachable PostgreSQL, or a skip (a failure when it is required)."""
     url = postgres_admin_url()
     try:
-        # In a thread of its own: this may be set up while a test's event loop runs.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pool.submit(asyncio.run, _probe(url)).result()
+        run_apart(lambda: _probe(url))
     except Exception as exc:
         reason = (
             f"PostgreSQL at {safe_url(url)} is unreachable ({type(exc).__name__}: {exc}); "
@@ -68,27 +67,54 @@ def postgres_url() -> str:
     return url
 
 
-async def _admin(url: str, sql: str) -> None:
-    connection = await asyncpg.connect(_asyncpg_dsn(url), timeout=10)
+@pytest.fixture(scope="session")
+def postgres_databases(postgres_url: str) -> Iterator[PostgresDatabases]:
+    """The session's PostgreSQL test databases (tests/databases.py)."""
+    template = run_apart(lambda: ensure_postgres_template(postgres_url))
+    databases = PostgresDatabases(postgres_url, template)
     try:
-        await connection.execute(sql)
+        yield databases
     finally:
-        await connection.close()
+        databases.close()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A fresh, empty database (plain URL, as DATABASE_URL would give it)."""
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file the migrations built, for every test to copy."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "store.sqlite"
+    return run_apart(lambda: build_sqlite_template(path))
+
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database at the newest schema (plain URL, as DATABASE_URL would give it)."""
+    if request.param == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        yield copy_sqlite(template, tmp_path / "db" / "store.sqlite")
+        return
+    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    url = databases.take()
+    try:
+        yield url
+    finally:
+        databases.give_back(url)
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: no table, not even Alembic's."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'db' / 'store.sqlite'}"
         return
-    admin = request.getfixturevalue("postgres_url")
-    name = f"jobs_gateway_test_{uuid.uuid4().hex[:16]}"
-    await _admin(admin, f'CREATE DATABASE "{name}"')
+    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    url = databases.take_empty()
     try:
-        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        await _admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        databases.give_back(url)
 
 
 # -- No secret in any log line of the suite --------------------------------------------------
@@ -196,15 +222,18 @@ class _Lines(logging.Handler):
 
 
 SECRET_SCAN = pytest.StashKey[SecretScan]()
+WORKER_LEAKS = "jobs_gateway_secret_leaks"
 
 
 class SecretScanPlugin:
-    """Runs one `SecretScan` over the whole session (see above)."""
+    """Runs one `SecretScan` over the whole session (see above). Under pytest-xdist each
+    worker scans what its tests logged, and the controller fails the session for all."""
 
     def __init__(self) -> None:
         self.scan = SecretScan()
         self.patches = pytest.MonkeyPatch()
         self.app_level = logging.NOTSET
+        self.worker_leaks: list[str] = []  # with pytest-xdist: what the workers' scans found
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         from app.simulator import Simulator
@@ -224,17 +253,29 @@ class SecretScanPlugin:
         self.app_level = app.level
         app.setLevel(logging.DEBUG)
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        """pytest-xdist, in the controller: a worker is done, with what its scan found."""
+        self.worker_leaks += getattr(node, "workeroutput", {}).get(WORKER_LEAKS, [])
+
+    # Before pytest-xdist's own, which sends the worker's output to the controller.
+    @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         logging.getLogger().removeHandler(self.scan.handler)
         logging.getLogger("app").setLevel(self.app_level)
         self.patches.undo()
-        leaks = self.scan.leaks()
+        leaks = [str(leak) for leak in self.scan.leaks()]
+        workeroutput = getattr(session.config, "workeroutput", None)
+        if workeroutput is not None:  # a pytest-xdist worker: the controller reports
+            workeroutput[WORKER_LEAKS] = leaks
+            return
+        leaks += self.worker_leaks
         if not leaks:
             return
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         title = f"{len(leaks)} log line(s) hold a secret"
-        lines = [str(leak) for leak in leaks[:50]]
+        lines = leaks[:50]
         if reporter is None:
             print("\n".join([title, *lines]), file=sys.stderr)
             return
@@ -275,3 +316,38 @@ def _scan_what_e2e_servers_printed(request: pytest.FixtureRequest) -> None:
 
     monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
     monkeypatch.setattr(request.module, "stop", scanned_stop)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What the session imported and collected lives as long as it: out of every later
+    garbage collection, as `serve` keeps what its start-up built (app.main). Without it
+    each full collection walks every module the suite imported, schemathesis' and
+    hypothesis' included."""
+    gc.collect()
+    gc.freeze()
+
+
+E2E_TESTS = "tests/e2e/"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test` runs the suite on two pytest-xdist workers: the e2e tests, which start
+    servers and time what they do, all go to one worker, one at a time as without workers,
+    while the other runs the in-process tests beside them; then both take what is left.
+
+    (`--dist loadgroup` would say the same with marks, but pytest-xdist 3.8 cannot rename
+    the tests of pytest 9.2 into their groups.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    if config.getvalue("dist") != "load":
+        return None
+
+    class E2eTogether(LoadScopeScheduling):
+        """One unit of work for every e2e test together, one for each other test. The
+        largest unit goes out first (`--loadscope-reorder`, the default): the e2e tests."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return E2E_TESTS if nodeid.startswith(E2E_TESTS) else nodeid
+
+    return E2eTogether(config, log)

@@ -1,19 +1,25 @@
-"""The service's own endpoints: health, readiness, metrics, docs without a CDN, OpenAPI."""
+"""The service's own endpoints: health, readiness, metrics, docs without a CDN, OpenAPI; and
+what the server's app does at start-up that other apps do not."""
 
 from __future__ import annotations
 
 import base64
+import gc
 import json
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+import app.cli
+import app.main
 from app import catalog
 from app.config import Settings
 from app.main import create_app
-from app.simulator import Simulator
-from tests.api.conftest import Gateway
+from app.server import StoppingServer
+from app.simulator import Simulator, create_simulator_app
+from tests.api.conftest import Gateway, settings_for
 from tests.clock import FakeClock
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,6 +83,44 @@ async def test_swagger_ui_is_served_without_any_cdn(api: httpx.AsyncClient) -> N
         assert asset in page.text
         served = await api.get(asset)
         assert served.status_code == 200 and len(served.content) > 10_000
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_only_the_servers_app_freezes_the_heap_once_started(
+    database_url: str, sim: Simulator, clock: FakeClock
+) -> None:
+    """A full collection and `gc.freeze()` after start-up pay where one app lives as long as
+    its process (`serve`), not in every app a process builds (the tests build hundreds)."""
+    frozen = gc.get_freeze_count()
+    upstream = httpx.ASGITransport(app=create_simulator_app(sim))
+    plain = create_app(settings_for(database_url), clock=clock, transport=upstream)
+    async with plain.router.lifespan_context(plain):
+        assert gc.get_freeze_count() == frozen
+    server = create_app(
+        settings_for(database_url), clock=clock, transport=upstream, freeze_heap=True
+    )
+    try:
+        async with server.router.lifespan_context(server):
+            assert gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()  # the rest of the session collects as usual
+
+
+def test_serve_builds_the_app_that_freezes_its_heap(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    built: dict[str, Any] = {}
+
+    def recording_create_app(settings: Settings, **options: Any) -> Any:
+        built.update(options)
+        return create_app(settings, **options)
+
+    monkeypatch.setattr(app.main, "create_app", recording_create_app)
+    monkeypatch.setattr(app.cli, "configure_logging", lambda *args: None)  # the suite's own
+    monkeypatch.setattr(StoppingServer, "run", lambda self, *args, **kwargs: None)
+    settings = settings_for(f"sqlite:///{tmp_path / 'serve.sqlite'}")
+    app.cli.run_server(settings, "127.0.0.1", 0)
+    assert built["freeze_heap"] is True
 
 
 def test_the_committed_openapi_is_what_the_app_generates() -> None:

@@ -4,20 +4,17 @@ its counters and knobs are in reach), a fresh PostgreSQL database, and a `serve`
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 import uvicorn
-from sqlalchemy.engine import make_url
 
 from app.simulator import Simulator, create_simulator_app
-from tests.conftest import _admin
+from tests.databases import PostgresDatabases
 from tests.e2e.test_serve import free_port
 
 
@@ -58,11 +55,11 @@ def serve_env(upstream: str, database_url: str, key: str, **settings: str) -> di
 
 
 @pytest.fixture
-def postgres_database(postgres_url: str) -> Iterator[str]:
-    """A fresh PostgreSQL database for processes to share (dropped afterwards)."""
-    name = f"jobs_gateway_e2e_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(postgres_url, f'CREATE DATABASE "{name}"'))
+def postgres_database(postgres_databases: PostgresDatabases) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for processes to share, which `serve` migrates as
+    it would in production (dropped afterwards)."""
+    url = postgres_databases.take_empty()
     try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        asyncio.run(_admin(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        postgres_databases.give_back(url)

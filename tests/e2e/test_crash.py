@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import io
 import json
 import os
@@ -36,7 +37,6 @@ import sqlite3
 import subprocess
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,13 +47,13 @@ from typing import IO, Any
 import asyncpg  # type: ignore[import-untyped]
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from app.clock import iso
 from app.refresh import LEASE_SECONDS
 from app.simulator import Simulator, SimulatorConfig
 from app.store.ingest import MEMORY_ROWS, ORPHAN_STAGE_AGE
-from tests.conftest import SecretScan, _admin, _asyncpg_dsn
+from tests.conftest import SecretScan
+from tests.databases import asyncpg_dsn
 from tests.e2e.conftest import simulator_over_http
 from tests.e2e.test_serve import KEY, free_port, start
 
@@ -120,15 +120,18 @@ def crash(process: subprocess.Popen[bytes]) -> str:
 
 def wait_ready(base: str, process: subprocess.Popen[bytes], seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"serve exited with {process.returncode}:\n{output_of(process)}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
+    with httpx.Client(timeout=2) as client:  # one for every look (tests/e2e/test_serve.py)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"serve exited with {process.returncode}:\n{output_of(process)}"
+                )
+            try:
+                if client.get(f"{base}/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
     raise AssertionError(f"{base}/readyz did not answer 200 in {seconds}s")
 
 
@@ -187,7 +190,7 @@ class Store:
     async def _postgres(
         self, statements: Sequence[tuple[str, Sequence[Any]]], *, write: bool
     ) -> list[list[tuple[Any, ...]]]:
-        conn = await asyncpg.connect(_asyncpg_dsn(self.url), timeout=10)
+        conn = await asyncpg.connect(asyncpg_dsn(self.url), timeout=10)
         try:
             async with conn.transaction(isolation="repeatable_read", readonly=not write):
                 out = []
@@ -207,18 +210,22 @@ def _numbered(sql: str) -> str:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        yield Store(f"sqlite:///{tmp_path / 'crash.sqlite'}")
-        return
-    admin = request.getfixturevalue("postgres_url")
-    name = f"jobs_gateway_crash_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
+    url = (
+        f"sqlite:///{tmp_path / 'crash.sqlite'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_database")
+    )
     try:
-        yield Store(make_url(admin).set(database=name).render_as_string(hide_password=False))
+        yield Store(url)
     finally:
-        asyncio.run(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        # What was read of this store is of no use to the next test: let it go.
+        when.cache_clear()
+        as_shown.cache_clear()
 
 
+# Each round reads the whole store again, mostly the same times and events as before: each
+# stored value is converted once (a pure function of it), not once per reading.
+@functools.cache
 def when(value: Any) -> datetime:
     """A stored time, aware UTC (SQLite gives naive text)."""
     moment: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
@@ -229,6 +236,7 @@ def when(value: Any) -> datetime:
 Event = tuple[int, str, str | None, str, str | None, str | None, Any]
 
 
+@functools.cache
 def as_shown(
     eid: int, type_: str, at: Any, cid: str, jid: str | None, key: str | None, data: str
 ) -> Event:

@@ -345,13 +345,14 @@ def test_installed_serve_answers_readyz(served: tuple[str, subprocess.Popen[byte
     base, process = served
     deadline = time.monotonic() + 60
     status = None
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            status = httpx.get(f"{base}/readyz", timeout=2).status_code
-        except httpx.TransportError:
-            status = None
-        if status == 200:
-            break
-        time.sleep(0.2)
+    with httpx.Client(timeout=2) as client:  # one for every look (tests/e2e/test_serve.py)
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                status = client.get(f"{base}/readyz").status_code
+            except httpx.TransportError:
+                status = None
+            if status == 200:
+                break
+            time.sleep(0.2)
     assert process.poll() is None, f"serve exited with {process.returncode}"
     assert status == 200

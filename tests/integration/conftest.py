@@ -1,7 +1,8 @@
 """Database fixtures: every store test runs on a SQLite file and on PostgreSQL.
 
-- `database_url` (tests/conftest.py): an empty database of each backend, fresh for every test.
-- `engine`: an engine on that database, migrated to head by the migrations themselves.
+- `database_url` (tests/conftest.py): a database of each backend at the newest schema, fresh
+  for every test (a copy of the one the migrations built for the session).
+- `engine`: an engine on that database.
 - `session`: one session on it.
 - `make_job`: builds a `NormalizedJob` with sensible defaults.
 """
@@ -17,7 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.normalize import NormalizedJob
-from app.store.db import create_engine, migrate, session_factory
+from app.store.db import create_engine, session_factory
 
 MakeJob = Callable[..., NormalizedJob]
 
@@ -32,7 +33,6 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     """An engine on a database built by the migrations."""
     engine = create_engine(database_url)
     try:
-        await migrate(engine)
         yield engine
     finally:
         await engine.dispose()

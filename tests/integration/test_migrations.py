@@ -1,4 +1,9 @@
-"""The migrations build the schema, on SQLite and PostgreSQL, and agree with the models."""
+"""The migrations build the schema, on SQLite and PostgreSQL, and agree with the models.
+
+The tests that run the migrations from scratch take an empty database
+(`empty_database_url`); the others take one at the newest schema, a copy of the template the
+migrations built for the session (`engine`, tests/databases.py).
+"""
 
 from __future__ import annotations
 
@@ -63,8 +68,8 @@ def _alembic(connection: Connection, action: str, revision: str) -> None:
     getattr(command, action)(config, revision)
 
 
-async def test_migrate_builds_an_empty_database(database_url: str) -> None:
-    engine = create_engine(database_url)
+async def test_migrate_builds_an_empty_database(empty_database_url: str) -> None:
+    engine = create_engine(empty_database_url)
     try:
         assert not await migrations_current(engine)
         await migrate(engine)
@@ -147,8 +152,8 @@ async def _stored_modules(engine: AsyncEngine) -> dict[int, str]:
         return {code: module for code, module in result.all()}
 
 
-async def test_0003_renames_the_stored_module_names(database_url: str) -> None:
-    engine = create_engine(database_url)
+async def test_0003_renames_the_stored_module_names(empty_database_url: str) -> None:
+    engine = create_engine(empty_database_url)
     try:
         async with engine.begin() as connection:
             await connection.run_sync(_alembic, "upgrade", "0002")
@@ -245,11 +250,11 @@ async def test_0010_on_a_feed_never_purged_starts_the_horizon_at_zero(engine: As
 
 
 async def test_migrate_takes_a_url_from_any_working_directory(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    empty_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    await migrate(database_url)
-    engine = create_engine(database_url)
+    await migrate(empty_database_url)
+    engine = create_engine(empty_database_url)
     try:
         assert await migrations_current(engine)
     finally:
@@ -341,15 +346,15 @@ MIGRATE_IN_A_PROCESS = (
 
 
 @pytest.mark.parametrize(
-    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+    "empty_database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
 )
-async def test_processes_migrating_at_once_take_turns(database_url: str) -> None:
+async def test_processes_migrating_at_once_take_turns(empty_database_url: str) -> None:
     processes = [
         await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
             MIGRATE_IN_A_PROCESS,
-            database_url,
+            empty_database_url,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -360,7 +365,7 @@ async def test_processes_migrating_at_once_take_turns(database_url: str) -> None
     )
     for process, (_, stderr) in zip(processes, results, strict=True):
         assert process.returncode == 0, stderr.decode()
-    engine = create_engine(database_url)
+    engine = create_engine(empty_database_url)
     try:
         assert await migrations_current(engine)
     finally:

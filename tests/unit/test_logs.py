@@ -10,12 +10,15 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import re
+import subprocess
 import sys
 import threading
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -433,3 +436,42 @@ def test_the_secret_scan_lets_prose_about_credentials_pass() -> None:
         "the process serve",
     )
     assert scan.leaks() == []
+
+
+LEAKY_SESSION = {
+    "conftest.py": "from tests.conftest import pytest_configure  # the suite's secret scan\n",
+    "test_leaky.py": (
+        "import logging\n\n\n"
+        "def test_logs_a_database_password():\n"
+        "    logging.getLogger('app.leaky').warning('connecting with %s', 'pw-s3cret')\n\n\n"
+        "def test_logs_nothing():\n"
+        "    pass\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("workers", [[], ["-p", "xdist", "-n", "2"]], ids=["serial", "xdist"])
+def test_the_secret_scan_fails_the_session_however_it_runs(
+    workers: list[str], tmp_path: Path
+) -> None:
+    """`make test` runs the suite on pytest-xdist workers: a secret one of them logged fails
+    the whole session, as in a session of one process."""
+    for name, text in LEAKY_SESSION.items():
+        (tmp_path / name).write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *workers],
+        cwd=tmp_path,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+    assert "1 log line(s) hold a secret" in result.stdout
+    assert "a DATABASE_URL's password ('pw-s3cret') in a line of app.leaky" in result.stdout
+    assert '"msg": "connecting with <********>"' in result.stdout  # the line, masked
