@@ -33,6 +33,18 @@ class Supervisor:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def all_of(*coros: Coroutine[Any, Any, Any]) -> list[Any]:
+    """`asyncio.gather` of `coros` that, when stopped, stops them and waits until each has
+    ended (a plain gather's children may still be closing a session when it returns)."""
+    tasks = [asyncio.create_task(coro) for coro in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def log_failure(task: asyncio.Task[Any]) -> None:
     """Retrieve a task's exception, so that none is lost unlogged."""
     if task.cancelled():

@@ -45,6 +45,7 @@ from app.clock import Clock
 from app.store import feed, outbox
 from app.store.ingest import Writer
 from app.store.outbox import Claimed, Outcome
+from app.tasks import all_of
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ class Sender:
         log.info(
             "webhooks go to %s", ", ".join(receiver_origin(url) for url in self.urls) or "nobody"
         )
-        await asyncio.gather(*(self.run_url(url) for url in self.urls))
+        await all_of(*(self.run_url(url) for url in self.urls))
 
     async def run_url(self, url: str) -> None:
         """Deliver to `url` forever: what is due now, then wait for a notice or the poll."""

@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.refresh.refresher import Refresher
+from app.tasks import all_of
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +115,12 @@ class Bus:
     async def run(self, refresher: Refresher) -> None:
         """Listen (PostgreSQL, reconnecting when the connection drops) and look, forever;
         what moved is reloaded into `refresher`."""
-        apply = self._apply(refresher)
+        parts = [self._look(), self._apply(refresher)]
         if self.listen:
-            await asyncio.gather(self._listen(), self._look(), apply)
-        else:
-            await asyncio.gather(self._look(), apply)
+            parts.append(self._listen())
+        # Stopped, the parts end before this does (a look closing its session included), so
+        # nothing of the bus outlives the engine it reads through.
+        await all_of(*parts)
 
     async def _listen(self) -> None:
         while True:
