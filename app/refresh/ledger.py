@@ -204,7 +204,9 @@ class Ledger:
                 continue  # nothing stored of it: nothing to load
             status = self.of(cid)
             version = status.version
-            if not self.take_state(state):
+            # A state read before a refresh of ours landed (it settled while the read was
+            # answered) is older than what memory holds: it is not taken.
+            if _older_than_known(state, status) or not self.take_state(state):
                 continue
             moved = True
             data = data or status.version != version
@@ -375,6 +377,16 @@ class Ledger:
         if everyone and not refreshing:
             self._view_all = (self.epoch, len(customer_ids), view)
         return view
+
+
+def _older_than_known(state: repo.CustomerState, status: CustomerStatus) -> bool:
+    """Whether a stored state predates what memory already holds of the customer: an older
+    last success, and no data newer than memory's (a success of another process whose clock
+    runs behind still brings its data)."""
+    known = status.last_success_at
+    if known is None or state.data_version > status.version:
+        return False
+    return state.last_success_at is None or state.last_success_at < known
 
 
 def backoff_seconds(failures: int, ttl: float) -> float:

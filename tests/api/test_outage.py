@@ -31,7 +31,7 @@ from app.simulator import Simulator, create_simulator_app
 from app.store import repo
 from tests.api.conftest import API_KEY, Sleeps, settings_for
 from tests.clock import FakeClock
-from tests.conftest import _admin
+from tests.databases import admin as _admin
 
 PASSWORD = "pw-s3cret"  # PostgreSQL trusts the test's connections; it must never be shown
 DEADLINE_SECONDS = 60.0  # a failure guard only: the conditions are polled, never timed

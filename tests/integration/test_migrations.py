@@ -219,11 +219,11 @@ async def _horizon(engine: AsyncEngine) -> int:
 
 
 async def test_0010_starts_the_horizon_where_an_earlier_purge_left_the_feed(
-    database_url: str,
+    empty_database_url: str,
 ) -> None:
     """Retention purged events before 0010 noted how far: the horizon starts just below the
     oldest event kept, or at the last id handed out when none is kept."""
-    engine = create_engine(database_url)
+    engine = create_engine(empty_database_url)
     try:
         async with engine.begin() as connection:
             await connection.run_sync(_alembic, "upgrade", "0009")
