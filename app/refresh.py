@@ -431,7 +431,9 @@ class Refresher:
                 continue  # nothing stored of it: nothing to load
             status = self._status(cid)
             version = status.version
-            if self._take_state(state):
+            # A state read before a refresh of ours landed (it settled while the read was
+            # answered) is older than what memory holds: it is not taken.
+            if not _older_than_known(state, status) and self._take_state(state):
                 moved = True
                 data = data or status.version != version
                 if status.error is None and status.last_success_at is not None:
@@ -952,6 +954,16 @@ def _log_failure(task: asyncio.Task[Any]) -> None:
     exc = task.exception()
     if exc is not None and not isinstance(exc, DiscoveryFailed):
         log.error("background task %s failed", task.get_name(), exc_info=exc)
+
+
+def _older_than_known(state: repo.CustomerState, status: CustomerStatus) -> bool:
+    """Whether a stored state predates what memory already holds of the customer: an older
+    last success, and no data newer than memory's (a success of another process whose clock
+    runs behind still brings its data)."""
+    known = status.last_success_at
+    if known is None or state.data_version > status.version:
+        return False
+    return state.last_success_at is None or state.last_success_at < known
 
 
 def _age(now: datetime, then: datetime) -> float:
