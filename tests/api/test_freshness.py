@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Any
 
 import httpx
+import pytest
 
 from app.api import schemas
 from app.clock import iso
 from app.simulator import Simulator, create_simulator_app
+from app.store import repo
 from tests.api.conftest import Gateway, Sleeps, services_of
 from tests.api.test_jobs import all_items
 from tests.clock import FakeClock
@@ -434,3 +437,37 @@ async def test_a_refresh_that_finishes_between_read_and_decision_is_not_repeated
         assert complete_and_fresh(response.json(), len(sim.customer_ids()))
         assert response.json()["freshness"]["oldest_fetched_at"] == iso(clock.now)
     assert right_after.headers["cache-status"].startswith("jobs-gateway; hit")
+
+
+async def test_a_reload_read_before_a_refresh_landed_does_not_take_it_back(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replicas reload what the database says of a customer when a snapshot lands (their
+    own included, as the look at the database finds it). A reload that read the database
+    before this process's own refresh landed, and took its time, must not replace the
+    newer state with the older one: a fresh customer would be answered as stale."""
+    await api.get("/jobs")
+    customers = len(sim.customer_ids())
+    refresher = services_of(api).refresher
+    read, go_on = asyncio.Event(), asyncio.Event()
+    customer_states = repo.customer_states
+
+    async def slow_states(*args: Any, **kwargs: Any) -> dict[str, repo.CustomerState]:
+        states = await customer_states(*args, **kwargs)
+        read.set()
+        await go_on.wait()  # a busy process: the answer is used a while after it was read
+        return states
+
+    monkeypatch.setattr(repo, "customer_states", slow_states)
+    reload = asyncio.create_task(refresher.reload(sim.customer_ids()))
+    await read.wait()
+    monkeypatch.setattr(repo, "customer_states", customer_states)
+    clock.advance(6 * 3600)
+    refreshed = await api.get("/jobs", params={"max_age": 0})
+    assert complete_and_fresh(refreshed.json(), customers)
+    go_on.set()
+    await reload
+    # A day is more than enough: nothing is refreshed, the answer says what memory holds.
+    answer = (await api.get("/jobs", params={"max_age": 86400})).json()
+    assert complete_and_fresh(answer, customers)
+    assert answer["freshness"]["oldest_fetched_at"] == iso(clock.now)
