@@ -8,6 +8,7 @@ finds them from this module either way, so the working directory never matters.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import time
@@ -154,6 +155,45 @@ def sqlite_recovery(engine: AsyncEngine) -> SqliteRecovery | None:
     return _SQLITE_RECOVERY.get(engine.sync_engine)
 
 
+@functools.cache
+def _harden_aiosqlite() -> None:
+    """Never wait on a stopped aiosqlite connection. A statement cancelled mid-way (a client
+    gone, a task stopped) has SQLAlchemy close the connection gracefully in a task of its own
+    and force-stop its worker thread beside it; aiosqlite's close then queued its last step
+    behind the stop and awaited an answer that never came, holding up the event loop's own
+    close. Work queued after the stop now fails at once, as on a closed connection."""
+    import aiosqlite.core
+
+    worker = aiosqlite.core._connection_worker_thread
+
+    def worker_that_drains(tx: Any) -> None:
+        worker(tx)
+        while True:  # stopped: what was queued behind the stop is answered, not left waiting
+            try:
+                future, _ = tx.get_nowait()
+            except Exception:
+                return
+            if future is not None:
+                with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                    future.get_loop().call_soon_threadsafe(_closed, future)
+
+    stop = aiosqlite.core.Connection.stop
+
+    def stop_once(self: Any) -> Any:
+        if not self._thread.is_alive() and self._thread.ident is not None:
+            self._running = False
+            return None  # stopped already: nothing will answer another stop
+        return stop(self)
+
+    aiosqlite.core._connection_worker_thread = worker_that_drains
+    aiosqlite.core.Connection.stop = stop_once  # type: ignore[method-assign]
+
+
+def _closed(future: Any) -> None:
+    if not future.done():
+        future.set_exception(ValueError("Connection closed"))
+
+
 def create_engine(url: str) -> AsyncEngine:
     """An async engine for `url` (plain `postgresql://` and `sqlite:///` URLs are accepted).
 
@@ -170,6 +210,7 @@ def create_engine(url: str) -> AsyncEngine:
         path = sqlite_file(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+        _harden_aiosqlite()
         engine = _create_async_engine(url, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", apply_sqlite_pragmas)
         recovery = _SQLITE_RECOVERY[engine.sync_engine] = SqliteRecovery()
