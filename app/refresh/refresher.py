@@ -269,7 +269,7 @@ class Refresher:
             lease = await self.leasing.take(cid)
             # While this walk queued, another process may have walked the customer and
             # handed its lease back: then its result is this refresh's too.
-            landed = lease.ours and await self._landed_since(cid, asked, success=True)
+            landed = lease.ours and await self._landed_elsewhere(cid, asked)
         except Exception as exc:  # the database: a failed refresh, backed off like any other
             slots.release()
             return self._failed_to_start(cid, exc)
@@ -342,6 +342,21 @@ class Refresher:
         last = status.last_success_at
         ok = status.error is None and last is not None and last >= since
         return RefreshOutcome(cid, ok=ok, error=status.error)
+
+    async def _landed_elsewhere(self, cid: str, asked: datetime) -> bool:
+        """Whether another process stored a good snapshot this refresh can take instead of
+        walking: one recorded after it was asked for, or one this process had not heard of
+        yet that is still fresh (what the request would have served, had it heard in time)."""
+        async with self.sessions() as session:
+            state = (await repo.customer_states(session, [cid]))[cid]
+        stored = state.last_success_at
+        if stored is None:
+            return False
+        if stored > asked:
+            return True
+        known = self.ledger.of(cid).last_success_at
+        fresh = (self.clock() - stored).total_seconds() < self.ttl
+        return (known is None or stored > known) and fresh
 
     async def _landed_since(self, cid: str, since: datetime, *, success: bool = False) -> bool:
         """Whether a refresh of the customer (with `success`: a successful one) was
