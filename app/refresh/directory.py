@@ -16,6 +16,7 @@ from app.clock import Clock
 from app.refresh.ledger import backoff_seconds
 from app.store import outage, repo
 from app.store.ingest import Writer
+from app.tasks import log_failure
 from app.upstream.client import AvePointClient
 from app.upstream.errors import UpstreamError, upstream_fields
 
@@ -98,7 +99,7 @@ class CustomerDirectory:
     def _start(self) -> asyncio.Task[list[str]]:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._discover(), name="discover-customers")
-            self._task.add_done_callback(_log_failure)
+            self._task.add_done_callback(log_failure)
         return self._task
 
     async def _discover(self) -> list[str]:
@@ -142,10 +143,3 @@ class CustomerDirectory:
         if not self.configured:
             self.known = list(names)
         return list(self.known or ())
-
-
-def _log_failure(task: asyncio.Task[list[str]]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        exc = task.exception()
-        if not isinstance(exc, DiscoveryFailed):
-            log.error("customer discovery failed", exc_info=exc)

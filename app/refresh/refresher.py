@@ -358,13 +358,10 @@ class Refresher:
         fresh = (self.clock() - stored).total_seconds() < self.ttl
         return (known is None or stored > known) and fresh
 
-    async def _landed_since(self, cid: str, since: datetime, *, success: bool = False) -> bool:
-        """Whether a refresh of the customer (with `success`: a successful one) was
-        recorded after `since` (strictly: a clock that stands still in tests is no news)."""
+    async def _landed_since(self, cid: str, since: datetime) -> bool:
+        """Whether a refresh of the customer was recorded since `since`."""
         async with self.sessions() as session:
             state = (await repo.customer_states(session, [cid]))[cid]
-        if success:
-            return state.last_success_at is not None and state.last_success_at > since
         return state.last_attempt_at is not None and state.last_attempt_at >= since
 
     async def _walk(self, cid: str, lease: leases.Lease) -> RefreshOutcome:

@@ -46,7 +46,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import catalog
-from app.normalize import NormalizedJob, job_id_of, normalize_row
+from app.normalize import JOB_VALUES, NormalizedJob, job_id_of, normalize_row
 from app.store import feed, leases, outage
 from app.store.db import (
     SqliteRecovery,
@@ -246,24 +246,7 @@ def chunks(rows: Sequence[Any], columns: int) -> Iterator[Sequence[Any]]:
 
 _WRITE_COLUMNS = [
     "customer_id",
-    "job_id",
-    "name",
-    "job_type_code",
-    "module_code",
-    "status_code",
-    "job_type",
-    "module",
-    "status",
-    "total_count",
-    "failed_count",
-    "successful_count",
-    "skipped_count",
-    "warning_count",
-    "backup_size_bytes",
-    "start_time",
-    "end_time",
-    "last_modified",
-    "duration_seconds",
+    *JOB_VALUES,  # the typed fields, as normalize gives them (one list, not two)
     "raw",
     "sort_start",
     "sort_modified",
