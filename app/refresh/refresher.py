@@ -256,11 +256,12 @@ class Refresher:
         except outage.DRIVER_ERRORS as exc:
             return self._failed_to_start(cid, exc)
 
-    async def _refresh(self, cid: str) -> RefreshOutcome:
+    async def _refresh(self, cid: str, asked: datetime | None = None) -> RefreshOutcome:
         """One refresh: not while the customer backs off; else a walk slot, then the lease
-        (taken only now, so it never runs down in a queue), then the walk."""
+        (taken only now, so it never runs down in a queue), then the walk. `asked` is when
+        the refresh was first asked for: a snapshot stored after it is this refresh's too."""
         status = self.ledger.of(cid)
-        asked = self.clock()
+        asked = asked if asked is not None else self.clock()
         if self.ledger.in_backoff(status, asked):
             return RefreshOutcome(cid, ok=False, error=self.ledger.backoff_error(status))
         slots = self.walker.slots
@@ -337,7 +338,9 @@ class Refresher:
                 break
             now = await self.leasing.peek(cid)
             if now is None or now.seconds_left <= 0:  # given back, or its holder died
-                return await self._refresh(cid)
+                # It may have stored between the look above and the hand-back: a snapshot
+                # stored since this wait began is taken (`_landed_elsewhere`), not walked.
+                return await self._refresh(cid, asked=since)
         await self.reload([cid])
         last = status.last_success_at
         ok = status.error is None and last is not None and last >= since
