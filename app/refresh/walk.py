@@ -82,11 +82,12 @@ class Walker:
             async for page in self.client.iter_job_pages(cid):
                 pages += 1
                 request_id = page.request_id or request_id
-                rows = page.rows
+                rows, raw = page.rows, page.raw
                 for start in range(0, len(rows), ROWS_PER_SLICE):
                     if start:
                         await asyncio.sleep(0)
-                    ingest.add_page(rows[start : start + ROWS_PER_SLICE])
+                    end = start + ROWS_PER_SLICE
+                    ingest.add_page(rows[start:end], None if raw is None else raw[start:end])
                 if ingest.must_spill:
                     await ingest.spill(self.writer, self.clock())
             snapshot = SnapshotRecord(

@@ -521,16 +521,79 @@ def _judge_keys(
     for job_type, module in sorted(keys):
         judgement = rules_.judge(jobs.get((job_type, module), ()), config.rules, at)
         current = open_alerts.get((job_type, module))
-        for t in rules_.transition((customer_id, job_type, module), current, judgement, at):
-            alert = yield from _write_alert(dialect, t.alert, at)
-            transitions.append(Transition(t.change, alert, t.job, t.previous_severity))
+        transitions += rules_.transition((customer_id, job_type, module), current, judgement, at)
+    transitions = yield from _write_alerts(dialect, transitions, at)
     snoozed = {a.alert_key for a in open_alerts.values() if a.snoozed(at)}
     return transitions, snoozed
 
 
-def _write_alert(dialect: str, alert: AlertState, at: datetime) -> Plan[AlertState]:
+_ALERT_INSERT = (
+    "INSERT INTO alerts (state, reason, severity, resolved_at, first_failure_at, "
+    "last_failure_at, consecutive_failures, last_success_at, last_job_id, "
+    "updated_at, alert_key, customer_id, job_type, module, opened_at) VALUES "
+)
+_ALERT_UPDATE = (
+    "UPDATE alerts SET state = ?, reason = ?, severity = ?, resolved_at = ?, "
+    "first_failure_at = ?, last_failure_at = ?, consecutive_failures = ?, "
+    "last_success_at = ?, last_job_id = ?, updated_at = ? WHERE id = ?"
+)
+
+
+def _write_alerts(
+    dialect: str, transitions: Sequence[Transition], at: datetime
+) -> Plan[list[Transition]]:
+    """Write the alerts `transitions` moved, whatever their number, in at most two
+    statements (a merge judges many keys at once): the updates as one executemany, first,
+    so that a resolved alert is closed before anything new of its key; then the new alerts
+    as one multi-row insert, whose ids come back by key (one transition per key)."""
+    updates = [
+        (*_alert_values(dialect, t.alert, at), t.alert.id)
+        for t in transitions
+        if t.alert.id is not None
+    ]
+    if updates:
+        yield ("many", sql(dialect, _ALERT_UPDATE), updates)
+    new = [t.alert for t in transitions if t.alert.id is None]
+    ids: dict[str, int] = {}
+    size = 1_000  # 15 parameters a row: within both drivers' limits
+    for start in range(0, len(new), size):
+        part = new[start : start + size]
+        stamp = functools.partial(to_driver, dialect)
+        params = [
+            value
+            for a in part
+            for value in (
+                *_alert_values(dialect, a, at),
+                a.alert_key,
+                a.customer_id,
+                a.job_type,
+                a.module,
+                stamp(a.opened_at),
+            )
+        ]
+        marks = ", ".join(["(" + ", ".join("?" * 15) + ")"] * len(part))
+        rows = yield (
+            "fetch",
+            sql(dialect, f"{_ALERT_INSERT}{marks} RETURNING id, alert_key"),
+            tuple(params),
+        )
+        ids.update((key, int(alert_id)) for alert_id, key in rows)
+    return [
+        t
+        if t.alert.id is not None
+        else Transition(
+            t.change,
+            AlertState(**{**_fields(t.alert), "id": ids[t.alert.alert_key]}),
+            t.job,
+            t.previous_severity,
+        )
+        for t in transitions
+    ]
+
+
+def _alert_values(dialect: str, alert: AlertState, at: datetime) -> tuple[Any, ...]:
     t = functools.partial(to_driver, dialect)
-    values = (
+    return (
         alert.state,
         alert.reason,
         alert.severity,
@@ -542,37 +605,6 @@ def _write_alert(dialect: str, alert: AlertState, at: datetime) -> Plan[AlertSta
         alert.last_job_id,
         t(at),
     )
-    if alert.id is None:
-        rows = yield (
-            "fetch",
-            sql(
-                dialect,
-                "INSERT INTO alerts (state, reason, severity, resolved_at, first_failure_at, "
-                "last_failure_at, consecutive_failures, last_success_at, last_job_id, "
-                "updated_at, alert_key, customer_id, job_type, module, opened_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            ),
-            (
-                *values,
-                alert.alert_key,
-                alert.customer_id,
-                alert.job_type,
-                alert.module,
-                t(alert.opened_at),
-            ),
-        )
-        return AlertState(**{**_fields(alert), "id": int(rows[0][0])})
-    yield (
-        "exec",
-        sql(
-            dialect,
-            "UPDATE alerts SET state = ?, reason = ?, severity = ?, resolved_at = ?, "
-            "first_failure_at = ?, last_failure_at = ?, consecutive_failures = ?, "
-            "last_success_at = ?, last_job_id = ?, updated_at = ? WHERE id = ?",
-        ),
-        (*values, alert.id),
-    )
-    return alert
 
 
 def _fields(alert: AlertState) -> dict[str, Any]:
