@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from app.store import leases
@@ -54,9 +55,17 @@ class Leasing:
         else:
             await self.writer.run_plan(lambda d: leases.give_back(d, cid, self.holder, lease.token))
 
-    async def keep(self, cid: str, lease: leases.Lease, walk: asyncio.Task[Any]) -> None:
+    async def keep(
+        self,
+        cid: str,
+        lease: leases.Lease,
+        walk: asyncio.Task[Any],
+        committing: Callable[[], bool] = lambda: False,
+    ) -> None:
         """Renew the walk's lease while it runs; when the lease was taken over, stop the
-        walk (its merge would be refused anyway: `app.store.leases.check`)."""
+        walk (its merge would be refused anyway: `app.store.leases.check`). A walk that is
+        `committing` is never stopped: its merge checks the lease itself, and gives it back
+        in its transaction, so a renewal that finds no lease may only mean it has stored."""
         while True:
             await asyncio.sleep(self.seconds / 3)
             try:
@@ -67,6 +76,8 @@ class Leasing:
                 log.warning("could not renew the lease of customer %s: %s", cid, exc)
                 continue
             if not kept:
+                if committing():
+                    return
                 self.lost.add(walk)
                 walk.cancel()
                 return

@@ -270,7 +270,7 @@ class Refresher:
             lease = await self.leasing.take(cid)
             # While this walk queued, another process may have walked the customer and
             # handed its lease back: then its result is this refresh's too.
-            landed = lease.ours and await self._landed_elsewhere(cid, asked)
+            landed = lease.ours and self._landed_elsewhere(cid, asked, lease.stored_at)
         except Exception as exc:  # the database: a failed refresh, backed off like any other
             slots.release()
             return self._failed_to_start(cid, exc)
@@ -283,11 +283,14 @@ class Refresher:
             await self.reload([cid])
             return RefreshOutcome(cid, ok=True)
         self.metrics.leases_held.inc()
+        outcome: RefreshOutcome | None = None
         try:
             outcome = await self._walk(cid, lease)
         finally:
             self.metrics.leases_held.dec()
-            await asyncio.shield(self._hand_back(cid, lease))
+            # A walk that stored gave its lease back in its merge's transaction.
+            given = outcome is not None and outcome.ok
+            await asyncio.shield(self._hand_back(cid, lease, given=given))
         return outcome
 
     def _failed_to_start(self, cid: str, exc: Exception) -> RefreshOutcome:
@@ -303,14 +306,15 @@ class Refresher:
         self.ledger.settle(cid, outcome, None, self.clock())
         return outcome
 
-    async def _hand_back(self, cid: str, lease: leases.Lease) -> None:
-        """Give the lease back after a refresh (kept as a backoff after a failed one), and
-        tell the other processes."""
+    async def _hand_back(self, cid: str, lease: leases.Lease, *, given: bool = False) -> None:
+        """Give the lease back after a refresh (kept as a backoff after a failed one; already
+        `given` back by a merge that stored), and tell the other processes."""
         status = self.ledger.of(cid)
         until = status.backoff_until if status.error is not None else None
         try:
             left = (until - self.clock()).total_seconds() if until is not None else 0.0
-            await self.leasing.hand_back(cid, lease, left)
+            if not given:
+                await self.leasing.hand_back(cid, lease, left)
             if self.on_settled is not None:
                 await self.on_settled(cid)
         except Exception:  # the lease expires by itself; the others look again
@@ -346,13 +350,11 @@ class Refresher:
         ok = status.error is None and last is not None and last >= since
         return RefreshOutcome(cid, ok=ok, error=status.error)
 
-    async def _landed_elsewhere(self, cid: str, asked: datetime) -> bool:
+    def _landed_elsewhere(self, cid: str, asked: datetime, stored: datetime | None) -> bool:
         """Whether another process stored a good snapshot this refresh can take instead of
         walking: one recorded after it was asked for, or one this process had not heard of
-        yet that is still fresh (what the request would have served, had it heard in time)."""
-        async with self.sessions() as session:
-            state = (await repo.customer_states(session, [cid]))[cid]
-        stored = state.last_success_at
+        yet that is still fresh (what the request would have served, had it heard in time).
+        `stored` is when the last good one was stored, as the lease's take read it."""
         if stored is None:
             return False
         if stored > asked:

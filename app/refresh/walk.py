@@ -73,7 +73,10 @@ class Walker:
         request_id: str | None = None
         me = asyncio.current_task()
         assert me is not None
-        keeper = asyncio.create_task(self.leasing.keep(cid, lease, me), name=f"lease:{cid}")
+        committing = False
+        keeper = asyncio.create_task(
+            self.leasing.keep(cid, lease, me, lambda: committing), name=f"lease:{cid}"
+        )
         try:
             async with self.sessions() as session:
                 ingest = await open_ingest(
@@ -103,6 +106,7 @@ class Walker:
             await self.commit_slots.acquire()
             self.slots.release()
             slot = self.commit_slots
+            committing = True
             result: IngestResult = await ingest.commit(self.writer, snapshot, self.feed)
         except BaseException as exc:
             keeper.cancel()

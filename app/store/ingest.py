@@ -595,7 +595,8 @@ class Ingest:
         the lease; take the changes again if another walk wrote meanwhile (newest wins);
         write the changed jobs and their history, from memory or from `job_stage`; move
         the customer's version; mark what the upstream stopped reporting; with `config`,
-        tell the changes (events, alerts, webhook deliveries); record the snapshot."""
+        tell the changes (events, alerts, webhook deliveries); record the snapshot; give the
+        lease back."""
         at = snapshot.finished_at
         cid = self.customer_id
         version = yield from feed.lock_customer(dialect, cid, at)
@@ -628,6 +629,9 @@ class Ingest:
         if config is not None and job_changes:
             told = yield from feed.tell(dialect, cid, at, job_changes, config)
         yield from _record_snapshot(dialect, snapshot)
+        if self.lease is not None:
+            # Stored: the lease goes back in this transaction, not in one more of its own.
+            yield from leases.give_back(dialect, cid, *self.lease)
         if job_count is None:
             job_count = len(self.known) + self.created
         return IngestResult(

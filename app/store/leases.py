@@ -13,7 +13,8 @@ compared here is the database's "now" plus a duration, so processes whose clocks
 still agree on who holds a lease. The same holds on SQLite, where several processes on one
 file (`jobs-gateway refresh` beside `serve`) take turns the same way.
 
-The holder gives the lease back when its walk is committed (`give_back`), or turns it into a
+The holder gives the lease back when its walk is committed (`give_back`, run by the merge in
+its own transaction), or turns it into a
 backoff after a failed one (`back_off`): a lease held by `backoff:<holder>` until the backoff
 ends, so that no other process asks the upstream about that customer before then (the
 process that backed off keeps its own account, in memory). `give_back_all` hands back what a
@@ -23,9 +24,10 @@ stopping process holds.
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
 from typing import NamedTuple
 
-from app.store.feed import Plan, sql
+from app.store.feed import Plan, from_driver, sql
 
 BACKOFF = "backoff"
 """The holder prefix of a lease that keeps a failing customer from being asked too soon."""
@@ -48,6 +50,9 @@ class Lease(NamedTuple):
     token: int
     taken_at: object  # the database's now, in the driver's form (see `app.store.feed`)
     seconds_left: float
+    # Taken: when the customer's last good snapshot was stored, by whichever process (read
+    # in the take's own transaction, so a walk need not ask again whether one landed).
+    stored_at: datetime | None = None
 
     @property
     def backoff(self) -> bool:
@@ -105,7 +110,23 @@ def take(dialect: str, customer_id: str, holder: str, seconds: float) -> Plan[Le
         (customer_id, holder, _seconds(dialect, seconds), token, backoff_of(holder)),
     )
     if rows:
-        return Lease(True, holder, int(rows[0][0]), rows[0][1], float(seconds))
+        stored = yield (
+            "fetch",
+            sql(
+                dialect,
+                "SELECT MAX(finished_at) FROM snapshots "
+                "WHERE customer_id = ? AND outcome = 'success'",
+            ),
+            (customer_id,),
+        )
+        return Lease(
+            True,
+            holder,
+            int(rows[0][0]),
+            rows[0][1],
+            float(seconds),
+            from_driver(stored[0][0]) if stored else None,
+        )
     found = yield from peek(dialect, customer_id)
     if found is None:  # given back in between: free after all
         lease: Lease = yield from take(dialect, customer_id, holder, seconds)
