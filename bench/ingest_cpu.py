@@ -11,7 +11,8 @@ turn, each step as `app/refresh.py` takes it:
 2. add: `Ingest.add_page` of its rows (job id, content hash, normalize, the driver's row);
 3. commit: `Ingest.commit` through the service's `Writer` with the default feed config
    (the merge: jobs, history, version, reported marks, events and alerts, the snapshot),
-   and the `open_ingest` read before the walk.
+   and the `open_ingest` read before the walk; `--group N` commits N customers at once, as
+   walks that end together wait for the writer together (on SQLite, one group commit).
 
 CPU is `time.process_time()` (every thread: the SQLite writer's too) per job; the commit's
 share that ran in other threads than this one is shown apart (the writer's thread on
@@ -30,6 +31,7 @@ import functools
 import io
 import pstats
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -77,19 +79,19 @@ class Stage:
 
 
 def profiled_writer_thread(profiler: cProfile.Profile) -> None:
-    """Profile the SQLite writer's merge too (it runs in the writer's own thread)."""
+    """Profile the SQLite writer's transactions too (they run in the writer's own thread)."""
     from app.store import ingest
 
-    original = ingest.Ingest._merge_sqlite
+    original = ingest.Writer._transaction
     if getattr(original, "_profiled", False):
         return
 
     @functools.wraps(original)
-    def merge(self: Any, *args: Any) -> Any:
+    def transaction(self: Any, *args: Any) -> Any:
         return profiler.runcall(original, self, *args)
 
-    merge._profiled = True  # type: ignore[attr-defined]
-    ingest.Ingest._merge_sqlite = merge  # type: ignore[method-assign]
+    transaction._profiled = True  # type: ignore[attr-defined]
+    ingest.Writer._transaction = transaction  # type: ignore[method-assign]
 
 
 async def one(db: str, customers: int, jobs: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -126,6 +128,17 @@ async def one(db: str, customers: int, jobs: int, args: argparse.Namespace) -> d
             for n in range(customers):
                 await ensure_customer(session, dialect, customer_id(n), AT)
         wall = time.perf_counter()
+        waiting: list[Any] = []
+
+        async def commit_waiting() -> None:
+            # Merges that wait for the writer together, as walks that end together do: on
+            # SQLite they are committed together (`Writer.run_merge`).
+            async def all_of() -> None:
+                await asyncio.gather(*(i.commit(writer, snap, config) for i, snap in waiting))
+
+            await stages["commit"].arun(all_of)
+            waiting.clear()
+
         for n in range(customers):
             cid = customer_id(n)
 
@@ -137,7 +150,7 @@ async def one(db: str, customers: int, jobs: int, args: argparse.Namespace) -> d
             for index in range(1, pages_per_customer + 1):
                 body = standin.jobs_page(n, index, 100)
                 page = stages["decode"].run(lambda body=body: parse_page(body))
-                stages["add"].run(functools.partial(ingest.add_page, page.data))
+                stages["add"].run(functools.partial(ingest.add_page, page.data, page.raw))
                 if ingest.must_spill:
                     await stages["commit"].arun(functools.partial(ingest.spill, writer, AT))
             snapshot = SnapshotRecord(
@@ -148,11 +161,16 @@ async def one(db: str, customers: int, jobs: int, args: argparse.Namespace) -> d
                 pages=pages_per_customer,
                 jobs_seen=len(ingest.seen),
             )
-            await stages["commit"].arun(functools.partial(ingest.commit, writer, snapshot, config))
+            waiting.append((ingest, snapshot))
+            if len(waiting) >= args.group:
+                await commit_waiting()
+        if waiting:
+            await commit_waiting()
         wall = time.perf_counter() - wall
         writer.close()
     finally:
         await engine.dispose()
+        shutil.rmtree(workdir, ignore_errors=True)
         if db == "postgres":
             import asyncpg
 
@@ -197,6 +215,9 @@ def main() -> int:
     parser.add_argument("--size", choices=(*SIZES, "both"), default="both")
     parser.add_argument("--postgres-url", default=POSTGRES_ADMIN_URL)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--group", type=int, default=1, help="customers whose merges wait for the writer together"
+    )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--name", default="ingest_cpu")
     args = parser.parse_args()

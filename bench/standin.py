@@ -25,6 +25,9 @@ machine can compare these times with its own.
 `POST /change?customers=K` changes K customers' data (spread evenly over the customers): the
 status of each one's newest job flips between failed and finished and its `lastModifyTime`
 moves on, so an incremental refresh has exactly K customers with one changed job each.
+`&share=F` changes the newest F of each one's jobs instead of one (`share=0.1`: 10% of every
+customer's jobs, for a refresh that ingests changes; the changed pages are rendered before the
+answer, so the walk's requests stay as fast as ever).
 `&offset=N` shifts the K customers picked by N (modulo C), so that calls with a growing offset
 (the soak benchmark, `bench/soak.py`) walk over every customer: each change fails or recovers
 one job, and the service's alerts open and resolve.
@@ -230,6 +233,7 @@ class StandIn:
         self.number = {cid: n for n, cid in enumerate(self.ids)}
         self.tags = [f"{n:06d}".encode() for n in range(customers)]
         self.generation: dict[int, int] = {}
+        self.changed_jobs: dict[int, int] = {}  # customer -> how many of its newest changed
         # (variant, pageIndex, pageSize) -> a page with PLACEHOLDER for the customer's number.
         self.templates: dict[tuple[int, int, int], bytes] = {}
         # (customer, generation, pageIndex, pageSize) -> a changed customer's page.
@@ -259,8 +263,9 @@ class StandIn:
         if page is None:
             tag = self.tags[number].decode()
             first = (index - 1) * size
+            changed = self.changed_jobs.get(number, 1)
             rows = [
-                job_row(number % VARIANTS, j, tag, generation if j == 0 else 0)
+                job_row(number % VARIANTS, j, tag, generation if j < changed else 0)
                 for j in range(first, min(first + size, self.jobs))
             ]
             page = self.changed_pages[key] = page_bytes(rows, index, size, self.jobs)
@@ -279,9 +284,9 @@ class StandIn:
         ]
         return page_bytes(rows, index, size, self.customers)
 
-    def change(self, count: int, offset: int = 0) -> list[str]:
-        """Change `count` customers' newest job (the picks shifted by `offset`); returns
-        their ids."""
+    def change(self, count: int, offset: int = 0, share: float | None = None) -> list[str]:
+        """Change `count` customers' newest job, or the newest `share` of their jobs (the
+        picks shifted by `offset`); returns their ids."""
         count = max(0, min(count, self.customers))
         picked = [n * self.customers // count for n in range(count)] if count else []
         if offset:
@@ -289,6 +294,10 @@ class StandIn:
         for n in picked:
             self.generation[n] = self.generation.get(n, 0) + 1
             self.forget_pages(n, self.generation[n])
+            if share is not None:
+                self.changed_jobs[n] = max(1, math.ceil(self.jobs * share))
+                for index in range(1, max(1, math.ceil(self.jobs / MAX_PAGE_SIZE)) + 1):
+                    self.jobs_page(n, index, MAX_PAGE_SIZE)
         return [self.ids[n] for n in picked]
 
     def forget_pages(self, number: int, generation: int) -> None:
@@ -340,7 +349,10 @@ class StandIn:
             self.stats.reset()
             await respond(send, 200, b"{}")
         elif method == "POST" and path == "/change":
-            changed = self.change(int(query.get("customers", "1")), int(query.get("offset", "0")))
+            share = float(query["share"]) if "share" in query else None
+            changed = self.change(
+                int(query.get("customers", "1")), int(query.get("offset", "0")), share
+            )
             await respond(send, 200, json.dumps({"changed": changed}).encode())
         else:
             await respond(send, 404, b'{"code":"NotFound"}')

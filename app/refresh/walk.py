@@ -2,14 +2,16 @@
 
 Walks stream: each page is hashed and normalized as it arrives and only the rows that changed
 are kept (`app.store.ingest`), written in one short transaction at the end. At most `slots`
-customers are fetched at once and `COMMIT_SLOTS` more wait to be written; the upstream
-client's semaphore bounds the requests.
+customers are fetched at once, and those done fetching wait to be written while the rows
+they hold fit in `COMMIT_ROWS`; the upstream client's semaphore bounds the requests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 
@@ -20,7 +22,14 @@ from app.refresh.leasing import Leasing
 from app.refresh.ledger import RefreshOutcome
 from app.store import leases
 from app.store.feed import FeedConfig, Told
-from app.store.ingest import Ingest, IngestResult, SnapshotRecord, Writer, open_ingest
+from app.store.ingest import (
+    GROUP_ROWS,
+    Ingest,
+    IngestResult,
+    SnapshotRecord,
+    Writer,
+    open_ingest,
+)
 from app.upstream.client import AvePointClient
 
 log = logging.getLogger("app.refresh")
@@ -29,8 +38,49 @@ ROWS_PER_SLICE = 500
 """Rows normalized between two yields to the event loop (a page is 100; a misbehaving
 upstream may send far more on one page)."""
 
-COMMIT_SLOTS = 4
-"""Walks done fetching that may wait for the writer at once, each with its changed rows."""
+COMMIT_ROWS = 2 * GROUP_ROWS
+"""Changed rows that walks done fetching may hold in memory while they wait for the writer
+(one group committing, the next one gathering: `Writer.run_merge`); a walk with more than
+that waits until the others are written."""
+
+
+class CommitRoom:
+    """Room for walks that wait to be written, counted in the changed rows they hold: many
+    small customers may wait together (and be committed together), few large ones."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.used = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def _fits(self, n: int) -> bool:
+        return self.used == 0 or self.used + n <= self.rows
+
+    async def take(self, n: int) -> None:
+        if not self._waiters and self._fits(n):
+            self.used += n
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.give(n)  # granted, then cancelled before it woke
+            raise
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        while self._waiters:
+            wanted, granted = self._waiters[0]
+            if granted.done():  # cancelled while it waited
+                self._waiters.popleft()
+                continue
+            if not self._fits(wanted):
+                break
+            self._waiters.popleft()
+            self.used += wanted
+            granted.set_result(None)
 
 
 class Walker:
@@ -54,19 +104,20 @@ class Walker:
         self.feed = feed
         self.on_told = on_told
         self.slots = asyncio.Semaphore(max(1, slots))
-        self.commit_slots = asyncio.Semaphore(COMMIT_SLOTS)
+        self.commit_room = CommitRoom(COMMIT_ROWS)
         self.walking: set[str] = set()  # customers whose walk holds a slot now
 
     async def run(self, cid: str, started: datetime, lease: leases.Lease) -> RefreshOutcome:
         """One walk of the customer's pages, staged as they come and merged at the end.
 
         A walk holds a walk slot while it fetches (its caller took it before the lease),
-        then trades it for a commit slot: other walks fetch while it waits for the writer,
-        and the customers held in memory are at most the two kinds of slots together. A
+        then trades it for room among the walks waiting to be written (`CommitRoom`):
+        other walks fetch while it waits for the writer, and the rows held in memory are at
+        most the walk slots' and the commit room's together. A
         keeper renews its lease meanwhile, and stops it when the lease was lost; the merge
         checks the lease too.
         """
-        slot = self.slots
+        release: Callable[[], None] = self.slots.release
         self.walking.add(cid)
         ingest: Ingest | None = None
         pages = 0
@@ -103,9 +154,10 @@ class Walker:
                 rows_skipped=ingest.rows_skipped,
                 request_id=request_id,
             )
-            await self.commit_slots.acquire()
+            held = len(ingest.pending)
+            await self.commit_room.take(held)
             self.slots.release()
-            slot = self.commit_slots
+            release = functools.partial(self.commit_room.give, held)
             committing = True
             result: IngestResult = await ingest.commit(self.writer, snapshot, self.feed)
         except BaseException as exc:
@@ -126,7 +178,7 @@ class Walker:
         finally:
             keeper.cancel()
             self.walking.discard(cid)
-            slot.release()
+            release()
         if result.told.events and self.on_told is not None:
             self.on_told(result.told)
         log.info(

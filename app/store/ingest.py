@@ -34,6 +34,7 @@ import hashlib
 import json
 import sqlite3
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, nullcontext
@@ -98,6 +99,11 @@ _MAX_ROWS_PER_STATEMENT = 1_000
 WRITER_CACHE_KIB = 16_384
 """The SQLite writer connection's page cache."""
 
+GROUP_CUSTOMERS = 50
+GROUP_ROWS = 12_000
+"""A SQLite group commit takes up to this many customers' merges, and this many changed rows
+(at least one merge, whatever its size): the transaction stays short for the readers."""
+
 POSTGRES_MERGES = 4
 """Merges run at once on PostgreSQL: more only contend for the same locks and CPU."""
 
@@ -107,6 +113,16 @@ ORPHAN_STAGE_AGE = timedelta(hours=1)
 
 Outcome = Literal["success", "error"]
 T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Merge:
+    """A walk's merge waiting for the SQLite writer (`Writer.run_merge`)."""
+
+    make: Callable[[str], feed.Plan[Any]]
+    rows: int
+    restore: Callable[[], None] | None
+    done: asyncio.Future[Any]
 
 
 def _open_sqlite(path: str) -> sqlite3.Connection:
@@ -143,6 +159,8 @@ class Writer:
         self._thread: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._merges = asyncio.Semaphore(POSTGRES_MERGES)
+        self._waiting: deque[_Merge] = deque()  # merges waiting for the SQLite writer
+        self._drainer: asyncio.Task[None] | None = None
 
     @classmethod
     def for_engine(cls, engine: AsyncEngine) -> Writer:
@@ -160,52 +178,173 @@ class Writer:
         """Whether `run_sync` is available (a SQLite file)."""
         return self._sqlite_file is not None
 
-    async def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """`fn(connection)` in the writer's thread, in one BEGIN IMMEDIATE ... COMMIT."""
-        assert self._sqlite_file is not None and self._lock is not None
+    def _connection(self) -> sqlite3.Connection:
+        """The writer's connection (in its thread), opened when there is none."""
+        assert self._sqlite_file is not None
+        if self._conn is None:
+            if self._recovery is not None:
+                self._recovery.before_reopen()
+            self._conn = _open_sqlite(self._sqlite_file)
+        return self._conn
+
+    def _failed(self, conn: sqlite3.Connection, exc: BaseException) -> None:
+        """After a failed transaction (in the writer's thread)."""
+        if isinstance(exc, sqlite3.Error) and outage.unreachable(exc):
+            # Opened read-only, it would stay so: the next write opens the file afresh, with
+            # the pool's connections (`SqliteRecovery`).
+            self._conn = None
+            conn.close()
+            if self._recovery is not None:
+                self._recovery.away()
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn(connection)` in one BEGIN IMMEDIATE ... COMMIT (in the writer's thread)."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                # SQLite has rolled back itself after some errors (a full disk, I/O).
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except BaseException as exc:
+            self._failed(conn, exc)
+            raise
+        return result
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        """`fn()` in the writer's thread, holding the write lock."""
+        assert self._lock is not None
+        async with self._lock:
+            return await self._locked(fn)
+
+    async def _locked(self, fn: Callable[[], T]) -> T:
+        """`fn()` in the writer's thread; the caller holds the write lock."""
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-        path = self._sqlite_file
+        loop = asyncio.get_running_loop()
+        # Shielded: a cancelled caller must not leave the lock free while the thread still
+        # writes.
+        return await asyncio.shield(loop.run_in_executor(self._thread, fn))
 
-        def transaction() -> T:
-            if self._conn is None:
-                if self._recovery is not None:
-                    self._recovery.before_reopen()
-                self._conn = _open_sqlite(path)
-            conn = self._conn
+    async def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn(connection)` in the writer's thread, in one BEGIN IMMEDIATE ... COMMIT."""
+        assert self._sqlite_file is not None
+        return await self._in_thread(lambda: self._transaction(fn))
+
+    async def run_merge(
+        self,
+        make: Callable[[str], feed.Plan[T]],
+        *,
+        rows: int = 0,
+        restore: Callable[[], None] | None = None,
+    ) -> T:
+        """`run_plan` for a walk's merge of `rows` changed rows. On PostgreSQL at most
+        `POSTGRES_MERGES` run at once. On a SQLite file, merges that wait for the writer
+        together are committed together (group commit, `_commit_group`): one transaction
+        and its page writes for up to `GROUP_CUSTOMERS` customers. `restore` puts the
+        merge's walk back as it was before its plan ran, so that it can run again."""
+        if not self.direct:
+            async with self._merges:
+                return await self.run_plan(make)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        self._waiting.append(_Merge(make, rows, restore, done))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain(), name="sqlite-group-commit")
+        result: T = await done
+        return result
+
+    async def _drain(self) -> None:
+        """Commit the merges waiting, a group at a time, until none waits. A group is taken
+        once the writer is free: every merge that came while it was busy joins."""
+        assert self._lock is not None
+        while self._waiting:
+            group: list[_Merge] = []
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = fn(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    # SQLite has rolled back itself after some errors (a full disk, I/O).
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                async with self._lock:
+                    group = self._next_group()
+                    if not group:
+                        continue
+                    outcomes = await self._locked(functools.partial(self._commit_group, group))
+            except BaseException as exc:
+                if not isinstance(exc, Exception):  # stopped (the loop ends): nobody waits
+                    for merge in [*group, *self._waiting]:
+                        merge.done.cancel()
+                    self._waiting.clear()
                     raise
-            except sqlite3.Error as exc:
-                if outage.unreachable(exc):
-                    # Opened read-only, it would stay so: the next write opens the file
-                    # afresh, with the pool's connections (`SqliteRecovery`).
-                    self._conn = None
-                    conn.close()
-                    if self._recovery is not None:
-                        self._recovery.away()
+                outcomes = [exc] * len(group)
+            for merge, outcome in zip(group, outcomes, strict=True):
+                if merge.done.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    merge.done.set_exception(outcome)
+                else:
+                    merge.done.set_result(outcome[0])
+
+    def _next_group(self) -> list[_Merge]:
+        """The merges waiting, oldest first, up to `GROUP_CUSTOMERS` and `GROUP_ROWS`."""
+        group: list[_Merge] = []
+        budget = GROUP_ROWS
+        while self._waiting and len(group) < GROUP_CUSTOMERS:
+            merge = self._waiting[0]
+            if merge.done.done():  # its walk was cancelled while it waited
+                self._waiting.popleft()
+                continue
+            if group and merge.rows > budget:
+                break
+            budget -= merge.rows
+            group.append(self._waiting.popleft())
+        return group
+
+    def _commit_group(self, group: list[_Merge]) -> list[Any]:
+        """The group's merges in one transaction, each in a savepoint: a merge that fails
+        (a lost lease, a bad row) is rolled back alone and the others commit. When the
+        transaction itself fails, each merge runs again in its own (in the writer's thread).
+        Gives, per merge, `(result,)` or the exception."""
+        if len(group) == 1:
+            return self._commit_each(group)
+
+        def all_of(conn: sqlite3.Connection) -> list[Any]:
+            out: list[Any] = []
+            for merge in group:
+                conn.execute("SAVEPOINT merge")
+                try:
+                    out.append((feed.run_sync(conn, merge.make("sqlite")),))
+                except Exception as exc:
+                    if not conn.in_transaction:
+                        raise  # SQLite rolled the whole transaction back
+                    conn.execute("ROLLBACK TO merge")
+                    out.append(exc)
+                conn.execute("RELEASE merge")
+            return out
+
+        try:
+            return self._transaction(all_of)
+        except Exception:
+            if any(merge.restore is None for merge in group):
                 raise
-            return result
+            for merge in group:
+                assert merge.restore is not None
+                merge.restore()
+            return self._commit_each(group)
 
-        async with self._lock:
-            loop = asyncio.get_running_loop()
-            # Shielded: a cancelled caller must not leave the lock free while the thread
-            # still writes.
-            return await asyncio.shield(loop.run_in_executor(self._thread, transaction))
+    def _commit_each(self, group: list[_Merge]) -> list[Any]:
+        out: list[Any] = []
+        for merge in group:
+            plan = merge.make
 
-    async def run_merge(self, make: Callable[[str], feed.Plan[T]]) -> T:
-        """`run_plan` for a walk's merge: on PostgreSQL at most `POSTGRES_MERGES` at once."""
-        if self._lock is not None:
-            return await self.run_plan(make)
-        async with self._merges:
-            return await self.run_plan(make)
+            def one(conn: sqlite3.Connection, make: Callable[[str], feed.Plan[Any]] = plan) -> Any:
+                return feed.run_sync(conn, make("sqlite"))
+
+            try:
+                out.append((self._transaction(one),))
+            except Exception as exc:
+                out.append(exc)
+        return out
 
     async def run_plan(self, make: Callable[[str], feed.Plan[T]]) -> T:
         """One write transaction running the plan `make(dialect)` (see `app.store.feed`)."""
@@ -471,9 +610,7 @@ class Ingest:
                 return
         self._take(job_id, stored, _driver_row(self.dialect, job, digest, self.started))
 
-    def _take(
-        self, job_id: str, stored: tuple[Any, ...] | None, changed: tuple[Any, ...]
-    ) -> None:
+    def _take(self, job_id: str, stored: tuple[Any, ...] | None, changed: tuple[Any, ...]) -> None:
         if stored is not None and _older(changed, stored):
             # Newest wins: the store already holds a newer version of this job (a copy on
             # another page that is newer still stays pending).
@@ -585,7 +722,23 @@ class Ingest:
         self, writer: Writer, snapshot: SnapshotRecord, config: FeedConfig | None = None
     ) -> IngestResult:
         """Merge the walk in one write transaction (see `merge`)."""
-        return await writer.run_merge(lambda dialect: self.merge(dialect, snapshot, config))
+        return await writer.run_merge(
+            lambda dialect: self.merge(dialect, snapshot, config),
+            rows=len(self.pending) + self.spilled,
+            restore=self._restore_point(),
+        )
+
+    def _restore_point(self) -> Callable[[], None]:
+        """What puts this walk back as it is now, should its merge have to run again after
+        a rollback (the merge spills, takes changes again, and counts as it goes)."""
+        pending, spilled, known = dict(self.pending), self.spilled, self.known
+        created, superseded = self.created, self.superseded
+
+        def restore() -> None:
+            self.pending, self.spilled, self.known = dict(pending), spilled, known
+            self.created, self.superseded = created, superseded
+
+        return restore
 
     def merge(
         self, dialect: str, snapshot: SnapshotRecord, config: FeedConfig | None = None
