@@ -63,9 +63,9 @@ class Leasing:
         committing: Callable[[], bool] = lambda: False,
     ) -> None:
         """Renew the walk's lease while it runs; when the lease was taken over, stop the
-        walk (its merge would be refused anyway: `app.store.leases.check`). A walk that is
-        `committing` is never stopped: its merge checks the lease itself, and gives it back
-        in its transaction, so a renewal that finds no lease may only mean it has stored."""
+        walk (its merge would be refused anyway: `leases.check_and_give_back`). A walk that
+        is `committing` is never stopped: its merge checks the lease itself, and gives it
+        back in its transaction, so a renewal that finds no lease may only mean it stored."""
         while True:
             await asyncio.sleep(self.seconds / 3)
             try:

@@ -754,7 +754,8 @@ class Ingest:
         cid = self.customer_id
         version = yield from feed.lock_customer(dialect, cid, at)
         if self.lease is not None:
-            yield from leases.check(dialect, cid, *self.lease)
+            # Checked and given back at once; a rollback gives it back to the walk.
+            yield from leases.check_and_give_back(dialect, cid, *self.lease)
         moved = version != self.version
         job_changes: list[JobChange]
         job_count: int | None
@@ -782,9 +783,6 @@ class Ingest:
         if config is not None and job_changes:
             told = yield from feed.tell(dialect, cid, at, job_changes, config)
         yield from _record_snapshot(dialect, snapshot)
-        if self.lease is not None:
-            # Stored: the lease goes back in this transaction, not in one more of its own.
-            yield from leases.give_back(dialect, cid, *self.lease)
         if job_count is None:
             job_count = len(self.known) + self.created
         return IngestResult(

@@ -5,7 +5,8 @@ the lease never runs down while the walk waits in a queue. A lease is free when 
 holds it, when it has expired (its holder died or stalled), or when its holder is the one
 asking. Every take draws a new fencing `token`: the walk renews the lease while it runs
 (`extend`, which says False once the lease was taken over), and its merge checks, inside the
-merge's own transaction, that the lease is still its own (`check`). A walk that lost its lease
+merge's own transaction, that the lease is still its own, giving it back in the same statement
+(`check_and_give_back`). A walk that lost its lease
 therefore commits nothing, whatever order walks finish in.
 
 Expiry is judged by the database's clock, never by a process's own: every time written or
@@ -13,9 +14,9 @@ compared here is the database's "now" plus a duration, so processes whose clocks
 still agree on who holds a lease. The same holds on SQLite, where several processes on one
 file (`jobs-gateway refresh` beside `serve`) take turns the same way.
 
-The holder gives the lease back when its walk is committed (`give_back`, run by the merge in
-its own transaction), or turns it into a
-backoff after a failed one (`back_off`): a lease held by `backoff:<holder>` until the backoff
+The holder gives the lease back when its walk is committed (the merge does, in its own
+transaction; `give_back` when a walk ends without one), or turns it into a backoff after a
+failed one (`back_off`): a lease held by `backoff:<holder>` until the backoff
 ends, so that no other process asks the upstream about that customer before then (the
 process that backed off keeps its own account, in memory). `give_back_all` hands back what a
 stopping process holds.
@@ -175,6 +176,23 @@ def check(dialect: str, customer_id: str, holder: str, token: int) -> Plan[None]
             dialect,
             "SELECT 1 FROM refresh_leases "  # noqa: S608 - the lock clause is ours
             f"WHERE customer_id = ? AND holder = ? AND token = ?{lock}",
+        ),
+        (customer_id, holder, token),
+    )
+    if not rows:
+        raise LeaseLost(customer_id)
+
+
+def check_and_give_back(dialect: str, customer_id: str, holder: str, token: int) -> Plan[None]:
+    """`check`, and the lease given back in the same statement: a merge that stores does it
+    first in its transaction (the row stays locked until it commits, and comes back with a
+    rollback), instead of a check and, once committed, a give-back of its own."""
+    rows = yield (
+        "fetch",
+        sql(
+            dialect,
+            "DELETE FROM refresh_leases WHERE customer_id = ? AND holder = ? AND token = ? "
+            "RETURNING 1",
         ),
         (customer_id, holder, token),
     )
