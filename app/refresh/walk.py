@@ -3,7 +3,7 @@
 Walks stream: each page is hashed and normalized as it arrives and only the rows that changed
 are kept (`app.store.ingest`), written in one short transaction at the end. At most `slots`
 customers are fetched at once, and those done fetching wait to be written while the rows
-they hold fit in `COMMIT_ROWS`; the upstream client's semaphore bounds the requests.
+they hold fit in the commit room; the upstream client's semaphore bounds the requests.
 """
 
 from __future__ import annotations
@@ -38,10 +38,12 @@ ROWS_PER_SLICE = 500
 """Rows normalized between two yields to the event loop (a page is 100; a misbehaving
 upstream may send far more on one page)."""
 
-COMMIT_ROWS = 2 * GROUP_ROWS
-"""Changed rows that walks done fetching may hold in memory while they wait for the writer
-(one group committing, the next one gathering: `Writer.run_merge`); a walk with more than
-that waits until the others are written."""
+COMMIT_ROWS_SQLITE = GROUP_ROWS
+COMMIT_ROWS_POSTGRES = 4_000
+"""Changed rows that walks done fetching may hold in memory while they wait for the writer;
+a walk with more than that waits until the others are written. On SQLite a group's worth
+(`Writer.run_merge`: the walks waiting are written together); on PostgreSQL, where at most
+four merges run at once, about four large customers."""
 
 
 class CommitRoom:
@@ -104,7 +106,7 @@ class Walker:
         self.feed = feed
         self.on_told = on_told
         self.slots = asyncio.Semaphore(max(1, slots))
-        self.commit_room = CommitRoom(COMMIT_ROWS)
+        self.commit_room = CommitRoom(COMMIT_ROWS_SQLITE if writer.direct else COMMIT_ROWS_POSTGRES)
         self.walking: set[str] = set()  # customers whose walk holds a slot now
 
     async def run(self, cid: str, started: datetime, lease: leases.Lease) -> RefreshOutcome:
