@@ -23,7 +23,6 @@ from app.refresh.ledger import RefreshOutcome
 from app.store import leases
 from app.store.feed import FeedConfig, Told
 from app.store.ingest import (
-    GROUP_ROWS,
     Ingest,
     IngestResult,
     SnapshotRecord,
@@ -38,12 +37,11 @@ ROWS_PER_SLICE = 500
 """Rows normalized between two yields to the event loop (a page is 100; a misbehaving
 upstream may send far more on one page)."""
 
-COMMIT_ROWS_SQLITE = GROUP_ROWS
-COMMIT_ROWS_POSTGRES = 4_000
+COMMIT_ROWS = 5_000
 """Changed rows that walks done fetching may hold in memory while they wait for the writer;
-a walk with more than that waits until the others are written. On SQLite a group's worth
-(`Writer.run_merge`: the walks waiting are written together); on PostgreSQL, where at most
-four merges run at once, about four large customers."""
+a walk with more than that waits until the others are written: about five large customers
+(memory: 1,000 x 1,000 stays as it was with four), or fifty small ones (on SQLite the walks
+waiting are written together: `Writer.run_merge`)."""
 
 
 class CommitRoom:
@@ -106,7 +104,7 @@ class Walker:
         self.feed = feed
         self.on_told = on_told
         self.slots = asyncio.Semaphore(max(1, slots))
-        self.commit_room = CommitRoom(COMMIT_ROWS_SQLITE if writer.direct else COMMIT_ROWS_POSTGRES)
+        self.commit_room = CommitRoom(COMMIT_ROWS)
         self.walking: set[str] = set()  # customers whose walk holds a slot now
 
     async def run(self, cid: str, started: datetime, lease: leases.Lease) -> RefreshOutcome:
