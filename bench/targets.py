@@ -57,7 +57,7 @@ from typing import Any
 import httpx
 
 from bench.cold import CLOCK_TICKS, Size, metric, thread_ticks
-from bench.common import machine, table, write_results
+from bench.common import machine, write_results
 from bench.load import POSTGRES_ADMIN_URL, Case, Run, cold_refresh, measure, read_load, service_env
 from bench.loadkit import (
     API_KEY,
@@ -657,13 +657,20 @@ def rows_of(r: dict[str, Any]) -> list[list[str]]:
 HEADER = ["target", "value", "baseline (same run)", "verdict", "notes"]
 
 
+def markdown(rows: list[list[str]]) -> str:
+    """A Markdown table (what RESULTS.md takes as it is)."""
+    head, *body = rows
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in body)])
+
+
 def report(results: dict[str, Any]) -> str:
     parts = []
     for r in results["cases"]:
         title = f"{r['db']}, {r['customers']:,} × {r['jobs']:,}"
         if "latency_s" in r:
             title += f" ({r['latency_s'] * 1000:.0f} ms pages, concurrency {r['concurrency']})"
-        parts.append(f"**{title}**\n\n" + table([HEADER, *rows_of(r)]))
+        parts.append(f"**{title}**\n\n" + markdown([HEADER, *rows_of(r)]))
     big = results.get("big")
     if big:
         if "cold" in big:
@@ -682,7 +689,7 @@ def report(results: dict[str, Any]) -> str:
             ]
         else:
             rows = [["SQLite 1,000 × 1,000", "broken", "", "MISS", "; ".join(big["errors"])]]
-        parts.append("**sqlite, 1,000 × 1,000 (memory)**\n\n" + table([HEADER, *rows]))
+        parts.append("**sqlite, 1,000 × 1,000 (memory)**\n\n" + markdown([HEADER, *rows]))
     return "\n\n".join(parts)
 
 
