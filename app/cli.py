@@ -22,8 +22,8 @@ from app.config import NO_KEY, ConfigError, Settings, load_settings
 from app.logs import configure_logging
 
 if TYPE_CHECKING:
-    from app.access import keys as keys_module
     from app.refresh import RefreshOutcome
+    from app.store import keys as stored_keys_module
     from app.store.ingest import Writer
 
 cli = typer.Typer(
@@ -310,11 +310,9 @@ def _keys_settings() -> Settings:
 async def _create_key(
     settings: Settings, name: str, scope: list[str] | None, rate: int | None
 ) -> tuple[str, list[str]]:
-    from sqlalchemy import select
-
     from app.access import keys
     from app.clock import utcnow
-    from app.store.tables import Customer
+    from app.store import repo
 
     async with _key_store(settings) as writer:
         key = await keys.create_key(
@@ -323,7 +321,7 @@ async def _create_key(
         unknown: list[str] = []
         if scope:
             async with writer.sessions() as session:
-                known = set((await session.scalars(select(Customer.id))).all())
+                known = await repo.known_customer_ids(session)
             unknown = [c for c in scope if c and c not in known]
         return key, unknown
 
@@ -361,11 +359,11 @@ def keys_list(
     out.print(table)
 
 
-async def _list_keys(settings: Settings, revoked: bool) -> list[keys_module.KeyInfo]:
-    from app.access import keys
+async def _list_keys(settings: Settings, revoked: bool) -> list[stored_keys_module.KeyInfo]:
+    from app.store import keys as stored_keys
 
     async with _key_store(settings) as writer, writer.sessions() as session:
-        return await keys.list_keys(session, revoked=revoked)
+        return await stored_keys.list_keys(session, revoked=revoked)
 
 
 @keys_cli.command("revoke")
@@ -382,18 +380,18 @@ def keys_revoke(
 
 
 async def _revoke_key(settings: Settings, name: str) -> bool:
-    from app.access import keys
     from app.clock import utcnow
+    from app.store import keys as stored_keys
 
     async with _key_store(settings) as writer:
-        return await keys.revoke_key(writer, name, now=utcnow())
+        return await stored_keys.revoke(writer, name, now=utcnow())
 
 
 async def _live_keys(settings: Settings) -> int:
-    from app.access import keys
+    from app.store import keys as stored_keys
 
     async with _key_store(settings) as writer, writer.sessions() as session:
-        return len(await keys.live_keys(session))
+        return len(await stored_keys.live_keys(session))
 
 
 @cli.command()

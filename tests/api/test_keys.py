@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from app.access import keys
 from app.simulator import Simulator, SimulatorConfig
+from app.store import keys as stored_keys
 from app.store.tables import ApiKey
 from tests.api.conftest import Gateway, services_of
 from tests.clock import FakeClock
@@ -89,7 +90,7 @@ async def test_a_revoked_key_is_refused_and_api_keys_keep_working(gateway: Gatew
         key = await make_key(api, "old-psa")
         assert (await api.get("/customers", headers=as_key(key))).status_code == 200
         svc = services_of(api)
-        assert await keys.revoke_key(svc.writer, "old-psa", now=svc.clock())
+        assert await stored_keys.revoke(svc.writer, "old-psa", now=svc.clock())
         await svc.keys.reload(svc.sessions)
         # The fast path remembered the answer; the key is checked again all the same.
         refused = await api.get("/customers", headers=as_key(key))
@@ -119,13 +120,13 @@ async def test_a_made_up_key_is_refused_and_read_from_the_database_once_at_most(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reads: list[str] = []
-    read = keys.stored_key
+    read = stored_keys.stored_key
 
-    async def counted(session: Any, key_id: str) -> keys.StoredKey | None:
+    async def counted(session: Any, key_id: str) -> stored_keys.StoredKey | None:
         reads.append(key_id)
         return await read(session, key_id)
 
-    monkeypatch.setattr(keys, "stored_key", counted)
+    monkeypatch.setattr(stored_keys, "stored_key", counted)
     async with gateway() as api:
         made_up = "jgw_0123456789ab_" + "x" * 43
         # Many requests with it at once share one read; later ones remember the miss.
@@ -154,7 +155,7 @@ async def test_a_key_found_on_its_first_request_is_still_revoked_by_the_next_rel
             svc.writer, "brief", customers=None, rate_per_minute=None, now=svc.clock()
         )
         assert (await api.get("/customers", headers=as_key(key))).status_code == 200
-        assert await keys.revoke_key(svc.writer, "brief", now=svc.clock())
+        assert await stored_keys.revoke(svc.writer, "brief", now=svc.clock())
         await svc.keys.reload(svc.sessions)
         refused = await api.get("/customers", headers=as_key(key))
         assert refused.status_code == 401
@@ -170,11 +171,11 @@ async def test_a_name_is_taken_while_its_key_lives_and_free_once_revoked(
         await make_key(api, "psa")
         with pytest.raises(keys.KeyRefused, match="already"):
             await make_key(api, "psa")
-        assert await keys.revoke_key(svc.writer, "psa", now=svc.clock())
-        assert not await keys.revoke_key(svc.writer, "psa", now=svc.clock())
+        assert await stored_keys.revoke(svc.writer, "psa", now=svc.clock())
+        assert not await stored_keys.revoke(svc.writer, "psa", now=svc.clock())
         await make_key(api, "psa")
         async with svc.sessions() as session:
-            names = [k.name for k in await keys.list_keys(session, revoked=True)]
+            names = [k.name for k in await stored_keys.list_keys(session, revoked=True)]
         assert names == ["psa", "psa"]
 
 
@@ -183,11 +184,11 @@ async def test_when_a_key_was_last_used_is_recorded(gateway: Gateway) -> None:
         key = await make_key(api, "psa")
         svc = services_of(api)
         async with svc.sessions() as session:
-            assert (await keys.list_keys(session))[0].last_used_at is None
+            assert (await stored_keys.list_keys(session))[0].last_used_at is None
         assert (await api.get("/enums", headers=as_key(key))).status_code == 200
         await svc.keys.flush_used(svc.writer)
         async with svc.sessions() as session:
-            assert (await keys.list_keys(session))[0].last_used_at is not None
+            assert (await stored_keys.list_keys(session))[0].last_used_at is not None
 
 
 # -- scopes ------------------------------------------------------------------------------------
