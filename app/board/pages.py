@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import jinja2
 from fastapi import APIRouter, FastAPI, Request
@@ -48,6 +48,7 @@ CSRF_SLOT = "__board_csrf__"
 sessions; the token is put in per response)."""
 
 SNOOZE_HOURS = (1, 4, 24, 72, 168)
+FORM_TYPE = "application/x-www-form-urlencoded"
 SEVERITIES = ("critical", "warning")
 
 HEADERS = {
@@ -504,6 +505,7 @@ async def customer_page(request: Request, customer_id: str) -> Response:
             statuses=sorted(svc.feed.rules.statuses),
             job_types=job_types,
             modules=modules,
+            limit=20,
         )
         recent = await views.jobs_of(
             svc, visit.principal, customer_id, job_types=job_types, modules=modules, limit=25
@@ -624,9 +626,22 @@ async def job_page(request: Request, customer_id: str, job_id: str) -> Response:
 # -- changes: snooze, sign in, sign out -----------------------------------------------------
 
 
+MAX_FORM_BYTES = 16_384
+
+
 async def _form(request: Request) -> dict[str, str]:
-    form = await request.form()
-    return {k: v for k, v in form.items() if isinstance(v, str)}
+    """A board form's fields (urlencoded, as browsers send them; the first of each name).
+    Anything else, or anything larger than a board form could be, reads as empty, so its
+    CSRF check fails."""
+    if not request.headers.get("content-type", "").startswith(FORM_TYPE):
+        return {}
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        return {}
+    fields: dict[str, str] = {}
+    for name, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
+        fields.setdefault(name, value)
+    return fields
 
 
 def _refused(request: Request, visit: Visit | None) -> HTMLResponse:
