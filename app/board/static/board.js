@@ -27,6 +27,12 @@
 
   document.addEventListener("DOMContentLoaded", function () { localTimes(document); });
   document.addEventListener("htmx:afterSwap", function (event) { localTimes(event.target); });
+  // A person filling in a form of the live part (a snooze) keeps it: no update swaps it
+  // away meanwhile; the next poll after they leave it brings the page up to date.
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var active = document.activeElement;
+    if (active && active.closest && active.closest("#live form")) event.preventDefault();
+  });
   document.addEventListener("htmx:afterRequest", function (event) {
     if (event.detail.successful) connection("");
   });
