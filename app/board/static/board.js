@@ -27,11 +27,12 @@
 
   document.addEventListener("DOMContentLoaded", function () { localTimes(document); });
   document.addEventListener("htmx:afterSwap", function (event) { localTimes(event.target); });
-  // A person filling in a form of the live part (a snooze) keeps it: no update swaps it
-  // away meanwhile; the next poll after they leave it brings the page up to date.
+  // While focus is inside the live part (a snooze form being filled in, a keyboard user
+  // on a row's link), no update swaps it away from under them; the first poll after focus
+  // leaves brings the page up to date.
   document.addEventListener("htmx:beforeRequest", function (event) {
     var active = document.activeElement;
-    if (active && active.closest && active.closest("#live form")) event.preventDefault();
+    if (active && active.closest && active.closest("#live")) event.preventDefault();
   });
   document.addEventListener("htmx:afterRequest", function (event) {
     if (event.detail.successful) connection("");
