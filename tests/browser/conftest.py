@@ -28,11 +28,10 @@ CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 
 def chromium() -> str:
     """The system's Chromium, or a skip (a failure where the browser is required)."""
-    found = os.environ.get("JOBS_GATEWAY_CHROMIUM") or next(
-        (p for p in CHROMIUM_PATHS if Path(p).exists()), None
+    candidates = [os.environ.get("JOBS_GATEWAY_CHROMIUM") or "", *CHROMIUM_PATHS]
+    found = next((p for p in candidates if p and Path(p).exists()), None) or shutil.which(
+        "chromium"
     )
-    if found is None:
-        found = shutil.which("chromium")
     reason = None
     if found is None:
         reason = "no Chromium: apt-get install chromium (the browser tests drive the system's)"
