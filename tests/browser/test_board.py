@@ -214,6 +214,29 @@ def test_a_scoped_key_sees_only_its_customer(stack: Stack, watched: Watched) -> 
     assert other not in page.content()
 
 
+def test_a_revoked_key_ends_an_open_board_within_seconds(stack: Stack, watched: Watched) -> None:
+    made = subprocess.run(
+        [sys.executable, "-m", "app", "keys", "create", "board-night-shift"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    page = watched.page
+    sign_in(page, stack.base, key=made.stdout.splitlines()[-1])
+    expect(page.get_by_text("Signed in as key 'board-night-shift'")).to_be_visible()
+    subprocess.run(
+        [sys.executable, "-m", "app", "keys", "revoke", "board-night-shift"],
+        env=stack.env,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    # The open page's next poll after the server reread its keys sends it to sign in.
+    expect(page).to_have_url(re.compile(r"/board/login\?next="), timeout=LIVE_TIMEOUT_MS)
+
+
 def test_nothing_leaves_the_origin_and_no_console_error(stack: Stack, watched: Watched) -> None:
     page = watched.page
     sign_in(page, stack.base)
@@ -232,6 +255,21 @@ def test_nothing_leaves_the_origin_and_no_console_error(stack: Stack, watched: W
     outside = [u for u in watched.requests if not u.startswith(stack.base) and u != "data:,"]
     assert outside == []
     assert watched.errors == []
+
+
+def test_the_board_is_reachable_by_keyboard(stack: Stack, watched: Watched) -> None:
+    page = watched.page
+    sign_in(page, stack.base)
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    first = rows(page).first.locator("th a")
+    for _ in range(30):  # nav, sign-out, the filters' labelled fields, then the table
+        page.keyboard.press("Tab")
+        if first.evaluate("el => el === document.activeElement"):
+            break
+    expect(first).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("section[data-customer-id]")).to_be_visible()
 
 
 def test_the_board_is_readable_with_javascript_off(stack: Stack, chromium_browser: Any) -> None:
