@@ -147,6 +147,7 @@ def demo(
         f"[bold]Jobs Gateway demo[/]: {settings.demo_customers} simulated customers, "
         f"database {path}"
     )
+    say(f"  The board:   {url}/board   (opens signed in: the demo)")
     say(f"  Swagger UI:  {url}/docs   (Authorize with the key {shown})")
     say(f"  Try:         curl -H 'X-API-Key: {shown}' '{url}/jobs?status=failed&limit=5'")
     say("  Stop with Ctrl+C.\n")

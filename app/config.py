@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     webhook_events: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS)
     )
+    # The board (app.board): how long a sign-in lasts, and the secret its session cookies
+    # and CSRF tokens are signed with (unset: a random one per process, so sign-ins end
+    # with a restart and do not carry across replicas).
+    board_session_hours: float = Field(12, gt=0, le=24 * 366)
+    board_secret: SecretStr | None = None
 
     @field_validator(
         "customer_ids",

@@ -37,6 +37,7 @@ from app.api import alerts, customers, deliveries, errors, events, export, jobs,
 from app.api.answers import AnswerCache, FastReads, FastReadsMiddleware
 from app.api.deps import Services
 from app.api.middleware import HeadAsGet, RequestIdMiddleware, RequestLimits, RequestMetrics
+from app.board import pages as board
 from app.clock import Clock, utcnow
 from app.config import Settings
 from app.metrics import Metrics, watch_loop_lag
@@ -448,6 +449,7 @@ def create_app(
     app.include_router(deliveries.router)
     app.include_router(runs.router)
     app.include_router(meta.router)
+    board.install(app, settings)
     app.mount("/docs/assets", StaticFiles(directory=_DOCS_ASSETS), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)

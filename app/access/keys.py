@@ -161,6 +161,16 @@ async def create_key(
 # -- the book of keys, in memory ---------------------------------------------------------
 
 
+def _principal_of(stored: StoredKey) -> Principal:
+    return Principal(
+        name=stored.name,
+        identity=f"key:{stored.key_id}",
+        customers=frozenset(stored.customers) if stored.customers is not None else None,
+        rate_per_minute=stored.rate_per_minute,
+        key_id=stored.key_id,
+    )
+
+
 class KeyBook:
     """Every key a running server accepts, and the principal each one stands for."""
 
@@ -254,13 +264,14 @@ class KeyBook:
         stored = self._stored.get(key_id) if key_id else None
         if stored is None or not hmac.compare_digest(digest_of(stored.salt, key), stored.digest):
             return None
-        return Principal(
-            name=stored.name,
-            identity=f"key:{stored.key_id}",
-            customers=frozenset(stored.customers) if stored.customers is not None else None,
-            rate_per_minute=stored.rate_per_minute,
-            key_id=stored.key_id,
-        )
+        return _principal_of(stored)
+
+    def holder_of(self, key_id: str) -> Principal | None:
+        """The principal of the live created key with this id, without the key: for a
+        sign-in that was checked against the key once (the board's sessions), and ends
+        with the first reload that no longer finds the key."""
+        stored = self._stored.get(key_id)
+        return None if stored is None else _principal_of(stored)
 
     async def look_up(
         self, offered: Sequence[str], sessions: async_sessionmaker[AsyncSession]

@@ -33,6 +33,8 @@ FLOORS: dict[str, int] = {
     "app.access": 2,
     # 3: what clients meet
     "app.api": 3,
+    # the pages for people, beside the API: they read through its answers
+    "app.board": 3,
     # 4: the process: wiring, server, commands; the simulator stands beside everything
     "app.main": 4,
     "app.server": 4,
