@@ -22,6 +22,7 @@ import pytest
 from app.access import keys
 from app.board.sessions import COOKIE
 from app.simulator import Simulator, SimulatorConfig
+from app.store import keys as stored_keys
 from tests.api.conftest import API_KEY, Gateway, services_of
 from tests.clock import FakeClock
 
@@ -201,7 +202,7 @@ async def test_a_revoked_key_ends_its_sessions(gateway: Gateway, sim: Simulator)
         await sign_in(client, key)
         assert (await client.get("/board")).status_code == 200
         svc = services_of(client)
-        assert await keys.revoke_key(svc.writer, "night-shift", now=svc.clock())
+        assert await stored_keys.revoke(svc.writer, "night-shift", now=svc.clock())
         await svc.keys.reload(svc.sessions)  # what every server does every 2 s
         assert (await client.get("/board")).status_code == 303
 
