@@ -1,0 +1,348 @@
+"""The ticket desk: the outbox's ticket work, done in the PSA.
+
+`app.store.feed.tell` writes a delivery to `PSA_RECEIVER` for every alert event and for each
+new failure of an open alert, in the transaction of the change. The desk (`Desk.run`) claims
+them as the webhook senders claim theirs (`app.store.outbox.claim`: due, the oldest pending
+one per alert key, leased so that two processes never work one), and for each:
+
+- it reads the alert as it is now, its ticket row and the customer's company;
+- an alert with no ticket yet opens one when it is open, at least `PSA_MIN_SEVERITY`, not
+  snoozed (the delivery waits until the snooze ends, and opens it then if the alert is still
+  open) and its customer is mapped (else the row says `unmapped`); first the storm guard
+  gives it one of the hour's `PSA_MAX_NEW_TICKETS_PER_HOUR` slots, or it waits as `held`
+  until one frees up (or `jobs-gateway psa release`); before a create is sent, the row notes
+  it, so that a create whose answer was lost is looked up by its external reference (`find`)
+  before it is sent again: never two tickets for one alert;
+- an alert with a ticket gets a note for a new failure or a severity change, and, on
+  `alert.resolved`, a resolution note and the closed status;
+- an alert that resolved while its ticket was held never opens one.
+
+Failures are retried with the webhooks' backoff (a `Retry-After` honoured) until the
+delivery's deadline; the row shows `failed` and `last_error` meanwhile. A request the PSA will
+never take (a 400 and its `errors`) fails at once. The PSA's keys never reach the row, logs or
+answers: `PsaError` texts hold only what the PSA said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.alert_rules import AlertState
+from app.alerts.notices import Notices
+from app.alerts.webhooks import retry_delay
+from app.clock import Clock, iso
+from app.integrations.psa import Connector, NewTicket, PsaError
+from app.store import outbox, tickets
+from app.store.ingest import Writer
+from app.store.outbox import Claimed, Outcome
+from app.store.tickets import PSA_RECEIVER, TicketRow
+
+log = logging.getLogger(__name__)
+
+BATCH = 20
+LEASE = timedelta(minutes=5)
+"""Longer than a slow create (the client's timeout): a claim must outlast its work."""
+POLL_SECONDS = 1.0
+SEVERITY_RANK = {"warning": 1, "critical": 2}
+
+
+@dataclass(frozen=True)
+class DeskConfig:
+    min_severity: str = "warning"
+    max_new_per_hour: int = 30
+    board_url: str | None = None  # where the description links to (the gateway's board)
+
+
+def ticket_ref(alert: AlertState) -> str:
+    """The external reference of an alert's ticket: the alert's own id, and its key for the
+    people who read it (cut to ConnectWise's 100 characters)."""
+    return f"jobs-gateway:{alert.id}:{alert.alert_key}"[:100]
+
+
+def summary_of(alert: AlertState) -> str:
+    """At most 100 characters, naming the customer, the job type and the module; a long
+    customer id gives way first."""
+    tail = f" {alert.job_type} / {alert.module}"
+    head = "Backup failing: "
+    room = 100 - len(head) - len(tail)
+    customer = (
+        alert.customer_id
+        if len(alert.customer_id) <= room
+        else alert.customer_id[: max(room - 1, 0)] + "…"
+    )
+    return (head + customer + tail)[:100]
+
+
+def description_of(alert: AlertState, job: dict[str, Any] | None, board_url: str | None) -> str:
+    lines = [
+        f"Jobs Gateway opened this ticket for alert {alert.alert_key}.",
+        f"Customer: {alert.customer_id}",
+        f"Job type: {alert.job_type}; module: {alert.module}",
+        f"Reason: {alert.reason}; severity: {alert.severity}",
+        f"Consecutive failures: {alert.consecutive_failures}",
+        f"First failure: {iso(alert.first_failure_at) or '-'}; "
+        f"last failure: {iso(alert.last_failure_at) or '-'}",
+        f"Last success: {iso(alert.last_success_at) or 'none seen'}",
+    ]
+    if job:
+        lines.append(_job_line(job))
+    if board_url:
+        lines.append(f"Board: {board_url}")
+    return "\n".join(lines)
+
+
+def _job_line(job: dict[str, Any]) -> str:
+    parts = [f"Job {job.get('job_id')}"]
+    if job.get("name"):
+        parts.append(f"name {job['name']!r}")
+    for name in ("status", "start_time", "finish_time", "duration_seconds"):
+        if job.get(name) is not None:
+            parts.append(f"{name.replace('_', ' ')} {job[name]}")
+    counts = job.get("counts")
+    if isinstance(counts, dict):
+        parts.append("counts " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+    return "; ".join(parts)
+
+
+@dataclass
+class Result:
+    """What working one delivery gave: done, retried at `retry_at`, or failed."""
+
+    state: str  # delivered, pending, failed
+    error: str | None = None
+    status: int | None = None
+    retry_at: datetime | None = None
+    counts_attempt: bool = True  # a wait (held, snoozed) is no failed attempt
+
+
+class Desk:
+    """Works the outbox's ticket deliveries in the PSA (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        writer: Writer,
+        sessions: async_sessionmaker[AsyncSession],
+        connector: Connector,
+        config: DeskConfig,
+        notices: Notices,
+        clock: Clock,
+        on_request: Callable[[str], None] | None = None,
+    ) -> None:
+        self.writer = writer
+        self.sessions = sessions
+        self.psa = connector
+        self.config = config
+        self.notices = notices
+        self.clock = clock
+        self.on_request = on_request
+
+    async def run(self) -> None:
+        log.info("tickets go to %s", self.psa.name)
+        while True:
+            seen = self.notices.count
+            try:
+                worked = await self.work_due()
+            except Exception:  # the database may be away: try again at the next poll
+                log.exception("ticket work failed")
+                worked = 0
+            if worked < BATCH:
+                await self.notices.wait(POLL_SECONDS, since=seen)
+
+    async def work_due(self) -> int:
+        """One round: claim what is due, work it (keys side by side), record the outcomes."""
+        now = self.clock()
+        claimed = await self.writer.run_plan(
+            lambda dialect: outbox.claim(dialect, PSA_RECEIVER, now, BATCH, LEASE)
+        )
+        if not claimed:
+            return 0
+        results = await asyncio.gather(*(self._work_safely(c) for c in claimed))
+        done = self.clock()
+        outcomes = [_outcome(c, r, done) for c, r in zip(claimed, results, strict=True)]
+        await self.writer.run_plan(lambda dialect: outbox.record(dialect, outcomes, done))
+        return len(claimed)
+
+    async def _work_safely(self, delivery: Claimed) -> Result:
+        try:
+            return await self.work(delivery)
+        except PsaError as exc:
+            retry_at = None
+            if exc.retry_after is not None:
+                retry_at = self.clock() + timedelta(seconds=exc.retry_after)
+            return Result("failed" if exc.permanent else "pending", str(exc), exc.status, retry_at)
+
+    async def work(self, delivery: Claimed) -> Result:
+        event = json.loads(delivery.body)
+        kind: str = event["type"]
+        key: str = event["alert_key"]
+        data = event.get("data") or {}
+        opened = data.get("alert", {}).get("opened_at") if kind.startswith("alert.") else None
+        opened_at = datetime.fromisoformat(opened.replace("Z", "+00:00")) if opened else None
+        alert = await self.writer.run_plan(lambda d: tickets.alert_of(d, key, opened_at))
+        if alert is None or alert.id is None:
+            return Result("delivered")  # purged, or never there: nothing to follow
+        alert_id = alert.id
+        row = await self.writer.run_plan(lambda d: tickets.ticket_of(d, alert_id))
+        now = self.clock()
+        if row is not None and row.ticket_id is not None:
+            return await self._follow(row, alert, kind, data, now)
+        if alert.state != "open" or kind == "alert.resolved":
+            if row is not None and row.state == "held":
+                await self.writer.run_plan(lambda d: tickets.forget(d, alert_id))
+            elif row is not None and row.state in ("unmapped", "failed"):
+                closed = row.but(closed_at=alert.resolved_at or now)
+                await self.writer.run_plan(lambda d: tickets.save(d, closed, now))
+            return Result("delivered")
+        return await self._open(row, alert, data.get("job"), now)
+
+    async def _follow(
+        self, row: TicketRow, alert: AlertState, kind: str, data: dict[str, Any], now: datetime
+    ) -> Result:
+        """Notes on a ticket that exists, and its close."""
+        ticket_id = row.ticket_id
+        assert ticket_id is not None
+        if row.state == "closed":
+            return Result("delivered")
+        try:
+            if kind == "alert.resolved":
+                job = data.get("job")
+                text = (
+                    f"Backups recovered: alert {alert.alert_key} resolved at "
+                    f"{iso(alert.resolved_at)}."
+                )
+                if job:
+                    text += "\n" + _job_line(job)
+                await self._call("close", self.psa.close(ticket_id, text))
+                row = row.but(state="closed", closed_at=now, last_error=None)
+            elif kind == "alert.updated":
+                before = data.get("previous_severity")
+                text = f"Severity changed from {before} to {alert.severity}."
+                text += f"\nConsecutive failures: {alert.consecutive_failures}."
+                await self._call("note", self.psa.note(ticket_id, text))
+                row = row.but(state="open", last_error=None)
+            elif kind.startswith("job."):
+                job = data.get("job") or {}
+                text = f"Another failure ({alert.consecutive_failures} in a row).\n" + _job_line(
+                    job
+                )
+                await self._call("note", self.psa.note(ticket_id, text))
+                row = row.but(state="open", last_error=None)
+            else:
+                return Result("delivered")  # alert.opened of a ticket already open
+        except PsaError as exc:
+            failed = row.but(last_error=str(exc))
+            await self.writer.run_plan(lambda d: tickets.save(d, failed, now))
+            raise
+        saved = row
+        await self.writer.run_plan(lambda d: tickets.save(d, saved, now))
+        return Result("delivered")
+
+    async def _open(
+        self, row: TicketRow | None, alert: AlertState, job: dict[str, Any] | None, now: datetime
+    ) -> Result:
+        assert alert.id is not None
+        alert_id = alert.id
+        if SEVERITY_RANK[alert.severity] < SEVERITY_RANK[self.config.min_severity]:
+            return Result("delivered")  # a later severity change opens it
+        if alert.snoozed(now):
+            assert alert.snoozed_until is not None
+            return Result("pending", retry_at=alert.snoozed_until, counts_attempt=False)
+        customer = alert.customer_id
+        company = await self.writer.run_plan(lambda d: tickets.company_of(d, customer))
+        base = row or TicketRow(alert_id, alert.alert_key, customer, company, None, "held")
+        if company is None:
+            unmapped = base.but(company_id=None, state="unmapped", last_error=None)
+            await self.writer.run_plan(lambda d: tickets.save(d, unmapped, now))
+            return Result("delivered")  # a later change of the alert opens it, once mapped
+        base = base.but(company_id=company)
+        if row is None or row.company_id != company or row.state == "unmapped":
+            first = base.but(state="held" if row is None else row.state)
+            await self.writer.run_plan(lambda d: tickets.save(d, first, now))
+        per_hour = self.config.max_new_per_hour
+        slot = await self.writer.run_plan(lambda d: tickets.reserve(d, alert_id, now, per_hour))
+        if not slot.granted:
+            held = base.but(state="held", last_error=None)
+            await self.writer.run_plan(lambda d: tickets.save(d, held, now))
+            log.warning(
+                "ticket for %s held: %d new tickets in the last hour "
+                "(PSA_MAX_NEW_TICKETS_PER_HOUR)",
+                alert.alert_key,
+                per_hour,
+            )
+            return Result("pending", retry_at=slot.free_at, counts_attempt=False)
+        ref = ticket_ref(alert)
+        try:
+            ticket_id = None
+            if base.create_sent_at is not None:
+                # A create went out before and its answer never came: it may have landed.
+                ticket_id = await self._call("find", self.psa.find(ref))
+            if ticket_id is None:
+                sent = base.but(create_sent_at=now)
+                await self.writer.run_plan(lambda d: tickets.save(d, sent, now))
+                base = sent
+                ticket = NewTicket(
+                    ref=ref,
+                    company_id=company,
+                    summary=summary_of(alert),
+                    description=description_of(alert, job, self.config.board_url),
+                )
+                ticket_id = await self._call("open", self.psa.open(ticket))
+        except PsaError as exc:
+            failed = base.but(state="failed", last_error=str(exc))
+            await self.writer.run_plan(lambda d: tickets.save(d, failed, now))
+            raise
+        opened = base.but(ticket_id=ticket_id, state="open", opened_at=now, last_error=None)
+        await self.writer.run_plan(lambda d: tickets.save(d, opened, now))
+        log.info("ticket %s opened for %s", ticket_id, alert.alert_key)
+        return Result("delivered")
+
+    async def _call(self, verb: str, call: Any) -> Any:
+        try:
+            result = await call
+        except PsaError as exc:
+            if self.on_request is not None:
+                self.on_request("error")
+            log.warning("%s %s: %s", self.psa.name, verb, exc)
+            raise
+        if self.on_request is not None:
+            self.on_request("ok")
+        return result
+
+
+def _outcome(delivery: Claimed, result: Result, now: datetime) -> Outcome:
+    tries = delivery.attempts + (1 if result.counts_attempt else 0)
+    if result.state == "delivered":
+        return Outcome(delivery.id, "delivered", tries, now, result.status, None)
+    if result.state == "pending" and not result.counts_attempt:
+        # Held or snoozed: waiting is no failure, and no deadline ends it.
+        assert result.retry_at is not None
+        return Outcome(delivery.id, "pending", tries, result.retry_at, None, result.error)
+    if result.state == "failed" or now >= delivery.deadline_at:
+        return Outcome(delivery.id, "failed", tries, now, result.status, result.error)
+    retry_after = None
+    if result.retry_at is not None:
+        retry_after = (result.retry_at - now).total_seconds()
+    delay = timedelta(seconds=retry_delay(tries, retry_after))
+    return Outcome(delivery.id, "pending", tries, now + delay, result.status, result.error)
+
+
+async def watch_held(
+    sessions: async_sessionmaker[AsyncSession], gauge: Any, every: float = 15.0
+) -> None:
+    """Keep the held-tickets gauge current, forever."""
+    while True:
+        try:
+            async with sessions() as session:
+                gauge.set(await tickets.read(session, tickets.count_held("")))
+        except Exception as exc:  # the database may be away for a while
+            log.info("could not count held tickets: %s", type(exc).__name__)
+        await asyncio.sleep(every)
