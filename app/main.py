@@ -157,6 +157,7 @@ async def open_services(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     background: bool = True,
     warm: bool = False,
+    psa_transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Services]:
     """Everything the service runs on, opened in order and closed in reverse. With
     `background` (a server, not a one-off command) the background tasks run too, under one
@@ -170,7 +171,7 @@ async def open_services(
         async with (
             upstream_http(settings, upstream) as http,
             webhook_http(settings, background) as sender_http,
-            psa_http(settings, background) as desk_http,
+            psa_http(settings, background, psa_transport) as desk_http,
         ):
             services = await build_services(settings, engine, writer, http, upstream, clock, sleep)
             tasks = Supervisor()
@@ -224,12 +225,15 @@ async def webhook_http(
 
 
 @asynccontextmanager
-async def psa_http(settings: Settings, background: bool) -> AsyncIterator[httpx.AsyncClient | None]:
+async def psa_http(
+    settings: Settings, background: bool, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[httpx.AsyncClient | None]:
     """The ticket desk's client to the PSA, in a server with `PSA` set."""
     if not (background and settings.psa):
         yield None
         return
     async with httpx.AsyncClient(
+        transport=transport,
         timeout=connectwise.TIMEOUT,
         limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
         follow_redirects=False,
@@ -459,9 +463,11 @@ def create_app(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     warm: bool = False,
     freeze_heap: bool = False,
+    psa_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     """The app for these settings. Tests inject time (`clock`, and `sleep` for the upstream
-    client's backoff) and replace the network (`transport`: respx or the simulator).
+    client's backoff) and replace the network (`transport`: respx or the simulator;
+    `psa_transport`: a PSA stand-in).
 
     With `warm`, every customer is refreshed in the background as soon as the app starts.
     With `freeze_heap` (the server's app, one per process), what start-up built is kept out
@@ -471,7 +477,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_services(
-            settings, clock=clock, transport=transport, sleep=sleep, warm=warm
+            settings,
+            clock=clock,
+            transport=transport,
+            sleep=sleep,
+            warm=warm,
+            psa_transport=psa_transport,
         ) as services:
             app.state.services = services
             if freeze_heap:
