@@ -10,6 +10,7 @@ desk (`Notices`) rather than waiting. Every test runs on SQLite and on PostgreSQ
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -18,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import respx
 
 from app.access import keys
 from app.api.deps import Services
@@ -400,3 +402,44 @@ async def test_a_key_limited_to_some_customers_sees_only_their_tickets(
         response = await api.get("/tickets", params={"state": "bogus"})
         assert response.status_code == 422
         assert response.json()["error"]
+
+
+async def test_after_a_create_that_timed_out_the_ticket_is_looked_up_by_external_ref(
+    database_url: str, clock: FakeClock, sim: Simulator, sleeps: Sleeps
+) -> None:
+    """respx as ConnectWise: the first create gets no answer in time (it landed all the same);
+    the retry asks for the ticket by `externalXRef`, finds it, and creates nothing."""
+    customer = sim.customer_ids()[0]
+    root = CW_URL + cw.ROOT
+    settings = settings_for(database_url, **psa_settings())
+    app = create_app(
+        settings,
+        clock=clock,
+        transport=httpx.ASGITransport(app=create_simulator_app(sim)),
+        sleep=sleeps.sleep,
+    )
+    with respx.mock(assert_all_mocked=True) as mock:
+        mock.get(f"{root}/service/boards").respond(json=[{"id": 1, "name": "Help Desk"}])
+        mock.get(f"{root}/service/boards/1/statuses").respond(json=[{"id": 10, "name": "New"}])
+        create = mock.post(f"{root}/service/tickets").mock(
+            side_effect=httpx.ReadTimeout("no answer")
+        )
+        find = mock.get(f"{root}/service/tickets").respond(json=[{"id": 777}])
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://gateway.test",
+                headers={"X-API-Key": API_KEY},
+            ) as api,
+        ):
+            await map_customer(api, customer, 250)
+            sim.put_job(customer, "j1", status=FAILED, start=clock.now)
+            await refresh(api)
+            [failed] = await until(api, state_is("failed"))
+            assert "no answer" in failed["last_error"]
+            [t] = await until(api, state_is("open"), clock=clock, step=60)
+    assert t["ticket_id"] == "777"
+    assert create.call_count == 1
+    ref = json.loads(create.calls.last.request.content)["externalXRef"]
+    assert find.calls.last.request.url.params["conditions"] == f'externalXRef="{ref}"'
