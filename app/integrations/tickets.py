@@ -196,13 +196,40 @@ class Desk:
         if row is not None and row.ticket_id is not None:
             return await self._follow(row, alert, kind, data, now)
         if alert.state != "open" or kind == "alert.resolved":
-            if row is not None and row.state == "held":
-                await self.writer.run_plan(lambda d: tickets.forget(d, alert_id))
-            elif row is not None and row.state in ("unmapped", "failed"):
-                closed = row.but(closed_at=alert.resolved_at or now)
-                await self.writer.run_plan(lambda d: tickets.save(d, closed, now))
-            return Result("delivered")
+            return await self._never_opened(row, alert, kind, data, now)
         return await self._open(row, alert, data.get("job"), now)
+
+    async def _never_opened(
+        self,
+        row: TicketRow | None,
+        alert: AlertState,
+        kind: str,
+        data: dict[str, Any],
+        now: datetime,
+    ) -> Result:
+        """The alert resolved before its ticket was known to exist."""
+        if row is None:
+            return Result("delivered")
+        if row.create_sent_at is not None:
+            # A create went out and its answer was lost: the ticket may exist, and must close.
+            ref = ticket_ref(alert)
+            try:
+                found = await self._call("find", self.psa.find(ref))
+            except PsaError as exc:
+                failed = row.but(last_error=str(exc))
+                await self.writer.run_plan(lambda d: tickets.save(d, failed, now))
+                raise
+            if found is not None:
+                known = row.but(ticket_id=found, state="open", opened_at=row.create_sent_at)
+                return await self._follow(known, alert, "alert.resolved", data, now)
+        if row.state in ("held", "open"):
+            # Held (or never sent): the problem is over before a ticket was needed.
+            alert_id = row.alert_id
+            await self.writer.run_plan(lambda d: tickets.forget(d, alert_id))
+        else:  # unmapped or failed: kept, to show what happened
+            closed = row.but(closed_at=alert.resolved_at or now)
+            await self.writer.run_plan(lambda d: tickets.save(d, closed, now))
+        return Result("delivered")
 
     async def _follow(
         self, row: TicketRow, alert: AlertState, kind: str, data: dict[str, Any], now: datetime
@@ -258,14 +285,15 @@ class Desk:
             return Result("pending", retry_at=alert.snoozed_until, counts_attempt=False)
         customer = alert.customer_id
         company = await self.writer.run_plan(lambda d: tickets.company_of(d, customer))
-        base = row or TicketRow(alert_id, alert.alert_key, customer, company, None, "held")
+        # `open` with no ticket id yet: being opened (the storm guard may still hold it).
+        base = row or TicketRow(alert_id, alert.alert_key, customer, company, None, "open")
         if company is None:
             unmapped = base.but(company_id=None, state="unmapped", last_error=None)
             await self.writer.run_plan(lambda d: tickets.save(d, unmapped, now))
             return Result("delivered")  # a later change of the alert opens it, once mapped
         base = base.but(company_id=company)
         if row is None or row.company_id != company or row.state == "unmapped":
-            first = base.but(state="held" if row is None else row.state)
+            first = base.but(state="open" if row is None or row.state == "unmapped" else row.state)
             await self.writer.run_plan(lambda d: tickets.save(d, first, now))
         per_hour = self.config.max_new_per_hour
         slot = await self.writer.run_plan(lambda d: tickets.reserve(d, alert_id, now, per_hour))
@@ -336,7 +364,7 @@ def _outcome(delivery: Claimed, result: Result, now: datetime) -> Outcome:
 
 
 async def watch_held(
-    sessions: async_sessionmaker[AsyncSession], gauge: Any, every: float = 15.0
+    sessions: async_sessionmaker[AsyncSession], gauge: Any, every: float = 5.0
 ) -> None:
     """Keep the held-tickets gauge current, forever."""
     while True:

@@ -95,12 +95,18 @@ def company_of(dialect: str, customer_id: str) -> Plan[str | None]:
 
 
 def alert_of(dialect: str, alert_key: str, opened_at: datetime | None) -> Plan[AlertState | None]:
-    """The alert of `alert_key` opened at `opened_at`, or its newest when that is None."""
+    """The alert of `alert_key` opened at `opened_at` (to the second, as events tell it), or
+    its newest when that is None."""
     if opened_at is not None:
+        start = opened_at.replace(microsecond=0)
         rows = yield (
             "fetch",
-            sql(dialect, f"{ALERT_SELECT} WHERE alert_key = ? AND opened_at = ?"),
-            (alert_key, _t(dialect, opened_at)),
+            sql(
+                dialect,
+                f"{ALERT_SELECT} WHERE alert_key = ? AND opened_at >= ? AND opened_at < ? "
+                "ORDER BY id DESC LIMIT 1",
+            ),
+            (alert_key, _t(dialect, start), _t(dialect, start + timedelta(seconds=1))),
         )
     else:
         rows = yield (
