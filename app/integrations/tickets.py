@@ -40,9 +40,10 @@ from app.alerts.notices import Notices
 from app.alerts.webhooks import retry_delay
 from app.clock import Clock, iso
 from app.integrations.psa import Connector, NewTicket, PsaError
-from app.store import outbox, tickets
+from app.store import outbox, repo, tickets
 from app.store.ingest import Writer
 from app.store.outbox import Claimed, Outcome
+from app.store.repo import JobRow
 from app.store.tickets import PSA_RECEIVER, TicketRow
 
 log = logging.getLogger(__name__)
@@ -67,24 +68,26 @@ def ticket_ref(alert: AlertState) -> str:
     return f"jobs-gateway:{alert.id}:{alert.alert_key}"[:100]
 
 
-def summary_of(alert: AlertState) -> str:
-    """At most 100 characters, naming the customer, the job type and the module; a long
-    customer id gives way first."""
-    tail = f" {alert.job_type} / {alert.module}"
-    head = "Backup failing: "
+def summary_of(alert: AlertState, customer_name: str | None = None) -> str:
+    """At most 100 characters, naming the customer (by name when known), the job type and
+    the module; a long customer name gives way first."""
+    tail = f": {alert.job_type} / {alert.module}"
+    head = "Backups failing for "
     room = 100 - len(head) - len(tail)
-    customer = (
-        alert.customer_id
-        if len(alert.customer_id) <= room
-        else alert.customer_id[: max(room - 1, 0)] + "…"
-    )
+    customer = customer_name or alert.customer_id
+    if len(customer) > room:
+        customer = customer[: max(room - 1, 0)] + "…"
     return (head + customer + tail)[:100]
 
 
-def description_of(alert: AlertState, job: dict[str, Any] | None, board_url: str | None) -> str:
+def description_of(alert: AlertState, job: JobRow | None, board_url: str | None) -> str:
+    """The ticket's first text: the alert, and the failing job."""
+    customer = alert.customer_id
+    if job is not None and job.customer_name:
+        customer = f"{job.customer_name} ({alert.customer_id})"
     lines = [
         f"Jobs Gateway opened this ticket for alert {alert.alert_key}.",
-        f"Customer: {alert.customer_id}",
+        f"Customer: {customer}",
         f"Job type: {alert.job_type}; module: {alert.module}",
         f"Reason: {alert.reason}; severity: {alert.severity}",
         f"Consecutive failures: {alert.consecutive_failures}",
@@ -92,23 +95,35 @@ def description_of(alert: AlertState, job: dict[str, Any] | None, board_url: str
         f"last failure: {iso(alert.last_failure_at) or '-'}",
         f"Last success: {iso(alert.last_success_at) or 'none seen'}",
     ]
-    if job:
-        lines.append(_job_line(job))
+    if job is not None:
+        lines.append(job_line(job))
     if board_url:
         lines.append(f"Board: {board_url}")
     return "\n".join(lines)
 
 
-def _job_line(job: dict[str, Any]) -> str:
-    parts = [f"Job {job.get('job_id')}"]
-    if job.get("name"):
-        parts.append(f"name {job['name']!r}")
-    for name in ("status", "start_time", "finish_time", "duration_seconds"):
-        if job.get(name) is not None:
-            parts.append(f"{name.replace('_', ' ')} {job[name]}")
-    counts = job.get("counts")
-    if isinstance(counts, dict):
-        parts.append("counts " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+def job_line(job: JobRow) -> str:
+    """A job in one line: its id, name, status, times and counts."""
+    parts = [f"Job {job.job_id}"]
+    if job.name:
+        parts.append(f"name {job.name!r}")
+    parts.append(f"status {job.status}")
+    if job.start_time is not None:
+        parts.append(f"started {iso(job.start_time)}")
+    if job.end_time is not None:
+        parts.append(f"ended {iso(job.end_time)}")
+    if job.duration_seconds is not None:
+        parts.append(f"took {job.duration_seconds} s")
+    counts = {
+        "total": job.total_count,
+        "failed": job.failed_count,
+        "successful": job.successful_count,
+        "skipped": job.skipped_count,
+        "warning": job.warning_count,
+    }
+    shown = ", ".join(f"{k} {v}" for k, v in counts.items() if v is not None)
+    if shown:
+        parts.append(f"items: {shown}")
     return "; ".join(parts)
 
 
@@ -197,7 +212,7 @@ class Desk:
             return await self._follow(row, alert, kind, data, now)
         if alert.state != "open" or kind == "alert.resolved":
             return await self._never_opened(row, alert, kind, data, now)
-        return await self._open(row, alert, data.get("job"), now)
+        return await self._open(row, alert, await self._job(alert, data), now)
 
     async def _never_opened(
         self,
@@ -231,6 +246,14 @@ class Desk:
             await self.writer.run_plan(lambda d: tickets.save(d, closed, now))
         return Result("delivered")
 
+    async def _job(self, alert: AlertState, data: dict[str, Any]) -> JobRow | None:
+        """The job the event tells of, as stored (name, times, counts)."""
+        job_id = (data.get("job") or {}).get("job_id")
+        if not job_id:
+            return None
+        async with self.sessions() as session:
+            return await repo.get_job(session, alert.customer_id, str(job_id))
+
     async def _follow(
         self, row: TicketRow, alert: AlertState, kind: str, data: dict[str, Any], now: datetime
     ) -> Result:
@@ -241,13 +264,13 @@ class Desk:
             return Result("delivered")
         try:
             if kind == "alert.resolved":
-                job = data.get("job")
+                job = await self._job(alert, data)
                 text = (
                     f"Backups recovered: alert {alert.alert_key} resolved at "
                     f"{iso(alert.resolved_at)}."
                 )
-                if job:
-                    text += "\n" + _job_line(job)
+                if job is not None:
+                    text += "\n" + job_line(job)
                 await self._call("close", self.psa.close(ticket_id, text))
                 row = row.but(state="closed", closed_at=now, last_error=None)
             elif kind == "alert.updated":
@@ -257,10 +280,10 @@ class Desk:
                 await self._call("note", self.psa.note(ticket_id, text))
                 row = row.but(state="open", last_error=None)
             elif kind.startswith("job."):
-                job = data.get("job") or {}
-                text = f"Another failure ({alert.consecutive_failures} in a row).\n" + _job_line(
-                    job
-                )
+                job = await self._job(alert, data)
+                text = f"Another failure ({alert.consecutive_failures} in a row)."
+                if job is not None:
+                    text += "\n" + job_line(job)
                 await self._call("note", self.psa.note(ticket_id, text))
                 row = row.but(state="open", last_error=None)
             else:
@@ -274,7 +297,7 @@ class Desk:
         return Result("delivered")
 
     async def _open(
-        self, row: TicketRow | None, alert: AlertState, job: dict[str, Any] | None, now: datetime
+        self, row: TicketRow | None, alert: AlertState, job: JobRow | None, now: datetime
     ) -> Result:
         assert alert.id is not None
         alert_id = alert.id
@@ -320,7 +343,7 @@ class Desk:
                 ticket = NewTicket(
                     ref=ref,
                     company_id=company,
-                    summary=summary_of(alert),
+                    summary=summary_of(alert, job.customer_name if job else None),
                     description=description_of(alert, job, self.config.board_url),
                 )
                 ticket_id = await self._call("open", self.psa.open(ticket))

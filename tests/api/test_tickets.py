@@ -173,11 +173,16 @@ async def test_one_alerts_life_opens_a_ticket_adds_notes_and_closes_it(
         [ticket] = standin.tickets.values()
         assert t["ticket_id"] == str(ticket["id"])
         assert len(ticket["summary"]) <= 100
-        assert customer[:8] in ticket["summary"] and "microsoft_365" in ticket["summary"]
+        [job] = (await api.get("/jobs")).json()["items"]
+        assert ticket["summary"] == (
+            f"Backups failing for {job['customer_name']}: microsoft_365 / microsoft_365_groups"
+        )
         assert ticket["company"] == {"id": 250}
         assert standin.status_of(ticket["id"]) == "New"
         assert ticket["externalXRef"].startswith("jobs-gateway:")
-        assert "j1" in ticket["initialDescription"]
+        description = ticket["initialDescription"]
+        assert "Job j1; name" in description and "status failed" in description
+        assert "started" in description and "items: total" in description
 
         clock.advance(3600)
         sim.put_job(customer, "j2", status=FAILED, start=clock.now - timedelta(hours=2))

@@ -200,3 +200,45 @@ async def test_a_pace_spends_a_budget_of_requests_per_hour() -> None:
         client = ConnectWise(account, http, requests_per_hour=10_000)
         assert client.pace is not None
         assert (client.pace.max_rate, client.pace.time_period) == (10_000, 3600)
+
+
+def test_a_summary_is_at_most_100_characters_and_names_customer_type_and_module() -> None:
+    from datetime import UTC, datetime
+
+    from app.alert_rules import AlertState
+    from app.integrations.tickets import summary_of
+
+    alert = AlertState(
+        alert_key="c:exchange_online:mailbox",
+        customer_id="c" * 36,
+        job_type="exchange_online",
+        module="mailbox",
+        state="open",
+        reason="failed",
+        severity="warning",
+        opened_at=datetime(2026, 12, 1, tzinfo=UTC),
+        resolved_at=None,
+        first_failure_at=None,
+        last_failure_at=None,
+        consecutive_failures=1,
+        last_success_at=None,
+        last_job_id=None,
+    )
+    long = summary_of(alert, "Contoso " * 30)
+    assert len(long) == 100 and long.endswith("…: exchange_online / mailbox")
+    assert summary_of(alert) == f"Backups failing for {'c' * 36}: exchange_online / mailbox"
+
+
+def test_psa_connectwise_without_its_keys_refuses_to_start_naming_the_variable() -> None:
+    from app.config import ConfigError, Settings
+
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        demo=True,
+        psa="connectwise",
+        connectwise_url="https://api-na.myconnectwise.net",
+        connectwise_company="acme",
+        connectwise_public_key="p",
+    )
+    with pytest.raises(ConfigError, match=r"^CONNECTWISE_PRIVATE_KEY must be set"):
+        settings.check()
