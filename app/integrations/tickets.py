@@ -187,6 +187,8 @@ class Desk:
         return len(claimed)
 
     async def _work_safely(self, delivery: Claimed) -> Result:
+        """One delivery's result; a failure of it is retried, and never costs the batch
+        its record (which would do the others' work twice)."""
         try:
             return await self.work(delivery)
         except PsaError as exc:
@@ -194,6 +196,9 @@ class Desk:
             if exc.retry_after is not None:
                 retry_at = self.clock() + timedelta(seconds=exc.retry_after)
             return Result("failed" if exc.permanent else "pending", str(exc), exc.status, retry_at)
+        except Exception as exc:  # the database, or an answer not as documented
+            log.exception("ticket work for %s failed", delivery.id)
+            return Result("pending", f"internal error ({type(exc).__name__}); see the log")
 
     async def work(self, delivery: Claimed) -> Result:
         event = json.loads(delivery.body)

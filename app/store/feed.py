@@ -832,6 +832,17 @@ def snooze(
         ),
         (None if lifted else t(until), None if lifted else reason, t(now), key),
     )
+    # Ticket work waiting out the old snooze is due now: the desk judges the new one (and
+    # opens the ticket at once when the snooze was lifted).
+    yield (
+        "exec",
+        sql(
+            dialect,
+            "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE alert_key = ? "
+            "AND state = 'pending' AND url LIKE ? AND next_attempt_at > ?",
+        ),
+        (t(now), key, PSA_PREFIX + "%", t(now)),
+    )
     rows = yield (
         "fetch",
         sql(dialect, f"{ALERT_SELECT} WHERE alert_key = ? AND state = 'open'"),

@@ -455,3 +455,29 @@ async def test_after_a_create_that_timed_out_the_ticket_is_looked_up_by_external
     assert create.call_count == 1
     ref = json.loads(create.calls.last.request.content)["externalXRef"]
     assert find.calls.last.request.url.params["conditions"] == f'externalXRef="{ref}"'
+
+
+async def test_lifting_a_snooze_opens_the_waiting_ticket_at_once(
+    desk_gateway: Gateway, sim: Simulator, clock: FakeClock, standin: cw.StandIn
+) -> None:
+    customer = sim.customer_ids()[0]
+    key = key_of(customer)
+
+    async def snooze(until: str) -> None:
+        response = await api.post(f"/alerts/{key}/snooze", json={"until": until})
+        assert response.status_code == 200, response.text
+
+    async with desk_gateway(psa_min_severity="critical") as api:
+        await map_customer(api, customer, 250)
+        sim.put_job(customer, "j1", status=FAILED, start=clock.now - timedelta(hours=3))
+        await refresh(api)
+        await snooze((clock.now + timedelta(days=7)).isoformat().replace("+00:00", "Z"))
+        for n in (2, 3):
+            sim.put_job(customer, f"j{n}", status=FAILED, start=clock.now - timedelta(hours=3 - n))
+            await refresh(api)
+        services(api).notices.notify()
+        await asyncio.sleep(0.2)
+        assert standin.creates() == 0
+        await snooze("2000-01-01T00:00:00Z")  # lifted: no need to wait out the week
+        await until(api, state_is("open"))
+        assert standin.creates() == 1
