@@ -203,6 +203,17 @@ async def test_one_alerts_life_opens_a_ticket_adds_notes_and_closes_it(
         assert standin.notes[ticket["id"]][-1]["resolutionFlag"] is True
         assert standin.creates() == 1
         assert (await listing(api, state="open")) == []
+        # The budget one alert's life spends: the board and its statuses once per process,
+        # then a create, a note per change, and a resolution note and a status patch.
+        assert [m for m, _ in standin.requests] == [
+            "GET",
+            "GET",
+            "POST",
+            "POST",
+            "POST",
+            "POST",
+            "PATCH",
+        ]
 
 
 async def test_a_create_whose_answer_was_lost_is_found_not_created_again(
