@@ -63,9 +63,11 @@ class DeskConfig:
 
 
 def ticket_ref(alert: AlertState) -> str:
-    """The external reference of an alert's ticket: the alert's own id, and its key for the
-    people who read it (cut to ConnectWise's 100 characters)."""
-    return f"jobs-gateway:{alert.id}:{alert.alert_key}"[:100]
+    """The external reference of an alert's ticket: the alert's id and when it opened (an id
+    alone could come back after a purge on SQLite), and its key for the people who read it,
+    cut to ConnectWise's 100 characters."""
+    opened = int(alert.opened_at.timestamp())
+    return f"jobs-gateway:{alert.id}:{opened}:{alert.alert_key}"[:100]
 
 
 def summary_of(alert: AlertState, customer_name: str | None = None) -> str:
