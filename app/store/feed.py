@@ -477,22 +477,9 @@ def tell(
             for url in config.webhook_urls
         ]
         if psa:
-            # Ticket work: every alert event (snoozes are the desk's to judge, as a snooze
-            # that ends must open the ticket then), and a new failure of an open alert, which
-            # moves no severity and so has no alert event, told by its job's event.
-            failures = {
-                (t.alert.alert_key, t.job.job_id)
-                for t in told.alerts
-                if t.change is None
-                and t.alert.state == "open"
-                and t.job is not None
-                and t.job.status != "finished"
-                and t.job.job_id == t.alert.last_job_id
-            }
             deliveries.extend(
                 (event_id, psa, key, customer_id, "pending", 0, stamp, stamp, deadline)
-                for event_id, type_, key, job_id in rows
-                if type_.startswith("alert.") or (key, job_id) in failures
+                for event_id, key in _ticket_work(rows, told.alerts)
             )
         if deliveries:
             yield (
@@ -507,6 +494,28 @@ def tell(
             )
         told.deliveries = len(deliveries)
     return told
+
+
+def _ticket_work(
+    rows: Sequence[tuple[int, str, str | None, str | None]], transitions: Sequence[Transition]
+) -> list[tuple[int, str | None]]:
+    """The events (id, key) that are PSA ticket work: every alert event (snoozes are the
+    desk's to judge, as a snooze that ends must open the ticket then), and each new failure
+    of an open alert, which moves no severity and so has no alert event: its job's event."""
+    failures = {
+        (t.alert.alert_key, t.job.job_id)
+        for t in transitions
+        if t.change is None
+        and t.alert.state == "open"
+        and t.job is not None
+        and t.job.status != "finished"
+        and t.job.job_id == t.alert.last_job_id
+    }
+    return [
+        (event_id, key)
+        for event_id, type_, key, job_id in rows
+        if type_.startswith("alert.") or (key, job_id) in failures
+    ]
 
 
 def _judge_keys(

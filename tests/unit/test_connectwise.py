@@ -206,7 +206,7 @@ def test_a_summary_is_at_most_100_characters_and_names_customer_type_and_module(
     from datetime import UTC, datetime
 
     from app.alert_rules import AlertState
-    from app.integrations.tickets import summary_of
+    from app.integrations.texts import summary_of
 
     alert = AlertState(
         alert_key="c:exchange_online:mailbox",
