@@ -139,7 +139,11 @@ class ConnectWise:
         except httpx.TimeoutException:
             raise PsaError(f"no answer from ConnectWise within {TIMEOUT.read:g} s") from None
         except httpx.HTTPError as exc:
-            raise PsaError(f"could not reach ConnectWise ({type(exc).__name__})") from None
+            # The URL is shown: CONNECTWISE_URL may hold no credentials (`Settings`).
+            raise PsaError(
+                f"could not reach ConnectWise at {self.account.url} ({type(exc).__name__}); "
+                "check CONNECTWISE_URL"
+            ) from None
         if response.is_success:
             return response.json() if response.content else None
         status = response.status_code

@@ -242,3 +242,12 @@ def test_psa_connectwise_without_its_keys_refuses_to_start_naming_the_variable()
     )
     with pytest.raises(ConfigError, match=r"^CONNECTWISE_PRIVATE_KEY must be set"):
         settings.check()
+
+
+async def test_an_unreachable_connectwise_names_the_url_to_check(client: ConnectWise) -> None:
+    with respx.mock() as mock:
+        mock.get(f"{ROOT}/service/boards").mock(side_effect=httpx.ConnectError("refused"))
+        problems = await client.check([])
+    assert problems == [
+        f"could not reach ConnectWise at {URL} (ConnectError); check CONNECTWISE_URL"
+    ]
