@@ -459,3 +459,137 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+psa_cli = typer.Typer(
+    help="Tickets in a PSA: which company each customer's tickets go to, and a check.",
+    no_args_is_help=True,
+)
+cli.add_typer(psa_cli, name="psa")
+
+
+@psa_cli.command("map")
+def psa_map(
+    customer_id: Annotated[str, typer.Argument(help="The AvePoint customer id.")],
+    company_id: Annotated[str, typer.Argument(help="The PSA's company id (a number).")],
+) -> None:
+    """Send a customer's tickets to a PSA company, by the company's id (never its name)."""
+    from app.clock import utcnow
+    from app.store import tickets
+
+    company = company_id.strip()
+    if not company.isdigit() or int(company) <= 0:
+        fail(f"COMPANY_ID must be the PSA's company id, a positive number, not {company_id!r}")
+    settings = _keys_settings()
+
+    async def run() -> None:
+        async with _key_store(settings) as writer:
+            await writer.run_plan(
+                lambda d: tickets.map_company(d, customer_id.strip(), company, utcnow())
+            )
+
+    asyncio.run(run())
+    say(f"customer {customer_id.strip()!r} -> company {company}: new tickets go there")
+
+
+@psa_cli.command("unmap")
+def psa_unmap(
+    customer_id: Annotated[str, typer.Argument(help="The AvePoint customer id.")],
+) -> None:
+    """Stop opening tickets for a customer (tickets already open still get notes and close)."""
+    from app.store import tickets
+
+    settings = _keys_settings()
+
+    async def run() -> bool:
+        async with _key_store(settings) as writer:
+            return await writer.run_plan(lambda d: tickets.unmap_company(d, customer_id.strip()))
+
+    if not asyncio.run(run()):
+        fail(f"customer {customer_id!r} is not mapped (see `jobs-gateway psa list`)")
+    say(f"customer {customer_id.strip()!r} unmapped: its new alerts open no ticket")
+
+
+@psa_cli.command("list")
+def psa_list(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one mapping each.")] = False,
+) -> None:
+    """Every mapped customer and its PSA company."""
+    settings = _keys_settings()
+    rows = asyncio.run(_mappings(settings))
+    if as_json:
+        for customer_id, company_id, at in rows:
+            print(
+                json.dumps(
+                    {
+                        "customer_id": customer_id,
+                        "company_id": company_id,
+                        "mapped_at": f"{at:%Y-%m-%dT%H:%M:%S}Z",
+                    }
+                )
+            )
+        return
+    table = Table(title="PSA companies")
+    for column in ("customer", "company", "mapped"):
+        table.add_column(column)
+    for customer_id, company_id, at in rows:
+        table.add_row(customer_id, company_id, f"{at:%Y-%m-%d %H:%M:%S}Z")
+    out.print(table)
+
+
+async def _mappings(settings: Settings) -> list[tuple[str, str, object]]:
+    from app.store import tickets
+
+    async with _key_store(settings) as writer:
+        return list(await writer.run_plan(tickets.mappings))
+
+
+@psa_cli.command("check")
+def psa_check() -> None:
+    """Check the PSA's credentials, the board, its two statuses and every mapped company:
+    one line per problem, saying what to fix; exit 1 when there is any."""
+    settings = _keys_settings()
+    if not settings.psa:
+        fail("PSA is not set: set PSA=connectwise and the CONNECTWISE_* variables")
+    try:
+        settings.check_psa()
+    except ConfigError as exc:
+        fail(str(exc))
+    problems = asyncio.run(_psa_problems(settings))
+    for problem in problems:
+        out.print(problem, highlight=False, markup=False)
+    if problems:
+        raise typer.Exit(1)
+    say(f"{settings.psa}: credentials, board, statuses and companies are all fine")
+
+
+async def _psa_problems(settings: Settings) -> list[str]:
+    import httpx
+
+    from app.integrations.connectwise import TIMEOUT
+    from app.main import connector_of
+
+    rows = await _mappings(settings)
+    async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False) as http:
+        connector = connector_of(settings, http)
+        return await connector.check(sorted({company for _, company, _ in rows}))
+
+
+@psa_cli.command("release")
+def psa_release(
+    customer: Annotated[
+        str | None, typer.Option("--customer", help="Only this customer's held tickets.")
+    ] = None,
+) -> None:
+    """Open the tickets the storm guard holds now, past PSA_MAX_NEW_TICKETS_PER_HOUR."""
+    from app.clock import utcnow
+    from app.store import tickets
+
+    settings = _keys_settings()
+
+    async def run() -> int:
+        async with _key_store(settings) as writer:
+            return await writer.run_plan(lambda d: tickets.release(d, customer, utcnow()))
+
+    count = asyncio.run(run())
+    say(f"released {count} held tickets: running servers open them now")

@@ -100,6 +100,20 @@ class Settings(BaseSettings):
     # with a restart and do not carry across replicas).
     board_session_hours: float = Field(12, gt=0, le=24 * 366)
     board_secret: SecretStr | None = None
+    # Tickets in a PSA (see app.integrations): the connector, its account and the guard.
+    psa: Literal["", "connectwise"] = ""
+    connectwise_url: str | None = None
+    connectwise_company: str | None = None
+    connectwise_public_key: SecretStr | None = None
+    connectwise_private_key: SecretStr | None = None
+    connectwise_client_id: str | None = None
+    connectwise_board: str = "Help Desk"
+    connectwise_open_status: str = "New"
+    connectwise_closed_status: str = "Closed"
+    psa_min_severity: Literal["warning", "critical"] = "warning"
+    psa_max_new_tickets_per_hour: int = Field(30, ge=1, le=100_000)
+    # Requests per hour to the PSA, all tickets together (0: no pace); Autotask-style budgets.
+    psa_requests_per_hour: int = Field(0, ge=0, le=10_000_000)
 
     @field_validator(
         "customer_ids",
@@ -163,6 +177,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
         return [o.rstrip("/") for o in value]
 
+    @field_validator("connectwise_url")
+    @classmethod
+    def _psa_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
+            raise ValueError(f"not an http(s) URL without credentials: {parts.scheme}://...")
+        return value.rstrip("/")
+
     @field_validator("webhook_secret")
     @classmethod
     def _standard_secret(cls, value: SecretStr | None) -> SecretStr | None:
@@ -205,6 +229,27 @@ class Settings(BaseSettings):
                 "WEBHOOK_SECRET must be set with WEBHOOK_URLS "
                 "('whsec_' and base64, as Standard Webhooks receivers expect)"
             )
+
+        self.check_psa()
+
+    def check_psa(self) -> None:
+        """With `PSA` set, its account must be whole (one line naming what is missing)."""
+        if self.psa == "connectwise":
+            for name in (
+                "connectwise_url",
+                "connectwise_company",
+                "connectwise_public_key",
+                "connectwise_private_key",
+                "connectwise_client_id",
+            ):
+                value = getattr(self, name)
+                if isinstance(value, SecretStr):
+                    value = value.get_secret_value()
+                if not value:
+                    raise ConfigError(
+                        f"{name.upper()} must be set with PSA=connectwise (the API member's "
+                        "keys and the integration's clientId; see the README's Tickets section)"
+                    )
 
     @property
     def refresh_interval(self) -> float:

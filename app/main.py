@@ -33,13 +33,26 @@ from app.alert_rules import Rules
 from app.alerts import webhooks
 from app.alerts.notices import Notices
 from app.alerts.sweeps import run_sweeps
-from app.api import alerts, customers, deliveries, errors, events, export, jobs, meta, runs, summary
+from app.api import (
+    alerts,
+    customers,
+    deliveries,
+    errors,
+    events,
+    export,
+    jobs,
+    meta,
+    runs,
+    summary,
+)
+from app.api import tickets as tickets_api
 from app.api.answers import AnswerCache, FastReads, FastReadsMiddleware
 from app.api.deps import Services
 from app.api.middleware import HeadAsGet, RequestIdMiddleware, RequestLimits, RequestMetrics
 from app.board import pages as board
 from app.clock import Clock, utcnow
 from app.config import Settings
+from app.integrations import connectwise, tickets
 from app.metrics import Metrics, watch_loop_lag
 from app.refresh import Refresher, schedule
 from app.refresh.leasing import process_holder
@@ -49,6 +62,7 @@ from app.store import db, outage
 from app.store.feed import FeedConfig, Told
 from app.store.ingest import Writer, purge_orphan_stage
 from app.store.retention import run_retention
+from app.store.tickets import PSA_RECEIVER
 from app.tasks import Supervisor
 from app.upstream.auth import ClientAssertion, TokenProvider
 from app.upstream.breaker import CircuitBreaker
@@ -144,6 +158,7 @@ async def open_services(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     background: bool = True,
     warm: bool = False,
+    psa_transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Services]:
     """Everything the service runs on, opened in order and closed in reverse. With
     `background` (a server, not a one-off command) the background tasks run too, under one
@@ -157,12 +172,18 @@ async def open_services(
         async with (
             upstream_http(settings, upstream) as http,
             webhook_http(settings, background) as sender_http,
+            psa_http(settings, background, psa_transport) as desk_http,
         ):
             services = await build_services(settings, engine, writer, http, upstream, clock, sleep)
             tasks = Supervisor()
             services.runs.spawn = tasks.spawn
             if background:
                 start_background(services, tasks, sender_http)
+                if desk_http is not None:
+                    tasks.spawn(
+                        tickets.watch_held(services.sessions, services.metrics.tickets_held)
+                    )
+                    tasks.spawn(desk_of(services, desk_http).run())
             if warm:
                 tasks.spawn(schedule.warm(services.refresher))
             try:
@@ -202,6 +223,57 @@ async def webhook_http(
         timeout=httpx.Timeout(webhooks.TIMEOUT_SECONDS), follow_redirects=False
     ) as http:
         yield http
+
+
+@asynccontextmanager
+async def psa_http(
+    settings: Settings, background: bool, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[httpx.AsyncClient | None]:
+    """The ticket desk's client to the PSA, in a server with `PSA` set."""
+    if not (background and settings.psa):
+        yield None
+        return
+    async with httpx.AsyncClient(
+        transport=transport,
+        timeout=connectwise.TIMEOUT,
+        limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
+        follow_redirects=False,
+    ) as http:
+        yield http
+
+
+def connector_of(settings: Settings, http: httpx.AsyncClient) -> connectwise.ConnectWise:
+    """The PSA `PSA` names (ConnectWise, so far), with its account (`Settings.check` made
+    sure it is whole)."""
+    assert settings.connectwise_public_key is not None
+    assert settings.connectwise_private_key is not None
+    account = connectwise.ConnectWiseAccount(
+        url=settings.connectwise_url or "",
+        company=settings.connectwise_company or "",
+        public_key=settings.connectwise_public_key,
+        private_key=settings.connectwise_private_key,
+        client_id=settings.connectwise_client_id or "",
+        board=settings.connectwise_board,
+        open_status=settings.connectwise_open_status,
+        closed_status=settings.connectwise_closed_status,
+    )
+    return connectwise.ConnectWise(account, http, requests_per_hour=settings.psa_requests_per_hour)
+
+
+def desk_of(services: Services, http: httpx.AsyncClient) -> tickets.Desk:
+    settings = services.settings
+    return tickets.Desk(
+        writer=services.writer,
+        sessions=services.sessions,
+        connector=connector_of(settings, http),
+        config=tickets.DeskConfig(
+            min_severity=settings.psa_min_severity,
+            max_new_per_hour=settings.psa_max_new_tickets_per_hour,
+        ),
+        notices=services.notices,
+        clock=services.clock,
+        on_request=lambda outcome: services.metrics.psa_requests.labels(outcome).inc(),
+    )
 
 
 async def build_services(
@@ -363,7 +435,9 @@ async def tidy_if_writable(
         if background:
             # Before any sender starts: what no sender will take fails now, not never. Not in
             # one-off commands, whose environment may lack the server's WEBHOOK_URLS.
-            await webhooks.fail_removed_receivers(writer, settings.webhook_urls, now)
+            # The ticket desk's receiver is no webhook: its work waits, whether PSA is on or not.
+            kept = [*settings.webhook_urls, PSA_RECEIVER]
+            await webhooks.fail_removed_receivers(writer, kept, now)
     except outage.DRIVER_ERRORS as exc:
         if not outage.unreachable(exc):
             raise
@@ -378,6 +452,7 @@ def feed_config_of(settings: Settings) -> FeedConfig:
         rules=Rules(frozenset(settings.alert_statuses), settings.overdue_hours),
         webhook_urls=tuple(settings.webhook_urls),
         webhook_events=frozenset(settings.webhook_events),
+        psa_receiver=PSA_RECEIVER if settings.psa else None,
     )
 
 
@@ -389,9 +464,11 @@ def create_app(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     warm: bool = False,
     freeze_heap: bool = False,
+    psa_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     """The app for these settings. Tests inject time (`clock`, and `sleep` for the upstream
-    client's backoff) and replace the network (`transport`: respx or the simulator).
+    client's backoff) and replace the network (`transport`: respx or the simulator;
+    `psa_transport`: a PSA stand-in).
 
     With `warm`, every customer is refreshed in the background as soon as the app starts.
     With `freeze_heap` (the server's app, one per process), what start-up built is kept out
@@ -401,7 +478,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_services(
-            settings, clock=clock, transport=transport, sleep=sleep, warm=warm
+            settings,
+            clock=clock,
+            transport=transport,
+            sleep=sleep,
+            warm=warm,
+            psa_transport=psa_transport,
         ) as services:
             app.state.services = services
             if freeze_heap:
@@ -447,6 +529,7 @@ def create_app(
     app.include_router(events.router)
     app.include_router(alerts.router)
     app.include_router(deliveries.router)
+    app.include_router(tickets_api.router)
     app.include_router(runs.router)
     app.include_router(meta.router)
     board.install(app, settings)

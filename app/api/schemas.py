@@ -576,3 +576,30 @@ class RefreshRun(BaseModel):
             }
         }
     )
+
+
+# -- PSA tickets ------------------------------------------------------------------------------
+
+
+class Ticket(BaseModel):
+    alert_key: str = Field(
+        description="The alert the ticket follows (customer_id:job_type:module)."
+    )
+    customer_id: str
+    company_id: str | None = Field(description="The PSA company (`psa map`); null when unmapped.")
+    ticket_id: str | None = Field(description="The PSA's ticket id, once the ticket exists.")
+    state: Literal["open", "closed", "held", "failed", "unmapped"] = Field(
+        description=(
+            "`open`; `closed` (the alert resolved); `held` by the storm guard "
+            "(PSA_MAX_NEW_TICKETS_PER_HOUR); `failed` (the last attempt failed: `last_error`; "
+            "retried until its deadline); `unmapped` (the customer has no PSA company)."
+        )
+    )
+    opened_at: UtcTime | None
+    closed_at: UtcTime | None
+    last_error: str | None = Field(description="What the PSA said to the last failed attempt.")
+
+
+class TicketPage(BaseModel):
+    items: list[Ticket]
+    next_cursor: str | None

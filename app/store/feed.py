@@ -66,6 +66,8 @@ class FeedConfig:
     webhook_urls: tuple[str, ...] = ()
     webhook_events: frozenset[str] = frozenset()
     delivery_window: timedelta = DELIVERY_WINDOW
+    # The outbox's receiver of PSA ticket work (`app.store.tickets.PSA_RECEIVER`); None: off.
+    psa_receiver: str | None = None
 
     @classmethod
     def default(cls) -> FeedConfig:
@@ -445,7 +447,8 @@ def tell(
         yield ("fetch", "SELECT pg_advisory_xact_lock($1)", (EVENTS_LOCK,))
     before = 0
     wanted = config.webhook_events if config.webhook_urls else frozenset()
-    if wanted:
+    psa = config.psa_receiver
+    if wanted or psa:
         rows = yield ("fetch", "SELECT COALESCE(MAX(id), 0) FROM events", ())
         before = int(rows[0][0])
         if dialect == "sqlite":
@@ -454,22 +457,30 @@ def tell(
             before = max(before, int(rows[0][0]) if rows else 0)
     statement = sql(dialect, _EVENT_INSERT + "(?, ?, ?, ?, ?, ?)")
     yield ("many", statement, events)
-    if wanted:
+    if wanted or psa:
         rows = yield (
             "fetch",
-            sql(dialect, "SELECT id, type, alert_key FROM events WHERE id > ? ORDER BY id"),
+            sql(
+                dialect,
+                "SELECT id, type, alert_key, job_id FROM events WHERE id > ? ORDER BY id",
+            ),
             (before,),
         )
         stamp = to_driver(dialect, at)
         deadline = to_driver(dialect, at + config.delivery_window)
         deliveries = [
             (event_id, url, key, customer_id, "pending", 0, stamp, stamp, deadline)
-            for event_id, type_, key in rows
+            for event_id, type_, key, _ in rows
             # A resolution is sent even when snoozed: a ticket opened before the snooze
             # must still close.
             if type_ in wanted and (key not in muted or type_ == "alert.resolved")
             for url in config.webhook_urls
         ]
+        if psa:
+            deliveries.extend(
+                (event_id, psa, key, customer_id, "pending", 0, stamp, stamp, deadline)
+                for event_id, key in _ticket_work(rows, told.alerts)
+            )
         if deliveries:
             yield (
                 "many",
@@ -483,6 +494,28 @@ def tell(
             )
         told.deliveries = len(deliveries)
     return told
+
+
+def _ticket_work(
+    rows: Sequence[tuple[int, str, str | None, str | None]], transitions: Sequence[Transition]
+) -> list[tuple[int, str | None]]:
+    """The events (id, key) that are PSA ticket work: every alert event (snoozes are the
+    desk's to judge, as a snooze that ends must open the ticket then), and each new failure
+    of an open alert, which moves no severity and so has no alert event: its job's event."""
+    failures = {
+        (t.alert.alert_key, t.job.job_id)
+        for t in transitions
+        if t.change is None
+        and t.alert.state == "open"
+        and t.job is not None
+        and t.job.status != "finished"
+        and t.job.job_id == t.alert.last_job_id
+    }
+    return [
+        (event_id, key)
+        for event_id, type_, key, job_id in rows
+        if type_.startswith("alert.") or (key, job_id) in failures
+    ]
 
 
 def _judge_keys(
@@ -808,6 +841,17 @@ def snooze(
         ),
         (None if lifted else t(until), None if lifted else reason, t(now), key),
     )
+    # Ticket work waiting out the old snooze is due now: the desk judges the new one (and
+    # opens the ticket at once when the snooze was lifted).
+    yield (
+        "exec",
+        sql(
+            dialect,
+            "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE alert_key = ? "
+            "AND state = 'pending' AND url LIKE ? AND next_attempt_at > ?",
+        ),
+        (t(now), key, PSA_PREFIX + "%", t(now)),
+    )
     rows = yield (
         "fetch",
         sql(dialect, f"{ALERT_SELECT} WHERE alert_key = ? AND state = 'open'"),
@@ -815,6 +859,11 @@ def snooze(
     )
     return alert_from_row(rows[0]) if rows else None
 
+
+PSA_PREFIX = "psa:"
+"""The outbox's PSA receivers (`app.store.tickets.PSA_RECEIVER`) start so; they are no
+webhooks, and the webhook listing, retry and backlog leave them out."""
+_WEBHOOKS_ONLY = ~DELIVERIES.c.url.startswith(PSA_PREFIX)
 
 _DELIVERY_COLUMNS = (
     "id",
@@ -847,6 +896,7 @@ async def list_deliveries(
     stmt = (
         select(*(d.c[name] for name in _DELIVERY_COLUMNS), e.c.type.label("event_type"))
         .join_from(d, e, e.c.id == d.c.event_id)
+        .where(_WEBHOOKS_ONLY)
         .order_by(d.c.id.desc())
     )
     if state is not None:
@@ -865,7 +915,7 @@ async def get_delivery(session: AsyncSession, delivery_id: int) -> dict[str, Any
         await session.execute(
             select(*(d.c[name] for name in _DELIVERY_COLUMNS), e.c.type.label("event_type"))
             .join_from(d, e, e.c.id == d.c.event_id)
-            .where(d.c.id == delivery_id)
+            .where(d.c.id == delivery_id, _WEBHOOKS_ONLY)
         )
     ).first()
     return dict(row._mapping) if row is not None else None
@@ -878,8 +928,11 @@ def retry_delivery(
     Gives its state before (None: no such delivery)."""
     rows = yield (
         "fetch",
-        sql(dialect, "SELECT state FROM webhook_deliveries WHERE id = ?"),
-        (delivery_id,),
+        sql(
+            dialect,
+            "SELECT state FROM webhook_deliveries WHERE id = ? AND url NOT LIKE ?",
+        ),
+        (delivery_id, PSA_PREFIX + "%"),
     )
     if not rows:
         return None
@@ -899,5 +952,7 @@ def retry_delivery(
 
 async def pending_deliveries(session: AsyncSession) -> int:
     d = DELIVERIES
-    count = await session.scalar(select(func.count()).select_from(d).where(d.c.state == "pending"))
+    count = await session.scalar(
+        select(func.count()).select_from(d).where(d.c.state == "pending", _WEBHOOKS_ONLY)
+    )
     return int(count or 0)

@@ -415,3 +415,42 @@ class RateCount(Base):
     identity: Mapped[str] = mapped_column(String(), primary_key=True)
     holder: Mapped[str] = mapped_column(String(), primary_key=True)
     hits: Mapped[int] = mapped_column(BigInteger)
+
+
+class PsaCompany(Base):
+    """Which PSA company a customer's tickets go to (`jobs-gateway psa map`), by id."""
+
+    __tablename__ = "psa_companies"
+
+    customer_id: Mapped[str] = mapped_column(String(), primary_key=True)
+    company_id: Mapped[str] = mapped_column(String())
+    mapped_at: Mapped[datetime]
+
+
+class Ticket(Base):
+    """One alert's ticket in the PSA, or why it has none yet (see `app.store.tickets`)."""
+
+    __tablename__ = "tickets"
+    __table_args__ = (
+        CheckConstraint("state IN ('open', 'closed', 'held', 'failed', 'unmapped')", name="state"),
+        Index("ix_tickets_state", "state", "id"),
+        Index("ix_tickets_reserved_at", "reserved_at"),
+        Index("ix_tickets_customer_id", "customer_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("alerts.id", ondelete="CASCADE"), unique=True
+    )
+    alert_key: Mapped[str] = mapped_column(String())
+    customer_id: Mapped[str] = mapped_column(String())
+    company_id: Mapped[str | None] = mapped_column(String())
+    ticket_id: Mapped[str | None] = mapped_column(String())
+    state: Mapped[str] = mapped_column(String(16))
+    reserved_at: Mapped[datetime | None]
+    create_sent_at: Mapped[datetime | None]
+    opened_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

@@ -47,6 +47,8 @@ EXPECTED_TABLES = {
     "refresh_leases",  # since 0006
     "api_keys",  # since 0008
     "rate_counts",
+    "psa_companies",  # since 0012
+    "tickets",
     "job_status_history",
     "alembic_version",
 }

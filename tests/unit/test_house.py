@@ -31,6 +31,7 @@ FLOORS: dict[str, int] = {
     "app.refresh": 2,
     "app.alerts": 2,
     "app.access": 2,
+    "app.integrations": 2,
     # 3: what clients meet
     "app.api": 3,
     # the pages for people, beside the API: they read through its answers
