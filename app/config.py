@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -26,6 +27,8 @@ EVENT_TYPES = (
     "alert.opened",
     "alert.updated",
     "alert.resolved",
+    "object.no_result",
+    "object.recovered",
 )
 """Every type of event the change feed tells (see `app.store.feed`)."""
 
@@ -95,6 +98,11 @@ class Settings(BaseSettings):
     webhook_events: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS)
     )
+    # Expectations and the grid (see app.expectations): the business day's zone and start,
+    # and which result a day with several shows.
+    timezone: str = "UTC"
+    day_start_hour: int = Field(0, ge=0, le=23)
+    day_result_rule: Literal["worst", "last"] = "worst"
 
     @field_validator(
         "customer_ids",
@@ -129,6 +137,21 @@ class Settings(BaseSettings):
                 f"unknown event type {unknown[0]!r}; types are {', '.join(EVENT_TYPES)}"
             )
         return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}: an IANA name such as Europe/Amsterdam"
+            ) from None
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
     @field_validator("webhook_urls")
     @classmethod

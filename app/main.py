@@ -377,6 +377,7 @@ def feed_config_of(settings: Settings) -> FeedConfig:
         rules=Rules(frozenset(settings.alert_statuses), settings.overdue_hours),
         webhook_urls=tuple(settings.webhook_urls),
         webhook_events=frozenset(settings.webhook_events),
+        zone=settings.zone,
     )
 
 
