@@ -273,8 +273,12 @@ def assess(
         kind = results[-1][1]
         state = _STATE_OF[kind]
         since = results[-1][0].start
-        for r, k in reversed(results):
-            if k != kind:
+        for r, k in reversed(results[:-1]):
+            # A time without a result (late past the grace) ends the run too.
+            late_between = exp.schedule is not None and (
+                next_due(r.start, exp.schedule, tz) + timedelta(hours=exp.grace_hours or 0) < since
+            )
+            if k != kind or late_between:
                 break
             since = r.start
     else:

@@ -33,7 +33,19 @@ from app.alert_rules import Rules
 from app.alerts import webhooks
 from app.alerts.notices import Notices
 from app.alerts.sweeps import run_sweeps
-from app.api import alerts, customers, deliveries, errors, events, export, jobs, meta, runs, summary
+from app.api import (
+    alerts,
+    customers,
+    deliveries,
+    errors,
+    events,
+    export,
+    jobs,
+    meta,
+    objects,
+    runs,
+    summary,
+)
 from app.api.answers import AnswerCache, FastReads, FastReadsMiddleware
 from app.api.deps import Services
 from app.api.middleware import HeadAsGet, RequestIdMiddleware, RequestLimits, RequestMetrics
@@ -329,7 +341,17 @@ def start_background(
     tasks.spawn(watch_loop_lag(metrics))
     if settings.refresh_interval:
         tasks.spawn(schedule.run_background(refresher))
-    tasks.spawn(run_sweeps(writer, sessions, services.feed, clock, on_told=services.on_told))
+    # One process sweeps at a time (its lease), so "no result" is told once.
+    tasks.spawn(
+        run_sweeps(
+            writer,
+            sessions,
+            services.feed,
+            clock,
+            on_told=services.on_told,
+            holder=refresher.holder,
+        )
+    )
     if settings.retention_days > 0:
         # A purge of jobs moves their customers' data versions: cached answers follow.
         tasks.spawn(
@@ -446,6 +468,7 @@ def create_app(
     app.include_router(summary.router)
     app.include_router(events.router)
     app.include_router(alerts.router)
+    app.include_router(objects.router)
     app.include_router(deliveries.router)
     app.include_router(runs.router)
     app.include_router(meta.router)
