@@ -274,3 +274,18 @@ async def test_grid_days_start_at_6_in_amsterdam_across_the_dst_change(
         grid = (await api.get("/grid", params={"days": 2})).json()
         assert grid["days"] == ["2026-03-28", "2026-03-29"]
         assert [c["result"] for c in grid["items"][0]["cells"]] == ["success", "failure"]
+
+
+async def test_one_process_sweeps_at_a_time(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock, customer: str
+) -> None:
+    put_daily(sim, clock, customer, "d", 10, **GROUPS)
+    await refresh(api)
+    svc = services_of(api)
+    assert await sweep(api) == 0  # this process holds the sweep's lease now
+    clock.now = at_3(clock, -1) + timedelta(hours=7)
+    other = await sweep_overdue(
+        svc.writer, svc.sessions, svc.feed, svc.clock, holder="replica:2:other"
+    )
+    assert other == 0  # not its turn: the holder sweeps
+    assert await sweep(api) == 2
