@@ -219,6 +219,15 @@ def transition(
     return [Transition(None, moved, j.latest)]
 
 
+def held(transitions: list[Transition], muted: bool) -> list[Transition]:
+    """What of a key's transitions happens while its customer is muted (a maintenance
+    window): no alert opens or escalates; counters move and resolutions go through. What
+    was held back happens at the first judgement after the window (the sweep)."""
+    if not muted:
+        return transitions
+    return [t for t in transitions if t.change not in ("opened", "updated")]
+
+
 def _counted(alert: AlertState, j: Judgement) -> AlertState:
     """`alert` with the judgement's counters."""
     return replace(

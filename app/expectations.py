@@ -325,9 +325,11 @@ def cells(
     tz: tzinfo,
     start_hour: int,
     rule: Literal["worst", "last"],
+    maintenance: Sequence[tuple[datetime, datetime]] = (),
 ) -> list[tuple[date, GridResult, int]]:
-    """One object's cells: per day, its pick, `no_result` for a day without a result that
-    falls in a time the object was late, or `none`; and the number of results."""
+    """One object's cells: per day, its pick; for a day without a result, `maintenance`
+    when a window (start, end) covered some of it, `no_result` when it falls in a time the
+    object was late, else `none`; and the number of results."""
     results = results_of(jobs, failures, setting.treat_warning_as_success)
     by_day: dict[date, list[ResultKind]] = {}
     for r, kind in results:
@@ -354,8 +356,12 @@ def cells(
     out: list[tuple[date, GridResult, int]] = []
     for day in days:
         kinds = by_day.get(day)
+        begin = day_start(day, tz, start_hour)
+        end = day_start(day + timedelta(days=1), tz, start_hour)
         if kinds:
             out.append((day, pick(kinds, rule), len(kinds)))
+        elif any(s < end and e > begin for s, e in maintenance):
+            out.append((day, "maintenance", 0))
         elif day in late:
             out.append((day, "no_result", 0))
         else:

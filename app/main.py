@@ -41,6 +41,7 @@ from app.api import (
     events,
     export,
     jobs,
+    maintenance,
     meta,
     objects,
     runs,
@@ -456,7 +457,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "HEAD", "POST"],
+            allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE"],
             allow_headers=CORS_REQUEST_HEADERS,
             expose_headers=["ETag", "Cache-Status", "X-Request-ID", "Location", "Retry-After"],
             max_age=600,
@@ -469,6 +470,7 @@ def create_app(
     app.include_router(events.router)
     app.include_router(alerts.router)
     app.include_router(objects.router)
+    app.include_router(maintenance.router)
     app.include_router(deliveries.router)
     app.include_router(runs.router)
     app.include_router(meta.router)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,8 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import expectations
 from app.alert_rules import alert_key
 from app.clock import iso
-from app.store import objects
+from app.store import maintenance, objects
 from app.store.feed import NOTHING_STORED, ObjectKey, Stored
+from app.store.maintenance import Window
+
+GRID_DAYS = 92
+"""The most days a grid shows: windows that ended before are not read."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class Judged:
     jobs: list[expectations.Result]
     stored: Stored
     assessment: expectations.Assessment
+    windows: tuple[Window, ...]  # the maintenance windows of its customer
 
 
 async def judge_objects(
@@ -49,6 +54,9 @@ async def judge_objects(
     """Every object of these customers (None: all) that `keep` keeps, judged at `now`,
     ordered by key."""
     found, stored = await objects.read_objects(session, customer_ids)
+    windows = await maintenance.list_windows(
+        session, customer_ids, ending_after=now - timedelta(days=GRID_DAYS + 1)
+    )
     out: list[Judged] = []
     for obj in sorted(found):
         if not keep(obj):
@@ -56,8 +64,13 @@ async def judge_objects(
         jobs = found[obj]
         row = stored.get(obj, NOTHING_STORED)
         a = expectations.assess(jobs, row.setting, judging.failures, now, judging.zone)
-        out.append(Judged(obj, jobs, row, a))
+        mine = tuple(w for w in windows if w.customer_id in (None, obj[0]))
+        out.append(Judged(obj, jobs, row, a, mine))
     return out
+
+
+def in_maintenance(j: Judged, now: datetime) -> bool:
+    return any(w.starts_at <= now < w.ends_at for w in j.windows)
 
 
 def object_out(j: Judged, customer_name: str | None, now: datetime) -> dict[str, Any]:
@@ -73,7 +86,7 @@ def object_out(j: Judged, customer_name: str | None, now: datetime) -> dict[str,
         "job_type": job_type,
         "module": module,
         "state": a.state,
-        "in_maintenance": False,
+        "in_maintenance": in_maintenance(j, now),
         "expected": {
             "every_hours": schedule.every_hours if schedule else None,
             "days": list(schedule.days) if schedule and schedule.days else None,
@@ -106,5 +119,6 @@ def grid_cells(j: Judged, days: Sequence[date], judging: Judging, now: datetime)
             judging.zone,
             judging.day_start_hour,
             judging.day_result_rule,
+            [(w.starts_at, w.ends_at) for w in j.windows],
         )
     ]

@@ -4,7 +4,8 @@ An overdue alert opens, and an object turns "no result", because time passed, no
 a refresh saw something (the upstream may be silent), so a sweep looks for keys whose last
 success is older than `OVERDUE_HOURS`, and for objects whose expectation says they are late
 (or no longer late) while their stored state says otherwise, and judges their customers
-again (`app.store.feed.sweep_customer`), each in a write transaction of its own.
+again (`app.store.feed.sweep_customer`), each in a write transaction of its own; and
+the customers of maintenance windows that ended, so what a window held back opens.
 
 With several processes on one database, one sweeps at a time: the one that holds the lease
 `SWEEP_LEASE` (a row of `refresh_leases`, `app.store.leases`), taken for two rounds and
@@ -54,7 +55,7 @@ async def sweep_overdue(
         if not lease.ours:
             return 0
     now = clock()
-    candidates: set[str] = set()
+    candidates: set[str] = set(await released_customers(writer, sessions, now))
     async with sessions() as session:
         if config.rules.overdue_hours > 0:
             dialect = session.get_bind().dialect.name
@@ -71,6 +72,18 @@ async def sweep_overdue(
         if on_told is not None:
             on_told(told)
     return events
+
+
+async def released_customers(
+    writer: Writer, sessions: async_sessionmaker[AsyncSession], now: datetime
+) -> list[str]:
+    """The customers of maintenance windows that ended since they were last judged: what a
+    window held back (an alert, "no result") opens now."""
+    released = await writer.run_plan(lambda d: feed.release_ended(d, now))
+    if None in released:
+        async with sessions() as session:
+            return await objects.customer_ids(session)
+    return [cid for cid in released if cid is not None]
 
 
 async def late_candidates(session: AsyncSession, config: FeedConfig, now: datetime) -> set[str]:

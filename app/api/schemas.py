@@ -675,3 +675,39 @@ class GridRow(BaseModel):
 class Grid(BaseModel):
     days: list[str] = Field(description="Business days, oldest first; the last is today.")
     items: list[GridRow]
+
+
+class MaintenanceIn(BaseModel):
+    """A time when a customer (or every customer) opens no alert and sends nothing."""
+
+    customer_id: str | None = Field(description="The customer; null: every customer.")
+    starts_at: BodyTime = Field(description="RFC 3339 with an offset or Z.")
+    ends_at: BodyTime = Field(description="RFC 3339 with an offset or Z; after starts_at.")
+    reason: str | None = Field(None, max_length=500, description="Why, for the next person.")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "customer_id": "caf9d1f2-5ea3",
+                "starts_at": "2026-12-05T22:00:00Z",
+                "ends_at": "2026-12-06T04:00:00Z",
+                "reason": "tenant migration",
+            }
+        },
+    )
+
+
+class Maintenance(BaseModel):
+    id: int
+    customer_id: str | None = Field(description="null: every customer.")
+    starts_at: UtcTime
+    ends_at: UtcTime
+    reason: str | None
+    created_at: UtcTime
+    active: bool = Field(description="Whether the window is on now.")
+
+
+class MaintenancePage(BaseModel):
+    items: list[Maintenance]
+    next_cursor: str | None = Field(description="Always null: every window is in one page.")

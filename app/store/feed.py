@@ -398,7 +398,7 @@ def tell(
     with `all_keys`, as the overdue sweep asks), their events and webhook deliveries."""
     told = Told()
     events: list[tuple[Any, ...]] = []
-    muted: set[str] = set()  # keys of snoozed alerts: their events are not sent
+    muted: set[str] = set()  # keys snoozed or in maintenance: their events are not sent
     for ch in changes:
         key = rules_.alert_key(customer_id, ch.job_type, ch.module)
         if ch.created:
@@ -469,8 +469,8 @@ def tell(
         deliveries = [
             (event_id, url, key, customer_id, "pending", 0, stamp, stamp, deadline)
             for event_id, type_, key in rows
-            # A resolution is sent even when snoozed: a ticket opened before the snooze
-            # must still close.
+            # A resolution is sent even when snoozed or in maintenance: a ticket opened
+            # before must still close.
             if type_ in wanted and (key not in muted or type_ == "alert.resolved")
             for url in config.webhook_urls
         ]
@@ -526,6 +526,8 @@ def _judge_keys(
     keys = set(jobs) | set(open_alerts) | told_late if all_keys else touched
     transitions: list[Transition] = []
     told: list[tuple[Any, ...]] = []
+    # The one question of muting: is the customer inside a maintenance window now?
+    muted = (yield from in_maintenance(dialect, customer_id, at)) if keys else False
     for job_type, module in sorted(keys):
         row = stored.get((job_type, module), NOTHING_STORED)
         key_jobs = jobs.get((job_type, module), [])
@@ -546,16 +548,19 @@ def _judge_keys(
         if row.setting.retired:  # out of alerts: an open one resolves
             judgement = replace(judgement, open=False, reason=None, severity=None)
         current = open_alerts.get((job_type, module))
-        for t in rules_.transition((customer_id, job_type, module), current, judgement, at):
+        moves = rules_.transition((customer_id, job_type, module), current, judgement, at)
+        for t in rules_.held(moves, muted):
             alert = yield from _write_alert(dialect, t.alert, at)
             transitions.append(Transition(t.change, alert, t.job, t.previous_severity))
         event = yield from _tell_object(
-            dialect, (customer_id, job_type, module), row, assessment, at
+            dialect, (customer_id, job_type, module), row, assessment, at, muted
         )
         if event is not None:
             told.append(event)
-    snoozed = {a.alert_key for a in open_alerts.values() if a.snoozed(at)}
-    return transitions, snoozed, told
+    quiet = {a.alert_key for a in open_alerts.values() if a.snoozed(at)}
+    if muted:  # nothing of the customer goes to webhooks but resolutions (see `tell`)
+        quiet |= {rules_.alert_key(customer_id, *k) for k in keys}
+    return transitions, quiet, told
 
 
 def _as_judged(jobs: list[KeyJob], setting: Setting) -> list[KeyJob]:
@@ -597,14 +602,14 @@ def object_event_data(obj: ObjectKey, a: Assessment) -> dict[str, Any]:
 
 
 def _tell_object(
-    dialect: str, obj: ObjectKey, row: Stored, a: Assessment, at: datetime
+    dialect: str, obj: ObjectKey, row: Stored, a: Assessment, at: datetime, muted: bool
 ) -> Plan[tuple[Any, ...] | None]:
-    """`object.no_result` when the object is late and that was not told yet;
-    `object.recovered` when it was and the object is no longer late (a retired object
-    recovers silently)."""
+    """`object.no_result` when the object is late and that was not told yet (held back
+    while its customer is `muted`); `object.recovered` when it was and the object is no
+    longer late (a retired object recovers silently)."""
     key = rules_.alert_key(*obj)
     late = a.state == "no_result"
-    if late and row.no_result_at is None:
+    if late and row.no_result_at is None and not muted:
         yield from mark_no_result(dialect, key, obj, a.no_result_since, at)
         job_id = a.last_result.job_id if a.last_result else None
         data = {"object": object_event_data(obj, a), "since": iso(a.no_result_since)}
@@ -790,6 +795,41 @@ def mark_no_result(
         obj,
         {"no_result_at": to_driver(dialect, at), "updated_at": to_driver(dialect, now)},
     )
+
+
+# -- maintenance windows: the one question of muting ----------------------------------------
+
+
+def in_maintenance(dialect: str, customer_id: str, at: datetime) -> Plan[bool]:
+    """Whether a maintenance window covers the customer (or every customer) at `at`: then
+    no alert opens or escalates, and nothing of it goes to webhooks or tickets."""
+    stamp = to_driver(dialect, at)
+    rows = yield (
+        "fetch",
+        sql(
+            dialect,
+            "SELECT 1 FROM maintenance_windows WHERE starts_at <= ? AND ends_at > ? "
+            "AND (customer_id IS NULL OR customer_id = ?) LIMIT 1",
+        ),
+        (stamp, stamp, customer_id),
+    )
+    return bool(rows)
+
+
+def release_ended(dialect: str, at: datetime) -> Plan[list[str | None]]:
+    """Windows that ended and were not judged after: marked so, and their customers given
+    (None: every customer), so the sweep opens what they held back."""
+    stamp = to_driver(dialect, at)
+    rows = yield (
+        "fetch",
+        sql(
+            dialect,
+            "UPDATE maintenance_windows SET released_at = ? "
+            "WHERE ends_at <= ? AND released_at IS NULL RETURNING customer_id",
+        ),
+        (stamp, stamp),
+    )
+    return sorted({r[0] for r in rows}, key=lambda c: (c is not None, c or ""))
 
 
 # -- reads and small writes of the API ---------------------------------------------------------

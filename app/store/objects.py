@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.expectations import Result, Setting
 from app.store.feed import ObjectKey, Plan, Stored, stored_row, to_driver, upsert_object
-from app.store.tables import Job, ObjectExpectation
+from app.store.tables import Customer, Job, ObjectExpectation
 
 EXPECTATIONS = cast(Table, ObjectExpectation.__table__)
 JOBS = cast(Table, Job.__table__)
@@ -93,3 +93,9 @@ async def object_exists(session: AsyncSession, obj: ObjectKey) -> bool:
         .limit(1)
     )
     return found is not None
+
+
+async def customer_ids(session: AsyncSession) -> list[str]:
+    """Every customer stored."""
+    table = cast(Table, Customer.__table__)
+    return list((await session.scalars(select(table.c.id).order_by(table.c.id))).all())

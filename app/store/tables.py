@@ -21,6 +21,8 @@ describe it for queries and for the drift test, which fails when the two disagre
 - `webhook_deliveries`: the outbox of webhooks, one row per event and receiver.
 - `object_expectations`: what `PUT /objects/{key}/expectation` set for a protected object,
   and whether its `object.no_result` was told (`no_result_at`); no row: learned, told nothing.
+- `maintenance_windows`: times when one customer (or all: `customer_id` NULL) opens no
+  alert and sends nothing; `released_at` notes that the sweep judged them once it ended.
 
 Every timestamp is timezone-aware UTC in Python. SQLite has no time zone type, so `UTCDateTime`
 stores naive UTC there and attaches UTC on the way out.
@@ -438,3 +440,19 @@ class ObjectExpectation(Base):
     updated_at: Mapped[datetime]
     # When `object.no_result` was told (the moment due + grace passed); None once recovered.
     no_result_at: Mapped[datetime | None]
+
+
+class MaintenanceWindow(Base):
+    """A time when a customer's (or every customer's) problems open no alert (`app.store.feed`)."""
+
+    __tablename__ = "maintenance_windows"
+    __table_args__ = (Index("ix_maintenance_windows_ends_at", "ends_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str | None] = mapped_column(String())  # None: every customer
+    starts_at: Mapped[datetime]
+    ends_at: Mapped[datetime]
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    # When the sweep judged its customers after it ended (so problems it held back open).
+    released_at: Mapped[datetime | None]

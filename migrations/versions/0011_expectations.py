@@ -8,6 +8,8 @@ Create Date: 2026-12-06 20:10:00
   by its alert key) whose expectation was set (`PUT /objects/{key}/expectation`) or whose
   `object.no_result` was told (`no_result_at`, cleared when it recovers). Objects without a
   row are learned and have told nothing.
+- `maintenance_windows`: times when one customer (or all) opens no alert and sends no
+  webhook; `released_at` is when the sweep judged its customers after it ended.
 - `alerts.reason` may be `no_result` too.
 """
 
@@ -41,6 +43,25 @@ def upgrade() -> None:
     op.create_index(
         "ix_object_expectations_customer", "object_expectations", ["customer_id"], unique=False
     )
+    op.create_table(
+        "maintenance_windows",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("customer_id", sa.String(), nullable=True),
+        sa.Column("starts_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("ends_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("released_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_maintenance_windows")),
+    )
+    op.create_index(
+        "ix_maintenance_windows_ends_at", "maintenance_windows", ["ends_at"], unique=False
+    )
     with op.batch_alter_table("alerts") as batch:
         batch.drop_constraint(op.f("ck_alerts_reason"), type_="check")
         batch.create_check_constraint(
@@ -53,5 +74,7 @@ def downgrade() -> None:
     with op.batch_alter_table("alerts") as batch:
         batch.drop_constraint(op.f("ck_alerts_reason"), type_="check")
         batch.create_check_constraint(op.f("ck_alerts_reason"), "reason IN ('failed', 'overdue')")
+    op.drop_index("ix_maintenance_windows_ends_at", table_name="maintenance_windows")
+    op.drop_table("maintenance_windows")
     op.drop_index("ix_object_expectations_customer", table_name="object_expectations")
     op.drop_table("object_expectations")

@@ -77,7 +77,7 @@ async def events(api: httpx.AsyncClient, after: str | None = None) -> tuple[list
 async def sweep(api: httpx.AsyncClient) -> int:
     svc = services_of(api)
     return await sweep_overdue(
-        svc.writer, svc.sessions, svc.feed, svc.clock, holder=svc.refresher.holder
+        svc.writer, svc.sessions, svc.feed, svc.clock, svc.on_told, holder=svc.refresher.holder
     )
 
 

@@ -43,6 +43,7 @@ EXPECTED_TABLES = {
     "events",  # since 0005
     "feed_horizon",  # since 0010
     "object_expectations",  # since 0011
+    "maintenance_windows",  # since 0011
     "alerts",
     "webhook_deliveries",
     "refresh_leases",  # since 0006
