@@ -32,6 +32,8 @@ EVENT_TYPES = (
 )
 """Every type of event the change feed tells (see `app.store.feed`)."""
 
+SMTP_SCHEMES = ("smtp", "smtps", "smtp+starttls")
+
 DEFAULT_ALERT_STATUSES = ("failed", "failed_to_start", "finished_with_exception")
 DEFAULT_WEBHOOK_EVENTS = ("alert.opened", "alert.updated", "alert.resolved")
 
@@ -103,6 +105,15 @@ class Settings(BaseSettings):
     timezone: str = "UTC"
     day_start_hour: int = Field(0, ge=0, le=23)
     day_result_rule: Literal["worst", "last"] = "worst"
+    # The daily digest (app.alerts.digest): recipients, sender, when (in TIMEZONE), and how.
+    digest_to: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    digest_from: str = ""
+    digest_at: str = "07:30"
+    # smtp://user:pass@host:587 (STARTTLS when offered), smtps://...:465 (TLS),
+    # smtp+starttls://... (STARTTLS required), smtp://host:25 (a local relay).
+    smtp_url: SecretStr | None = None
+    # Where people reach this service: the digest's link to the board.
+    public_url: str = "http://127.0.0.1:8000"
 
     @field_validator(
         "customer_ids",
@@ -111,6 +122,7 @@ class Settings(BaseSettings):
         "webhook_urls",
         "webhook_events",
         "cors_origins",
+        "digest_to",
         mode="before",
     )
     @classmethod
@@ -147,6 +159,42 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"unknown time zone {value!r}: an IANA name such as Europe/Amsterdam"
             ) from None
+        return value
+
+    @field_validator("digest_at")
+    @classmethod
+    def _clock_time(cls, value: str) -> str:
+        hours, _, minutes = value.partition(":")
+        if not (hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
+            raise ValueError(f"not a time of day HH:MM: {value!r}")
+        if int(hours) > 23 or int(minutes) > 59:
+            raise ValueError(f"not a time of day HH:MM: {value!r}")
+        return f"{int(hours):02d}:{minutes}"
+
+    @field_validator("digest_to")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if "@" not in address or any(c in address for c in " <>\r\n,"):
+                raise ValueError(f"not an email address: {address!r}")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        parts = urlsplit(value.get_secret_value())
+        try:
+            valid_port = parts.port != 0
+        except ValueError:
+            valid_port = False
+        if parts.scheme not in SMTP_SCHEMES or not parts.hostname or not valid_port:
+            # Only the scheme is echoed: the rest holds the password.
+            raise ValueError(
+                f"not an SMTP URL ({', '.join(s + '://' for s in SMTP_SCHEMES)}host[:port]): "
+                f"{parts.scheme}://..."
+            )
         return value
 
     @property
@@ -217,6 +265,11 @@ class Settings(BaseSettings):
                 "AVEPOINT_CLIENT_ID and AVEPOINT_CLIENT_SECRET must be set (or "
                 "AVEPOINT_CERTIFICATE_FILE and AVEPOINT_PRIVATE_KEY_FILE for certificate "
                 "authentication, or DEMO=true to use the built-in simulator)"
+            )
+        if self.digest_to and self.smtp_url is None:
+            raise ConfigError(
+                "SMTP_URL must be set with DIGEST_TO (smtp://user:pass@host:587, "
+                "smtps://user:pass@host:465, or smtp://host:25 for a local relay)"
             )
         if self.webhook_urls and self.webhook_secret is None:
             raise ConfigError(

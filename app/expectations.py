@@ -15,8 +15,9 @@ Learning (`learn`), from the start times of the object's results:
    (within a quarter of it): a missed run or a missing week is two or more intervals, not
    a longer one. When none fits, the median itself, to a tenth of an hour;
 4. the weekdays: for intervals up to a day, when the window reaches a week back and some
-   weekdays (in `TIMEZONE`) never had a start, the expectation holds only on the others
-   (a weekday-only job is never "no result" on a weekend).
+   weekdays (in `TIMEZONE`) never had a start between the first start and the last, and
+   they are a pattern (each passed twice, or two or more in a row), the expectation holds
+   only on the others (a weekday-only job is never "no result" on a weekend).
 
 The next result is due one interval after the last one (wall-clock days for whole days, so
 a daily 03:00 stays at 03:00 across a DST change), moved on to the next expected weekday;
@@ -125,17 +126,21 @@ def learn(starts: Iterable[datetime], now: datetime, tz: tzinfo) -> Schedule | N
 
 def _weekdays(window: Sequence[datetime], now: datetime, tz: tzinfo) -> tuple[str, ...] | None:
     """The weekdays with starts, when the others are a pattern and not a miss: each of them
-    was passed twice without a start, or they are two or more days in a row (a weekend)."""
+    was passed twice without a start, or they are two or more days in a row (a weekend),
+    passed between the first start and the last (days after the last start are silence,
+    not a pattern)."""
     seen = {s.astimezone(tz).weekday() for s in window}
     missing = [d for d in range(7) if d not in seen]
     if not missing or not seen:
         return None
-    first, last = window[0].astimezone(tz).date(), now.astimezone(tz).date()
+    first, last = window[0].astimezone(tz).date(), window[-1].astimezone(tz).date()
     passed = [0] * 7
     day = first
     while day <= last:
         passed[day.weekday()] += 1
         day += timedelta(days=1)
+    if not all(passed[d] for d in missing):
+        return None
     twice = all(passed[d] >= 2 for d in missing)
     in_a_row = len(missing) >= 2 and _contiguous(missing)
     if not (twice or in_a_row):

@@ -30,7 +30,7 @@ from app import __version__
 from app.access.keys import KeyBook
 from app.access.ratelimit import RateLimits
 from app.alert_rules import Rules
-from app.alerts import webhooks
+from app.alerts import digest, webhooks
 from app.alerts.notices import Notices
 from app.alerts.sweeps import run_sweeps
 from app.api import (
@@ -353,6 +353,19 @@ def start_background(
             holder=refresher.holder,
         )
     )
+    if settings.digest_to and settings.smtp_url is not None:
+        # Every server looks; the one that claims the day in the database sends it.
+        tasks.spawn(
+            digest.run_digests(
+                writer,
+                sessions,
+                settings,
+                clock,
+                refresher.holder,
+                refresher.name_of,
+                lambda: stale_customers(refresher),
+            )
+        )
     if settings.retention_days > 0:
         # A purge of jobs moves their customers' data versions: cached answers follow.
         tasks.spawn(
@@ -393,6 +406,18 @@ async def tidy_if_writable(
             "%s; serving what it holds, refreshes fail until it can be written",
             outage.message(settings.database_url, exc),
         )
+
+
+def stale_customers(refresher: Refresher) -> list[digest.StaleCustomer]:
+    """The customers whose data is not current (stale or in error), for the digest."""
+    out = []
+    for cid in sorted(refresher.ledger.status):
+        source = refresher.source(cid)
+        if source.state in ("stale", "error"):
+            out.append(
+                digest.StaleCustomer(cid, refresher.name_of(cid), source.state, source.fetched_at)
+            )
+    return out
 
 
 def feed_config_of(settings: Settings) -> FeedConfig:

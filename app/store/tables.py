@@ -23,6 +23,7 @@ describe it for queries and for the drift test, which fails when the two disagre
   and whether its `object.no_result` was told (`no_result_at`); no row: learned, told nothing.
 - `maintenance_windows`: times when one customer (or all: `customer_id` NULL) opens no
   alert and sends nothing; `released_at` notes that the sweep judged them once it ended.
+- `digest_days`: one row per day whose digest a process took to send (`app.store.digests`).
 
 Every timestamp is timezone-aware UTC in Python. SQLite has no time zone type, so `UTCDateTime`
 stores naive UTC there and attaches UTC on the way out.
@@ -456,3 +457,13 @@ class MaintenanceWindow(Base):
     created_at: Mapped[datetime]
     # When the sweep judged its customers after it ended (so problems it held back open).
     released_at: Mapped[datetime | None]
+
+
+class DigestDay(Base):
+    """A day whose digest was taken to send: its row is the claim, so only one process sends."""
+
+    __tablename__ = "digest_days"
+
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD in TIMEZONE
+    holder: Mapped[str] = mapped_column(String())
+    claimed_at: Mapped[datetime]

@@ -10,6 +10,8 @@ Create Date: 2026-12-06 20:10:00
   row are learned and have told nothing.
 - `maintenance_windows`: times when one customer (or all) opens no alert and sends no
   webhook; `released_at` is when the sweep judged its customers after it ended.
+- `digest_days`: one row per day whose digest a process took to send; inserted only if
+  absent, so one process sends it, whatever the replicas and restarts.
 - `alerts.reason` may be `no_result` too.
 """
 
@@ -62,6 +64,13 @@ def upgrade() -> None:
     op.create_index(
         "ix_maintenance_windows_ends_at", "maintenance_windows", ["ends_at"], unique=False
     )
+    op.create_table(
+        "digest_days",
+        sa.Column("day", sa.String(10), nullable=False),
+        sa.Column("holder", sa.String(), nullable=False),
+        sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("day", name=op.f("pk_digest_days")),
+    )
     with op.batch_alter_table("alerts") as batch:
         batch.drop_constraint(op.f("ck_alerts_reason"), type_="check")
         batch.create_check_constraint(
@@ -74,6 +83,7 @@ def downgrade() -> None:
     with op.batch_alter_table("alerts") as batch:
         batch.drop_constraint(op.f("ck_alerts_reason"), type_="check")
         batch.create_check_constraint(op.f("ck_alerts_reason"), "reason IN ('failed', 'overdue')")
+    op.drop_table("digest_days")
     op.drop_index("ix_maintenance_windows_ends_at", table_name="maintenance_windows")
     op.drop_table("maintenance_windows")
     op.drop_index("ix_object_expectations_customer", table_name="object_expectations")

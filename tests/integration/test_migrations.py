@@ -44,6 +44,7 @@ EXPECTED_TABLES = {
     "feed_horizon",  # since 0010
     "object_expectations",  # since 0011
     "maintenance_windows",  # since 0011
+    "digest_days",  # since 0011
     "alerts",
     "webhook_deliveries",
     "refresh_leases",  # since 0006
