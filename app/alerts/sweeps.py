@@ -38,6 +38,9 @@ SWEEP_LEASE = "~sweep"
 LOOK_BACK = timedelta(days=36)
 """How far back the sweep reads results to find late objects (the learning's window)."""
 
+CHUNK = 200
+"""Customers whose objects the sweep reads in one query."""
+
 
 async def sweep_overdue(
     writer: Writer,
@@ -47,6 +50,7 @@ async def sweep_overdue(
     on_told: Callable[[Told], None] | None = None,
     holder: str | None = None,
     every: float = SWEEP_SECONDS,
+    watch: LateWatch | None = None,
 ) -> int:
     """Open the overdue alerts and tell the "no result" time has brought; gives the events
     written. With a `holder`, only while it holds the sweep's lease."""
@@ -62,7 +66,8 @@ async def sweep_overdue(
             conn = await session.connection()
             cutoff = now - timedelta(hours=config.rules.overdue_hours)
             candidates.update(await feed.run_async(conn, feed.overdue_candidates(dialect, cutoff)))
-        candidates.update(await late_candidates(session, config, now))
+        watch = watch or LateWatch()
+        candidates.update(await watch.candidates(session, config, now))
     events = 0
     for cid in sorted(candidates):
         told = await writer.run_plan(
@@ -86,18 +91,50 @@ async def released_customers(
     return [cid for cid in released if cid is not None]
 
 
-async def late_candidates(session: AsyncSession, config: FeedConfig, now: datetime) -> set[str]:
-    """Customers with an object whose "no result" state differs from what was told."""
-    found, stored = await objects.read_objects(session, None, since=now - LOOK_BACK)
-    out: set[str] = set()
-    for obj, jobs in found.items():
-        if obj[0] in out:
-            continue
-        row = stored.get(obj, NOTHING_STORED)
-        a = expectations.assess(jobs, row.setting, config.rules.statuses, now, config.zone)
-        if (a.state == "no_result") != (row.no_result_at is not None):
-            out.add(obj[0])
-    return out
+class LateWatch:
+    """Which customers have an object whose "no result" state differs from what was told,
+    without reading every job every round: per customer, what its stored jobs and rows say
+    (the earliest moment one of its objects turns late, and whether one differs already),
+    kept until the customer's data version or its rows of `object_expectations` change."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[object, datetime | None, bool]] = {}
+
+    async def candidates(
+        self, session: AsyncSession, config: FeedConfig, now: datetime
+    ) -> set[str]:
+        versions = await objects.customer_versions(session)
+        rows = await objects.expectation_rows(session)
+        moved = [
+            cid
+            for cid, version in versions.items()
+            if (known := self._known.get(cid)) is None or known[0] != (version, rows.get(cid))
+        ]
+        for cid in set(self._known) - set(versions):
+            del self._known[cid]
+        for chunk in range(0, len(moved), CHUNK):
+            names = moved[chunk : chunk + CHUNK]
+            found, stored = await objects.read_objects(session, names, since=now - LOOK_BACK)
+            per: dict[str, tuple[datetime | None, bool]] = {cid: (None, False) for cid in names}
+            for obj, jobs in found.items():
+                row = stored.get(obj, NOTHING_STORED)
+                a = expectations.assess(jobs, row.setting, config.rules.statuses, now, config.zone)
+                deadline, differs = per[obj[0]]
+                late = a.state == "no_result"
+                if late != (row.no_result_at is not None):
+                    differs = True
+                elif not late and a.next_result_due_at is not None and a.state != "retired":
+                    grace = timedelta(hours=a.expected.grace_hours or 0)
+                    moment = a.next_result_due_at + grace
+                    deadline = moment if deadline is None else min(deadline, moment)
+                per[obj[0]] = (deadline, differs)
+            for cid in names:
+                self._known[cid] = ((versions[cid], rows.get(cid)), *per[cid])
+        return {
+            cid
+            for cid, (_, deadline, differs) in self._known.items()
+            if differs or (deadline is not None and deadline < now)
+        }
 
 
 async def run_sweeps(
@@ -110,9 +147,10 @@ async def run_sweeps(
     holder: str | None = None,
 ) -> None:
     """`sweep_overdue` every `every` seconds, forever."""
+    watch = LateWatch()
     while True:
         try:
-            await sweep_overdue(writer, sessions, config, clock, on_told, holder, every)
+            await sweep_overdue(writer, sessions, config, clock, on_told, holder, every, watch)
         except Exception:  # the database may be away for a while: try again next time
             log.exception("the overdue sweep failed")
         await asyncio.sleep(every)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.expectations import Result, Setting
 from app.store.feed import ObjectKey, Plan, Stored, stored_row, to_driver, upsert_object
 from app.store.tables import Customer, Job, ObjectExpectation
+
+CUSTOMERS = cast(Table, Customer.__table__)
 
 EXPECTATIONS = cast(Table, ObjectExpectation.__table__)
 JOBS = cast(Table, Job.__table__)
@@ -97,5 +99,21 @@ async def object_exists(session: AsyncSession, obj: ObjectKey) -> bool:
 
 async def customer_ids(session: AsyncSession) -> list[str]:
     """Every customer stored."""
-    table = cast(Table, Customer.__table__)
-    return list((await session.scalars(select(table.c.id).order_by(table.c.id))).all())
+    return list((await session.scalars(select(CUSTOMERS.c.id).order_by(CUSTOMERS.c.id))).all())
+
+
+async def customer_versions(session: AsyncSession) -> dict[str, int]:
+    """Every customer's data version (it moves with every change of its jobs)."""
+    c = CUSTOMERS
+    rows = await session.execute(select(c.c.id, c.c.data_version))
+    return {cid: int(version) for cid, version in rows.all()}
+
+
+async def expectation_rows(session: AsyncSession) -> dict[str, tuple[Any, ...]]:
+    """Every customer's rows of `object_expectations`, as one comparable value each."""
+    e = EXPECTATIONS
+    rows = await session.execute(select(e).order_by(e.c.customer_id, e.c.alert_key))
+    out: dict[str, list[Any]] = {}
+    for row in rows.all():
+        out.setdefault(row.customer_id, []).append(tuple(row))
+    return {cid: tuple(values) for cid, values in out.items()}

@@ -289,3 +289,50 @@ async def test_one_process_sweeps_at_a_time(
     )
     assert other == 0  # not its turn: the holder sweeps
     assert await sweep(api) == 2
+
+
+async def test_object_events_can_be_chosen_for_webhooks(
+    gateway: Gateway, sim: Simulator, clock: FakeClock, customer: str
+) -> None:
+    put_daily(sim, clock, customer, "d", 10, **GROUPS)
+    async with gateway(
+        webhook_urls="http://receiver.invalid/hook",
+        webhook_secret="whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        webhook_events="object.no_result,object.recovered",
+    ) as api:
+        await refresh(api)
+        clock.now = at_3(clock, -1) + timedelta(hours=7)
+        assert await sweep(api) == 2
+        sim.put_job(customer, "late", status=FINISHED, start=clock.now, **GROUPS)
+        await refresh(api)
+        response = await api.get("/webhooks/deliveries")
+        assert response.status_code == 200, response.text
+        types = sorted(d["event_type"] for d in response.json()["items"])
+        assert types == ["object.no_result", "object.recovered"]
+
+
+async def test_the_sweep_reads_a_customer_again_only_when_it_changed(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock, customer: str
+) -> None:
+    from app.alerts.sweeps import LateWatch
+
+    put_daily(sim, clock, customer, "d", 10, **GROUPS)
+    await refresh(api)
+    svc = services_of(api)
+    watch = LateWatch()
+
+    async def candidates() -> set[str]:
+        async with svc.sessions() as session:
+            return await watch.candidates(session, svc.feed, svc.clock())
+
+    assert await candidates() == set()
+    clock.now = at_3(clock, -1) + timedelta(hours=7)  # late now: time alone moved
+    assert await candidates() == {customer}
+    await sweep_overdue(
+        svc.writer, svc.sessions, svc.feed, svc.clock, svc.on_told, svc.refresher.holder,
+        watch=watch,
+    )  # fmt: skip
+    assert await candidates() == set()  # told: its row changed, and it was read again
+    sim.put_job(customer, "late", status=FINISHED, start=clock.now, **GROUPS)
+    await refresh(api)
+    assert await candidates() == set()  # recovered in the refresh's own merge
