@@ -38,9 +38,10 @@ def customer(sim: Simulator) -> str:
 
 @pytest.fixture
 async def api(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
-    # Deliveries are written to the outbox; no receiver listens (the sender only retries).
+    # Deliveries are written to the outbox; nothing listens there (the sender only retries,
+    # refused at once: a name to resolve could hold the loop's close on a DNS timeout).
     async with gateway(
-        cache_ttl_seconds=60, webhook_urls="http://receiver.invalid/hook", webhook_secret=SECRET
+        cache_ttl_seconds=60, webhook_urls="http://127.0.0.1:9/hook", webhook_secret=SECRET
     ) as client:
         yield client
 

@@ -296,7 +296,7 @@ async def test_object_events_can_be_chosen_for_webhooks(
 ) -> None:
     put_daily(sim, clock, customer, "d", 10, **GROUPS)
     async with gateway(
-        webhook_urls="http://receiver.invalid/hook",
+        webhook_urls="http://127.0.0.1:9/hook",
         webhook_secret="whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         webhook_events="object.no_result,object.recovered",
     ) as api:
