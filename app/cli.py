@@ -1,4 +1,4 @@
-"""The `jobs-gateway` command: serve, demo, migrate, refresh, simulate, openapi."""
+"""The `jobs-gateway` command: serve, demo, migrate, refresh, keys, digest, simulate, openapi."""
 
 from __future__ import annotations
 
@@ -393,6 +393,44 @@ async def _live_keys(settings: Settings) -> int:
 
     async with _key_store(settings) as writer, writer.sessions() as session:
         return len(await stored_keys.live_keys(session))
+
+
+@cli.command()
+def digest(
+    send: Annotated[bool, typer.Option("--send", help="Send it now to DIGEST_TO.")] = False,
+) -> None:
+    """Print today's digest (its plain text), or send it now with --send."""
+    settings = load_settings_or_exit()
+    if send and not (settings.digest_to and settings.smtp_url):
+        fail("DIGEST_TO and SMTP_URL must be set to send the digest")
+    try:
+        text = asyncio.run(_digest(settings, send))
+    except ConfigError as exc:
+        fail(str(exc))
+    out.print(text, markup=False, highlight=False, end="")
+
+
+async def _digest(settings: Settings, send: bool) -> str:
+    from app.alerts import digest as digest_module
+    from app.main import open_services, stale_customers
+
+    async with open_services(settings, background=False) as services:
+        refresher = services.refresher
+        async with services.sessions() as session:
+            made = await digest_module.compose(
+                session,
+                settings,
+                services.clock(),
+                refresher.name_of,
+                stale_customers(refresher),
+            )
+        if not send:
+            return digest_module.text_of(made)
+        try:
+            await digest_module.send(digest_module.message(made, settings), settings)
+        except digest_module.DigestNotSent as exc:
+            raise ConfigError(str(exc)) from None
+        return f"sent the digest of {made.day} to {', '.join(settings.digest_to)}\n"
 
 
 @cli.command()

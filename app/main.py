@@ -30,7 +30,7 @@ from app import __version__
 from app.access.keys import KeyBook
 from app.access.ratelimit import RateLimits
 from app.alert_rules import Rules
-from app.alerts import webhooks
+from app.alerts import digest, webhooks
 from app.alerts.notices import Notices
 from app.alerts.sweeps import run_sweeps
 from app.api import (
@@ -41,7 +41,9 @@ from app.api import (
     events,
     export,
     jobs,
+    maintenance,
     meta,
+    objects,
     runs,
     summary,
 )
@@ -402,7 +404,30 @@ def start_background(
     tasks.spawn(watch_loop_lag(metrics))
     if settings.refresh_interval:
         tasks.spawn(schedule.run_background(refresher))
-    tasks.spawn(run_sweeps(writer, sessions, services.feed, clock, on_told=services.on_told))
+    # One process sweeps at a time (its lease), so "no result" is told once.
+    tasks.spawn(
+        run_sweeps(
+            writer,
+            sessions,
+            services.feed,
+            clock,
+            on_told=services.on_told,
+            holder=refresher.holder,
+        )
+    )
+    if settings.digest_to and settings.smtp_url is not None:
+        # Every server looks; the one that claims the day in the database sends it.
+        tasks.spawn(
+            digest.run_digests(
+                writer,
+                sessions,
+                settings,
+                clock,
+                refresher.holder,
+                refresher.name_of,
+                lambda: stale_customers(refresher),
+            )
+        )
     if settings.retention_days > 0:
         # A purge of jobs moves their customers' data versions: cached answers follow.
         tasks.spawn(
@@ -447,12 +472,25 @@ async def tidy_if_writable(
         )
 
 
+def stale_customers(refresher: Refresher) -> list[digest.StaleCustomer]:
+    """The customers whose data is not current (stale or in error), for the digest."""
+    out = []
+    for cid in sorted(refresher.ledger.status):
+        source = refresher.source(cid)
+        if source.state in ("stale", "error"):
+            out.append(
+                digest.StaleCustomer(cid, refresher.name_of(cid), source.state, source.fetched_at)
+            )
+    return out
+
+
 def feed_config_of(settings: Settings) -> FeedConfig:
     return FeedConfig(
         rules=Rules(frozenset(settings.alert_statuses), settings.overdue_hours),
         webhook_urls=tuple(settings.webhook_urls),
         webhook_events=frozenset(settings.webhook_events),
         psa_receiver=PSA_RECEIVER if settings.psa else None,
+        zone=settings.zone,
     )
 
 
@@ -516,7 +554,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "HEAD", "POST"],
+            allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE"],
             allow_headers=CORS_REQUEST_HEADERS,
             expose_headers=["ETag", "Cache-Status", "X-Request-ID", "Location", "Retry-After"],
             max_age=600,
@@ -528,6 +566,8 @@ def create_app(
     app.include_router(summary.router)
     app.include_router(events.router)
     app.include_router(alerts.router)
+    app.include_router(objects.router)
+    app.include_router(maintenance.router)
     app.include_router(deliveries.router)
     app.include_router(tickets_api.router)
     app.include_router(runs.router)

@@ -1,7 +1,7 @@
 """PSA tickets that follow the alerts, and which PSA company each customer's tickets go to.
 
 Revision ID: 0012
-Revises: 0010 (re-chained after 0011 at merge)
+Revises: 0011
 Create Date: 2026-12-06 20:00:00
 
 - `psa_companies`: one row per mapped customer: the PSA's company id (`jobs-gateway psa map`),
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0012"
-down_revision: str | None = "0010"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -42,6 +42,9 @@ EXPECTED_TABLES = {
     "job_stage",  # since 0004
     "events",  # since 0005
     "feed_horizon",  # since 0010
+    "object_expectations",  # since 0011
+    "maintenance_windows",  # since 0011
+    "digest_days",  # since 0011
     "alerts",
     "webhook_deliveries",
     "refresh_leases",  # since 0006

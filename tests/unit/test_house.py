@@ -21,6 +21,7 @@ FLOORS: dict[str, int] = {
     "app.catalog": 0,
     "app.normalize": 0,
     "app.alert_rules": 0,
+    "app.expectations": 0,
     "app.logs": 0,
     "app.metrics": 0,
     "app.tasks": 0,
