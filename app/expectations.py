@@ -28,11 +28,12 @@ The grid's business day starts at `DAY_START_HOUR` in `TIMEZONE`: `business_day`
 
 from __future__ import annotations
 
+import functools
 import itertools
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Literal
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -309,6 +310,7 @@ def business_days(now: datetime, count: int, tz: tzinfo, start_hour: int) -> lis
     return [today - timedelta(days=n) for n in range(count - 1, -1, -1)]
 
 
+@functools.lru_cache(maxsize=4096)
 def day_start(day: date, tz: tzinfo, start_hour: int) -> datetime:
     """When a business day starts (aware, in `tz`)."""
     return datetime(day.year, day.month, day.day, start_hour, tzinfo=tz)
@@ -331,44 +333,61 @@ def cells(
     start_hour: int,
     rule: Literal["worst", "last"],
     maintenance: Sequence[tuple[datetime, datetime]] = (),
+    exp: Expected | None = None,
 ) -> list[tuple[date, GridResult, int]]:
     """One object's cells: per day, its pick; for a day without a result, `maintenance`
     when a window (start, end) covered some of it, `no_result` when it falls in a time the
-    object was late, else `none`; and the number of results."""
+    object was late, else `none`; and the number of results. `exp`: the object's
+    expectation, when the caller has it already (`assess`)."""
     results = results_of(jobs, failures, setting.treat_warning_as_success)
+    if not days:
+        return []
+    # In UTC: comparing times of two zones asks the zone for its offset every time.
+    first = day_start(days[0], tz, start_hour).astimezone(UTC)
     by_day: dict[date, list[ResultKind]] = {}
     for r, kind in results:
-        by_day.setdefault(business_day(r.start, tz, start_hour), []).append(kind)
+        if r.start >= first:
+            by_day.setdefault(business_day(r.start, tz, start_hour), []).append(kind)
     late: set[date] = set()
-    exp = expected(setting, (r.start for r, _ in results), now, tz)
-    if exp.schedule is not None and days:
-        first_day = days[0]
+    if exp is None:
+        exp = expected(setting, (r.start for r, _ in results), now, tz)
+    schedule = exp.schedule
+    if schedule is not None:
         grace = timedelta(hours=exp.grace_hours or 0)
+        # A result is due an interval after the one before, give or take an hour of DST
+        # (later still on a day off): a shorter gap was never late, and needs no calendar.
+        never_late = timedelta(hours=schedule.every_hours - 1) + grace
         starts = [r.start for r, _ in results]
         for a, b in zip(starts, [*starts[1:], None], strict=True):
             until = b if b is not None else now
-            if until < day_start(first_day, tz, start_hour):
+            if until < first or until - a <= never_late:
                 continue
-            overdue = next_due(a, exp.schedule, tz) + grace
+            overdue = next_due(a, schedule, tz) + grace
             if overdue >= until:
                 continue
             day = business_day(overdue, tz, start_hour)
             end = business_day(until, tz, start_hour)
             while day <= end:
-                if not exp.schedule.days or WEEKDAYS[day.weekday()] in exp.schedule.days:
+                if not schedule.days or WEEKDAYS[day.weekday()] in schedule.days:
                     late.add(day)
                 day += timedelta(days=1)
     out: list[tuple[date, GridResult, int]] = []
     for day in days:
         kinds = by_day.get(day)
-        begin = day_start(day, tz, start_hour)
-        end = day_start(day + timedelta(days=1), tz, start_hour)
         if kinds:
             out.append((day, pick(kinds, rule), len(kinds)))
-        elif any(s < end and e > begin for s, e in maintenance):
+        elif maintenance and _covered(day, maintenance, tz, start_hour):
             out.append((day, "maintenance", 0))
         elif day in late:
             out.append((day, "no_result", 0))
         else:
             out.append((day, "none", 0))
     return out
+
+
+def _covered(
+    day: date, windows: Sequence[tuple[datetime, datetime]], tz: tzinfo, start_hour: int
+) -> bool:
+    begin = day_start(day, tz, start_hour)
+    end = day_start(day + timedelta(days=1), tz, start_hour)
+    return any(s < end and e > begin for s, e in windows)

@@ -120,5 +120,6 @@ def grid_cells(j: Judged, days: Sequence[date], judging: Judging, now: datetime)
             judging.day_start_hour,
             judging.day_result_rule,
             [(w.starts_at, w.ends_at) for w in j.windows],
+            exp=j.assessment.expected,
         )
     ]

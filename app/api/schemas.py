@@ -707,7 +707,9 @@ class Grid(BaseModel):
 class MaintenanceIn(BaseModel):
     """A time when a customer (or every customer) opens no alert and sends nothing."""
 
-    customer_id: str | None = Field(description="The customer; null: every customer.")
+    customer_id: str | None = Field(
+        None, description="The customer; null (or left out): every customer."
+    )
     starts_at: BodyTime = Field(description="RFC 3339 with an offset or Z.")
     ends_at: BodyTime = Field(description="RFC 3339 with an offset or Z; after starts_at.")
     reason: str | None = Field(None, max_length=500, description="Why, for the next person.")
@@ -716,7 +718,7 @@ class MaintenanceIn(BaseModel):
         extra="forbid",
         json_schema_extra={
             "example": {
-                "customer_id": "caf9d1f2-5ea3",
+                "customer_id": None,
                 "starts_at": "2026-12-05T22:00:00Z",
                 "ends_at": "2026-12-06T04:00:00Z",
                 "reason": "tenant migration",

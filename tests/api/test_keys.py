@@ -234,13 +234,21 @@ async def world(api: httpx.AsyncClient, sim: Simulator, clock: FakeClock) -> Wor
 UNKNOWN = "ffffffff-0000-4000-8000-000000000000"
 """A customer id no partner has."""
 
-PATH_VALUES = {"customer_id", "job_id", "alert_key", "delivery_id", "run_id"}
+PATH_VALUES = {"customer_id", "job_id", "alert_key", "delivery_id", "run_id", "key", "window_id"}
 """The path parameters the walk fills: with the other customer's, and with made-up ones."""
 
 BODIES: dict[tuple[str, str], list[Any]] = {
     ("post", "/refresh"): [None, {"customer_ids": ["OTHER"]}],
     ("post", "/alerts/{alert_key}/snooze"): [{"until": "2030-01-01T00:00:00Z", "reason": "x"}],
     ("post", "/webhooks/deliveries/{delivery_id}/retry"): [None],
+    ("put", "/objects/{key}/expectation"): [{"every_hours": 24}, {"retired": True}],
+    ("post", "/maintenance"): [
+        {
+            "customer_id": "OTHER",
+            "starts_at": "2030-01-01T00:00:00Z",
+            "ends_at": "2030-01-02T00:00:00Z",
+        }
+    ],
 }
 """The bodies each operation with one is walked with ("OTHER": the other customer's id)."""
 
@@ -284,12 +292,24 @@ async def test_a_scoped_key_cannot_reach_another_customer_through_any_operation(
         w = await world(api, sim, clock)
         scoped = as_key(await make_key(api, "own-only", customers=[w.own]))
         document = (await api.get("/openapi.json")).json()
+        other_window = (
+            await api.post(
+                "/maintenance",
+                json={
+                    "customer_id": w.other,
+                    "starts_at": "2030-01-01T00:00:00Z",
+                    "ends_at": "2030-01-02T00:00:00Z",
+                },
+            )
+        ).json()["id"]
         real = {
             "{customer_id}": w.other,
             "{job_id}": w.other_job,
             "{alert_key}": w.other_alert,
             "{delivery_id}": str(w.other_delivery),
             "{run_id}": w.other_run,
+            "{key}": w.other_alert,
+            "{window_id}": str(other_window),
             "OTHER_NAME": w.other_name,
             "OTHER": w.other,
             "OWN": w.own,
@@ -300,6 +320,8 @@ async def test_a_scoped_key_cannot_reach_another_customer_through_any_operation(
             "{alert_key}": w.other_alert.replace(w.other, UNKNOWN),
             "{delivery_id}": "987654",
             "{run_id}": "0" * 32,
+            "{key}": w.other_alert.replace(w.other, UNKNOWN),
+            "{window_id}": "987655",
             "OTHER_NAME": "No Such Customer Ltd",
             "OTHER": UNKNOWN,
             "OWN": w.own,
@@ -333,13 +355,29 @@ async def test_a_scoped_key_cannot_reach_another_customer_through_any_operation(
                         assert w.other not in text, f"{where} shows the other customer"
                         assert w.other_name not in text, f"{where} shows its name"
                         assert w.other_job not in text, f"{where} shows its job"
-                    listing = template in ("/jobs", "/customers", "/summary", "/alerts")
+                    listing = template in (
+                        "/jobs",
+                        "/customers",
+                        "/summary",
+                        "/alerts",
+                        "/objects",
+                        "/grid",
+                    )
                     if listing and theirs.status_code == 200 and not request["params"]:
                         assert w.own in text, f"{where}: the own customer is missing"
                     walked[(method, template, json.dumps(request["params"]))] = theirs.status_code
         # Naming the other customer is asking for an unknown one: 422 on a filter, 404 on a path.
         other = json.dumps({"customer_id": "OTHER"})
-        for template in ("/jobs", "/jobs.csv", "/summary", "/events", "/alerts"):
+        for template in (
+            "/jobs",
+            "/jobs.csv",
+            "/summary",
+            "/events",
+            "/alerts",
+            "/objects",
+            "/grid",
+            "/maintenance",
+        ):
             assert walked[("get", template, other)] == 422, template
         assert walked[("get", "/webhooks/deliveries", other)] == 422
         for method, template in (
@@ -347,6 +385,8 @@ async def test_a_scoped_key_cannot_reach_another_customer_through_any_operation(
             ("post", "/alerts/{alert_key}/snooze"),
             ("post", "/webhooks/deliveries/{delivery_id}/retry"),
             ("get", "/refresh/{run_id}"),
+            ("put", "/objects/{key}/expectation"),
+            ("delete", "/maintenance/{window_id}"),
         ):
             assert walked[(method, template, "{}")] == 404, template
         # The other customer's things are all still there, for a key that may see them.
