@@ -1,12 +1,14 @@
 """Protected objects as `GET /objects` and `GET /grid` show them: the stored jobs and
 settings of some customers (`app.store.objects`) judged by `app.expectations` at one moment.
 
-The API keeps what these build, encoded, per data version (see `app.api.objects`); nothing
-here is kept.
+The API keeps what these build, encoded, per data version until `valid_until` (see
+`app.api.objects`); nothing here is kept. Judging is CPU work (about 0.1 ms an object), so it
+runs off the event loop: a rebuild at 20,000 objects must not stall every other request.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
@@ -57,6 +59,17 @@ async def judge_objects(
     windows = await maintenance.list_windows(
         session, customer_ids, ending_after=now - timedelta(days=GRID_DAYS + 1)
     )
+    return await asyncio.to_thread(_judge_all, found, stored, windows, judging, now, keep)
+
+
+def _judge_all(
+    found: dict[ObjectKey, list[expectations.Result]],
+    stored: dict[ObjectKey, Stored],
+    windows: Sequence[Window],
+    judging: Judging,
+    now: datetime,
+    keep: Callable[[ObjectKey], bool],
+) -> list[Judged]:
     out: list[Judged] = []
     for obj in sorted(found):
         if not keep(obj):
@@ -67,6 +80,25 @@ async def judge_objects(
         mine = tuple(w for w in windows if w.customer_id in (None, obj[0]))
         out.append(Judged(obj, jobs, row, a, mine))
     return out
+
+
+def valid_until(judged: Sequence[Judged], now: datetime, longest: timedelta) -> datetime:
+    """Until when what `judged` shows at `now` stays true by time alone, at most `longest`
+    from now: the first object to turn "no result" (its due time and grace passing), to
+    count one more day in its state, or a maintenance window starting or ending. Data and
+    settings that change are the keepers' to notice (data versions, notices)."""
+    until = now + longest
+    for j in judged:
+        a = j.assessment
+        moments: list[datetime] = [t for w in j.windows for t in (w.starts_at, w.ends_at)]
+        if a.state != "no_result" and a.next_result_due_at is not None:
+            moments.append(a.next_result_due_at + timedelta(hours=a.expected.grace_hours or 0))
+        if a.state_since is not None:
+            moments.append(a.state_since + timedelta(days=a.days_in_state(now) + 1))
+        for moment in moments:
+            if now < moment < until:
+                until = moment
+    return until
 
 
 def in_maintenance(j: Judged, now: datetime) -> bool:

@@ -1,16 +1,21 @@
 """`GET /objects`, `PUT /objects/{key}/expectation` and `GET /grid`.
 
 An answer is kept in memory (`app.api.answers`) under its query, the key's customers, the
-data versions of the customers it covers, this process's notice count (it moves with every
-alert or object change and every expectation set) and the minute: a state that time alone
-moves (an object turning "no result") shows within a minute without a refresh, and within a
-minute a repeated read costs its bytes and no query.
+data versions of the customers it covers and this process's notice count (it moves with every
+alert or object change and every expectation set), and for `/grid` the business day; and only
+until time alone would change it (`valid_until`: an object turning "no result", a day more in
+its state, a maintenance window starting or ending), or `KEEP_AT_MOST` at the longest, so that
+an expectation set through another replica shows within it. A repeated read costs its bytes
+and no query; a rebuild judges off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -19,7 +24,14 @@ from starlette.datastructures import Headers
 from app import catalog, expectations
 from app.access.keys import Principal
 from app.alert_rules import alert_key
-from app.alerts.objects import Judged, Judging, grid_cells, judge_objects, object_out
+from app.alerts.objects import (
+    Judged,
+    Judging,
+    grid_cells,
+    judge_objects,
+    object_out,
+    valid_until,
+)
 from app.api import schemas
 from app.api.alerts import _primary
 from app.api.common import covered, visible
@@ -33,6 +45,8 @@ from app.store import feed, objects
 router = APIRouter(tags=["objects"], dependencies=[Authorized, SafeParams])
 
 STATES = ("ok", "warning", "failure", "no_result", "retired")
+KEEP_AT_MOST = timedelta(minutes=5)
+"""The longest an answer is kept while nothing this process hears of moves."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +118,28 @@ async def _judged(svc: Services, query: ObjectQuery, judging: Judging) -> list[J
 
 
 def _key(svc: Services, kind: str, query: ObjectQuery, *more: object) -> tuple[object, ...]:
-    minute = int(svc.clock().timestamp() // 60)
     names = list(query.customer_ids) if query.customer_ids is not None else None
     version = svc.refresher.version_of(names)
-    return (kind, query, *more, version, svc.notices.count, minute)
+    return (kind, query, *more, version, svc.notices.count)
+
+
+async def _kept(
+    svc: Services, key: tuple[object, ...], build: Callable[[], Awaitable[bytes]]
+) -> Response:
+    """The answer kept under `key` while it is still true, else built once (concurrent
+    misses share the build) and kept until `valid_until`."""
+    kept = svc.answers.get(key)
+    if kept is None or svc.clock() >= kept[0]:
+        fresh = svc.answers.build_once((key, "build"), build)
+        content = await fresh
+    else:
+        content = kept[1]
+    return Response(content, media_type="application/json")
+
+
+def _keep(svc: Services, key: tuple[object, ...], judged: list[Judged], content: bytes) -> None:
+    until = valid_until(judged, svc.clock(), KEEP_AT_MOST)
+    svc.answers.put(key, (until, content), len(content))
 
 
 @router.get(
@@ -140,15 +172,16 @@ async def answer_objects(svc: Services, query: ObjectQuery, headers: Headers) ->
         now = svc.clock()
         judged = await _judged(svc, query, judging_of(svc))
         name = svc.refresher.name_of
-        items = [object_out(j, name(j.obj[0]), now) for j in judged]
-        content = dumps({"items": items, "next_cursor": None})
-        svc.answers.put(key, content, len(content))
+
+        def encode() -> bytes:
+            items = [object_out(j, name(j.obj[0]), now) for j in judged]
+            return dumps({"items": items, "next_cursor": None})
+
+        content = await asyncio.to_thread(encode)
+        _keep(svc, key, judged, content)
         return content
 
-    content: bytes | None = svc.answers.get(key)
-    if content is None:
-        content = await svc.answers.build_once(key, build)
-    return Response(content, media_type="application/json")
+    return await _kept(svc, key, build)
 
 
 @router.get(
@@ -184,27 +217,28 @@ async def answer_grid(svc: Services, query: ObjectQuery, count: int, headers: He
         now = svc.clock()
         judged = await _judged(svc, query, judging)
         name = svc.refresher.name_of
-        items = [
-            {
-                "key": alert_key(*j.obj),
-                "customer_id": j.obj[0],
-                "customer_name": name(j.obj[0]),
-                "job_type": j.obj[1],
-                "module": j.obj[2],
-                "state": j.assessment.state,
-                "cells": grid_cells(j, day_list, judging, now),
-            }
-            for j in judged
-            if not j.stored.setting.retired  # a retired object leaves the grid
-        ]
-        content = dumps({"days": [d.isoformat() for d in day_list], "items": items})
-        svc.answers.put(key, content, len(content))
+
+        def encode() -> bytes:
+            items = [
+                {
+                    "key": alert_key(*j.obj),
+                    "customer_id": j.obj[0],
+                    "customer_name": name(j.obj[0]),
+                    "job_type": j.obj[1],
+                    "module": j.obj[2],
+                    "state": j.assessment.state,
+                    "cells": grid_cells(j, day_list, judging, now),
+                }
+                for j in judged
+                if not j.stored.setting.retired  # a retired object leaves the grid
+            ]
+            return dumps({"days": [d.isoformat() for d in day_list], "items": items})
+
+        content = await asyncio.to_thread(encode)
+        _keep(svc, key, judged, content)
         return content
 
-    content: bytes | None = svc.answers.get(key)
-    if content is None:
-        content = await svc.answers.build_once(key, build)
-    return Response(content, media_type="application/json")
+    return await _kept(svc, key, build)
 
 
 @router.put(

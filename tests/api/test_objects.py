@@ -147,6 +147,24 @@ async def test_no_result_on_the_timer_with_the_upstream_silent_and_its_recovery(
     assert (found["state"], found["days_in_state"]) == ("ok", 0)
 
 
+async def test_a_kept_answer_turns_no_result_when_time_alone_says_so(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock, customer: str
+) -> None:
+    """/objects is kept while nothing moves, but never past the moment an object's due time
+    and grace pass: no sweep, no refresh, no event, and the next read says "no result"."""
+    put_daily(sim, clock, customer, "d", 10, **GROUPS)
+    await refresh(api)
+    clock.now = at_3(clock, -1) + timedelta(hours=5)  # due at 03:00, grace until 09:00
+    first = await api.get("/objects")
+    again = await api.get("/objects")
+    assert first.content == again.content  # kept
+    assert (await objects(api))["microsoft_365_groups"]["state"] == "ok"
+    clock.advance(HOUR - 60)  # 08:59: still within the grace, and the same answer
+    assert (await api.get("/objects")).content == first.content
+    clock.advance(120)  # 09:01: past the grace, two minutes on, and nothing else moved
+    assert (await objects(api))["microsoft_365_groups"]["state"] == "no_result"
+
+
 async def test_a_weekday_object_is_never_no_result_on_the_weekend(
     api: httpx.AsyncClient, sim: Simulator, clock: FakeClock, customer: str
 ) -> None:
