@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo serve test lint typecheck unit openapi bench clean
+.PHONY: setup demo serve test lint typecheck unit openapi bench screenshots clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,10 @@ openapi: setup
 
 bench: setup
 	$(BIN)/python -m bench.load
+
+# The README's pictures of the board, from the demo, in Debian's Chromium (apt-get install chromium).
+screenshots: setup
+	$(BIN)/python -m tests.browser.screenshots --out docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis data

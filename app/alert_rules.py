@@ -14,6 +14,9 @@ An alert covers one customer + job type + module; its `alert_key` is
 - `consecutive_failures` counts the failures since the last success; `severity` is
   `warning` at the first failure and `critical` from the third, or when overdue. While an
   alert stays open its severity only grows, and its reason stays the one it opened with.
+- An object with an expectation (`app.expectations`) is judged by it instead of
+  `OVERDUE_HOURS`: the store opens its alert with reason `no_result` (critical) once its
+  next result is more than the grace late (`late`).
 
 Times of failures and successes are the jobs' start times.
 """
@@ -29,7 +32,7 @@ FINISHED = "finished"
 CRITICAL_FROM = 3
 """Consecutive failures from which an alert is critical."""
 
-Reason = Literal["failed", "overdue"]
+Reason = Literal["failed", "overdue", "no_result"]
 Severity = Literal["warning", "critical"]
 _RANK = {"warning": 0, "critical": 1}
 
@@ -82,8 +85,16 @@ class Judgement:
     last_success: KeyJob | None
 
 
-def judge(jobs: Iterable[KeyJob], rules: Rules, now: datetime) -> Judgement:
-    """The state a key's finished jobs (any order; others are ignored) put its alert in."""
+def judge(
+    jobs: Iterable[KeyJob],
+    rules: Rules,
+    now: datetime,
+    *,
+    expected: bool = False,
+    late: bool = False,
+) -> Judgement:
+    """The state a key's finished jobs (any order; others are ignored) put its alert in.
+    With an expectation (`expected`), "no result" (`late`) replaces the overdue rule."""
     counted = sorted(
         (j for j in jobs if j.status in rules.counted),
         key=lambda j: (j.start, j.job_id),
@@ -109,7 +120,10 @@ def judge(jobs: Iterable[KeyJob], rules: Rules, now: datetime) -> Judgement:
     if failures:
         severity: Severity = "critical" if len(failures) >= CRITICAL_FROM else "warning"
         return Judgement(True, "failed", severity, **common)  # type: ignore[arg-type]
-    if rules.is_overdue(last_success_at, now):
+    if expected:
+        if late:
+            return Judgement(True, "no_result", "critical", **common)  # type: ignore[arg-type]
+    elif rules.is_overdue(last_success_at, now):
         return Judgement(True, "overdue", "critical", **common)  # type: ignore[arg-type]
     return Judgement(False, None, None, **common)  # type: ignore[arg-type]
 
@@ -168,7 +182,7 @@ def transition(
             return []
         assert j.reason is not None and j.severity is not None
         customer_id, job_type, module = key
-        cause = j.latest if j.reason == "failed" else j.last_success
+        cause = j.last_success if j.reason == "overdue" else j.latest
         opened = AlertState(
             alert_key=alert_key(*key),
             customer_id=customer_id,
@@ -203,6 +217,15 @@ def transition(
     if severity != current.severity:
         return [Transition("updated", moved, j.latest, previous_severity=current.severity)]
     return [Transition(None, moved, j.latest)]
+
+
+def held(transitions: list[Transition], muted: bool) -> list[Transition]:
+    """What of a key's transitions happens while its customer is muted (a maintenance
+    window): no alert opens or escalates; counters move and resolutions go through. What
+    was held back happens at the first judgement after the window (the sweep)."""
+    if not muted:
+        return transitions
+    return [t for t in transitions if t.change not in ("opened", "updated")]
 
 
 def _counted(alert: AlertState, j: Judgement) -> AlertState:

@@ -1,4 +1,4 @@
-"""The `jobs-gateway` command: serve, demo, migrate, refresh, simulate, openapi."""
+"""The `jobs-gateway` command: serve, demo, migrate, refresh, keys, digest, simulate, openapi."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from app.config import NO_KEY, ConfigError, Settings, load_settings
 from app.logs import configure_logging
 
 if TYPE_CHECKING:
-    from app.access import keys as keys_module
     from app.refresh import RefreshOutcome
+    from app.store import keys as stored_keys_module
     from app.store.ingest import Writer
 
 cli = typer.Typer(
@@ -147,6 +147,7 @@ def demo(
         f"[bold]Jobs Gateway demo[/]: {settings.demo_customers} simulated customers, "
         f"database {path}"
     )
+    say(f"  The board:   {url}/board   (opens signed in: the demo)")
     say(f"  Swagger UI:  {url}/docs   (Authorize with the key {shown})")
     say(f"  Try:         curl -H 'X-API-Key: {shown}' '{url}/jobs?status=failed&limit=5'")
     say("  Stop with Ctrl+C.\n")
@@ -310,11 +311,9 @@ def _keys_settings() -> Settings:
 async def _create_key(
     settings: Settings, name: str, scope: list[str] | None, rate: int | None
 ) -> tuple[str, list[str]]:
-    from sqlalchemy import select
-
     from app.access import keys
     from app.clock import utcnow
-    from app.store.tables import Customer
+    from app.store import repo
 
     async with _key_store(settings) as writer:
         key = await keys.create_key(
@@ -323,7 +322,7 @@ async def _create_key(
         unknown: list[str] = []
         if scope:
             async with writer.sessions() as session:
-                known = set((await session.scalars(select(Customer.id))).all())
+                known = await repo.known_customer_ids(session)
             unknown = [c for c in scope if c and c not in known]
         return key, unknown
 
@@ -361,11 +360,11 @@ def keys_list(
     out.print(table)
 
 
-async def _list_keys(settings: Settings, revoked: bool) -> list[keys_module.KeyInfo]:
-    from app.access import keys
+async def _list_keys(settings: Settings, revoked: bool) -> list[stored_keys_module.KeyInfo]:
+    from app.store import keys as stored_keys
 
     async with _key_store(settings) as writer, writer.sessions() as session:
-        return await keys.list_keys(session, revoked=revoked)
+        return await stored_keys.list_keys(session, revoked=revoked)
 
 
 @keys_cli.command("revoke")
@@ -382,18 +381,56 @@ def keys_revoke(
 
 
 async def _revoke_key(settings: Settings, name: str) -> bool:
-    from app.access import keys
     from app.clock import utcnow
+    from app.store import keys as stored_keys
 
     async with _key_store(settings) as writer:
-        return await keys.revoke_key(writer, name, now=utcnow())
+        return await stored_keys.revoke(writer, name, now=utcnow())
 
 
 async def _live_keys(settings: Settings) -> int:
-    from app.access import keys
+    from app.store import keys as stored_keys
 
     async with _key_store(settings) as writer, writer.sessions() as session:
-        return len(await keys.live_keys(session))
+        return len(await stored_keys.live_keys(session))
+
+
+@cli.command()
+def digest(
+    send: Annotated[bool, typer.Option("--send", help="Send it now to DIGEST_TO.")] = False,
+) -> None:
+    """Print today's digest (its plain text), or send it now with --send."""
+    settings = load_settings_or_exit()
+    if send and not (settings.digest_to and settings.smtp_url):
+        fail("DIGEST_TO and SMTP_URL must be set to send the digest")
+    try:
+        text = asyncio.run(_digest(settings, send))
+    except ConfigError as exc:
+        fail(str(exc))
+    out.print(text, markup=False, highlight=False, end="")
+
+
+async def _digest(settings: Settings, send: bool) -> str:
+    from app.alerts import digest as digest_module
+    from app.main import open_services, stale_customers
+
+    async with open_services(settings, background=False) as services:
+        refresher = services.refresher
+        async with services.sessions() as session:
+            made = await digest_module.compose(
+                session,
+                settings,
+                services.clock(),
+                refresher.name_of,
+                stale_customers(refresher),
+            )
+        if not send:
+            return digest_module.text_of(made)
+        try:
+            await digest_module.send(digest_module.message(made, settings), settings)
+        except digest_module.DigestNotSent as exc:
+            raise ConfigError(str(exc)) from None
+        return f"sent the digest of {made.day} to {', '.join(settings.digest_to)}\n"
 
 
 @cli.command()
@@ -460,3 +497,137 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+psa_cli = typer.Typer(
+    help="Tickets in a PSA: which company each customer's tickets go to, and a check.",
+    no_args_is_help=True,
+)
+cli.add_typer(psa_cli, name="psa")
+
+
+@psa_cli.command("map")
+def psa_map(
+    customer_id: Annotated[str, typer.Argument(help="The AvePoint customer id.")],
+    company_id: Annotated[str, typer.Argument(help="The PSA's company id (a number).")],
+) -> None:
+    """Send a customer's tickets to a PSA company, by the company's id (never its name)."""
+    from app.clock import utcnow
+    from app.store import tickets
+
+    company = company_id.strip()
+    if not company.isdigit() or int(company) <= 0:
+        fail(f"COMPANY_ID must be the PSA's company id, a positive number, not {company_id!r}")
+    settings = _keys_settings()
+
+    async def run() -> None:
+        async with _key_store(settings) as writer:
+            await writer.run_plan(
+                lambda d: tickets.map_company(d, customer_id.strip(), company, utcnow())
+            )
+
+    asyncio.run(run())
+    say(f"customer {customer_id.strip()!r} -> company {company}: new tickets go there")
+
+
+@psa_cli.command("unmap")
+def psa_unmap(
+    customer_id: Annotated[str, typer.Argument(help="The AvePoint customer id.")],
+) -> None:
+    """Stop opening tickets for a customer (tickets already open still get notes and close)."""
+    from app.store import tickets
+
+    settings = _keys_settings()
+
+    async def run() -> bool:
+        async with _key_store(settings) as writer:
+            return await writer.run_plan(lambda d: tickets.unmap_company(d, customer_id.strip()))
+
+    if not asyncio.run(run()):
+        fail(f"customer {customer_id!r} is not mapped (see `jobs-gateway psa list`)")
+    say(f"customer {customer_id.strip()!r} unmapped: its new alerts open no ticket")
+
+
+@psa_cli.command("list")
+def psa_list(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one mapping each.")] = False,
+) -> None:
+    """Every mapped customer and its PSA company."""
+    settings = _keys_settings()
+    rows = asyncio.run(_mappings(settings))
+    if as_json:
+        for customer_id, company_id, at in rows:
+            print(
+                json.dumps(
+                    {
+                        "customer_id": customer_id,
+                        "company_id": company_id,
+                        "mapped_at": f"{at:%Y-%m-%dT%H:%M:%S}Z",
+                    }
+                )
+            )
+        return
+    table = Table(title="PSA companies")
+    for column in ("customer", "company", "mapped"):
+        table.add_column(column)
+    for customer_id, company_id, at in rows:
+        table.add_row(customer_id, company_id, f"{at:%Y-%m-%d %H:%M:%S}Z")
+    out.print(table)
+
+
+async def _mappings(settings: Settings) -> list[tuple[str, str, object]]:
+    from app.store import tickets
+
+    async with _key_store(settings) as writer:
+        return list(await writer.run_plan(tickets.mappings))
+
+
+@psa_cli.command("check")
+def psa_check() -> None:
+    """Check the PSA's credentials, the board, its two statuses and every mapped company:
+    one line per problem, saying what to fix; exit 1 when there is any."""
+    settings = _keys_settings()
+    if not settings.psa:
+        fail("PSA is not set: set PSA=connectwise and the CONNECTWISE_* variables")
+    try:
+        settings.check_psa()
+    except ConfigError as exc:
+        fail(str(exc))
+    problems = asyncio.run(_psa_problems(settings))
+    for problem in problems:
+        out.print(problem, highlight=False, markup=False)
+    if problems:
+        raise typer.Exit(1)
+    say(f"{settings.psa}: credentials, board, statuses and companies are all fine")
+
+
+async def _psa_problems(settings: Settings) -> list[str]:
+    import httpx
+
+    from app.integrations.connectwise import TIMEOUT
+    from app.main import connector_of
+
+    rows = await _mappings(settings)
+    async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False) as http:
+        connector = connector_of(settings, http)
+        return await connector.check(sorted({company for _, company, _ in rows}))
+
+
+@psa_cli.command("release")
+def psa_release(
+    customer: Annotated[
+        str | None, typer.Option("--customer", help="Only this customer's held tickets.")
+    ] = None,
+) -> None:
+    """Open the tickets the storm guard holds now, past PSA_MAX_NEW_TICKETS_PER_HOUR."""
+    from app.clock import utcnow
+    from app.store import tickets
+
+    settings = _keys_settings()
+
+    async def run() -> int:
+        async with _key_store(settings) as writer:
+            return await writer.run_plan(lambda d: tickets.release(d, customer, utcnow()))
+
+    count = asyncio.run(run())
+    say(f"released {count} held tickets: running servers open them now")

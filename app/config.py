@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -26,8 +27,12 @@ EVENT_TYPES = (
     "alert.opened",
     "alert.updated",
     "alert.resolved",
+    "object.no_result",
+    "object.recovered",
 )
 """Every type of event the change feed tells (see `app.store.feed`)."""
+
+SMTP_SCHEMES = ("smtp", "smtps", "smtp+starttls")
 
 DEFAULT_ALERT_STATUSES = ("failed", "failed_to_start", "finished_with_exception")
 DEFAULT_WEBHOOK_EVENTS = ("alert.opened", "alert.updated", "alert.resolved")
@@ -95,6 +100,39 @@ class Settings(BaseSettings):
     webhook_events: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS)
     )
+    # The board (app.board): how long a sign-in lasts, and the secret its session cookies
+    # and CSRF tokens are signed with (unset: a random one per process, so sign-ins end
+    # with a restart and do not carry across replicas).
+    board_session_hours: float = Field(12, gt=0, le=24 * 366)
+    board_secret: SecretStr | None = None
+    # Tickets in a PSA (see app.integrations): the connector, its account and the guard.
+    psa: Literal["", "connectwise"] = ""
+    connectwise_url: str | None = None
+    connectwise_company: str | None = None
+    connectwise_public_key: SecretStr | None = None
+    connectwise_private_key: SecretStr | None = None
+    connectwise_client_id: str | None = None
+    connectwise_board: str = "Help Desk"
+    connectwise_open_status: str = "New"
+    connectwise_closed_status: str = "Closed"
+    psa_min_severity: Literal["warning", "critical"] = "warning"
+    psa_max_new_tickets_per_hour: int = Field(30, ge=1, le=100_000)
+    # Requests per hour to the PSA, all tickets together (0: no pace); Autotask-style budgets.
+    psa_requests_per_hour: int = Field(0, ge=0, le=10_000_000)
+    # Expectations and the grid (see app.expectations): the business day's zone and start,
+    # and which result a day with several shows.
+    timezone: str = "UTC"
+    day_start_hour: int = Field(0, ge=0, le=23)
+    day_result_rule: Literal["worst", "last"] = "worst"
+    # The daily digest (app.alerts.digest): recipients, sender, when (in TIMEZONE), and how.
+    digest_to: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    digest_from: str = ""
+    digest_at: str = "07:30"
+    # smtp://user:pass@host:587 (STARTTLS when offered), smtps://...:465 (TLS),
+    # smtp+starttls://... (STARTTLS required), smtp://host:25 (a local relay).
+    smtp_url: SecretStr | None = None
+    # Where people reach this service: the digest's link to the board.
+    public_url: str = "http://127.0.0.1:8000"
 
     @field_validator(
         "customer_ids",
@@ -103,6 +141,7 @@ class Settings(BaseSettings):
         "webhook_urls",
         "webhook_events",
         "cors_origins",
+        "digest_to",
         mode="before",
     )
     @classmethod
@@ -129,6 +168,57 @@ class Settings(BaseSettings):
                 f"unknown event type {unknown[0]!r}; types are {', '.join(EVENT_TYPES)}"
             )
         return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}: an IANA name such as Europe/Amsterdam"
+            ) from None
+        return value
+
+    @field_validator("digest_at")
+    @classmethod
+    def _clock_time(cls, value: str) -> str:
+        hours, _, minutes = value.partition(":")
+        if not (hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
+            raise ValueError(f"not a time of day HH:MM: {value!r}")
+        if int(hours) > 23 or int(minutes) > 59:
+            raise ValueError(f"not a time of day HH:MM: {value!r}")
+        return f"{int(hours):02d}:{minutes}"
+
+    @field_validator("digest_to")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if "@" not in address or any(c in address for c in " <>\r\n,"):
+                raise ValueError(f"not an email address: {address!r}")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        parts = urlsplit(value.get_secret_value())
+        try:
+            valid_port = parts.port != 0
+        except ValueError:
+            valid_port = False
+        if parts.scheme not in SMTP_SCHEMES or not parts.hostname or not valid_port:
+            # Only the scheme is echoed: the rest holds the password.
+            raise ValueError(
+                f"not an SMTP URL ({', '.join(s + '://' for s in SMTP_SCHEMES)}host[:port]): "
+                f"{parts.scheme}://..."
+            )
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
     @field_validator("webhook_urls")
     @classmethod
@@ -157,6 +247,16 @@ class Settings(BaseSettings):
             ):
                 raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
         return [o.rstrip("/") for o in value]
+
+    @field_validator("connectwise_url")
+    @classmethod
+    def _psa_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
+            raise ValueError(f"not an http(s) URL without credentials: {parts.scheme}://...")
+        return value.rstrip("/")
 
     @field_validator("webhook_secret")
     @classmethod
@@ -195,11 +295,37 @@ class Settings(BaseSettings):
                 "AVEPOINT_CERTIFICATE_FILE and AVEPOINT_PRIVATE_KEY_FILE for certificate "
                 "authentication, or DEMO=true to use the built-in simulator)"
             )
+        if self.digest_to and self.smtp_url is None:
+            raise ConfigError(
+                "SMTP_URL must be set with DIGEST_TO (smtp://user:pass@host:587, "
+                "smtps://user:pass@host:465, or smtp://host:25 for a local relay)"
+            )
         if self.webhook_urls and self.webhook_secret is None:
             raise ConfigError(
                 "WEBHOOK_SECRET must be set with WEBHOOK_URLS "
                 "('whsec_' and base64, as Standard Webhooks receivers expect)"
             )
+
+        self.check_psa()
+
+    def check_psa(self) -> None:
+        """With `PSA` set, its account must be whole (one line naming what is missing)."""
+        if self.psa == "connectwise":
+            for name in (
+                "connectwise_url",
+                "connectwise_company",
+                "connectwise_public_key",
+                "connectwise_private_key",
+                "connectwise_client_id",
+            ):
+                value = getattr(self, name)
+                if isinstance(value, SecretStr):
+                    value = value.get_secret_value()
+                if not value:
+                    raise ConfigError(
+                        f"{name.upper()} must be set with PSA=connectwise (the API member's "
+                        "keys and the integration's clientId; see the README's Tickets section)"
+                    )
 
     @property
     def refresh_interval(self) -> float:

@@ -30,15 +30,31 @@ from app import __version__
 from app.access.keys import KeyBook
 from app.access.ratelimit import RateLimits
 from app.alert_rules import Rules
-from app.alerts import webhooks
+from app.alerts import digest, webhooks
 from app.alerts.notices import Notices
 from app.alerts.sweeps import run_sweeps
-from app.api import alerts, customers, deliveries, errors, events, export, jobs, meta, runs, summary
+from app.api import (
+    alerts,
+    customers,
+    deliveries,
+    errors,
+    events,
+    export,
+    jobs,
+    maintenance,
+    meta,
+    objects,
+    runs,
+    summary,
+)
+from app.api import tickets as tickets_api
 from app.api.answers import AnswerCache, FastReads, FastReadsMiddleware
 from app.api.deps import Services
 from app.api.middleware import HeadAsGet, RequestIdMiddleware, RequestLimits, RequestMetrics
+from app.board import pages as board
 from app.clock import Clock, utcnow
 from app.config import Settings
+from app.integrations import connectwise, tickets
 from app.metrics import Metrics, watch_loop_lag
 from app.refresh import Refresher, schedule
 from app.refresh.leasing import process_holder
@@ -48,6 +64,7 @@ from app.store import db, outage
 from app.store.feed import FeedConfig, Told
 from app.store.ingest import Writer, purge_orphan_stage
 from app.store.retention import run_retention
+from app.store.tickets import PSA_RECEIVER
 from app.tasks import Supervisor
 from app.upstream.auth import ClientAssertion, TokenProvider
 from app.upstream.breaker import CircuitBreaker
@@ -143,6 +160,7 @@ async def open_services(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     background: bool = True,
     warm: bool = False,
+    psa_transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Services]:
     """Everything the service runs on, opened in order and closed in reverse. With
     `background` (a server, not a one-off command) the background tasks run too, under one
@@ -156,12 +174,18 @@ async def open_services(
         async with (
             upstream_http(settings, upstream) as http,
             webhook_http(settings, background) as sender_http,
+            psa_http(settings, background, psa_transport) as desk_http,
         ):
             services = await build_services(settings, engine, writer, http, upstream, clock, sleep)
             tasks = Supervisor()
             services.runs.spawn = tasks.spawn
             if background:
                 start_background(services, tasks, sender_http)
+                if desk_http is not None:
+                    tasks.spawn(
+                        tickets.watch_held(services.sessions, services.metrics.tickets_held)
+                    )
+                    tasks.spawn(desk_of(services, desk_http).run())
             if warm:
                 tasks.spawn(schedule.warm(services.refresher))
             try:
@@ -201,6 +225,57 @@ async def webhook_http(
         timeout=httpx.Timeout(webhooks.TIMEOUT_SECONDS), follow_redirects=False
     ) as http:
         yield http
+
+
+@asynccontextmanager
+async def psa_http(
+    settings: Settings, background: bool, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[httpx.AsyncClient | None]:
+    """The ticket desk's client to the PSA, in a server with `PSA` set."""
+    if not (background and settings.psa):
+        yield None
+        return
+    async with httpx.AsyncClient(
+        transport=transport,
+        timeout=connectwise.TIMEOUT,
+        limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
+        follow_redirects=False,
+    ) as http:
+        yield http
+
+
+def connector_of(settings: Settings, http: httpx.AsyncClient) -> connectwise.ConnectWise:
+    """The PSA `PSA` names (ConnectWise, so far), with its account (`Settings.check` made
+    sure it is whole)."""
+    assert settings.connectwise_public_key is not None
+    assert settings.connectwise_private_key is not None
+    account = connectwise.ConnectWiseAccount(
+        url=settings.connectwise_url or "",
+        company=settings.connectwise_company or "",
+        public_key=settings.connectwise_public_key,
+        private_key=settings.connectwise_private_key,
+        client_id=settings.connectwise_client_id or "",
+        board=settings.connectwise_board,
+        open_status=settings.connectwise_open_status,
+        closed_status=settings.connectwise_closed_status,
+    )
+    return connectwise.ConnectWise(account, http, requests_per_hour=settings.psa_requests_per_hour)
+
+
+def desk_of(services: Services, http: httpx.AsyncClient) -> tickets.Desk:
+    settings = services.settings
+    return tickets.Desk(
+        writer=services.writer,
+        sessions=services.sessions,
+        connector=connector_of(settings, http),
+        config=tickets.DeskConfig(
+            min_severity=settings.psa_min_severity,
+            max_new_per_hour=settings.psa_max_new_tickets_per_hour,
+        ),
+        notices=services.notices,
+        clock=services.clock,
+        on_request=lambda outcome: services.metrics.psa_requests.labels(outcome).inc(),
+    )
 
 
 async def build_services(
@@ -329,7 +404,30 @@ def start_background(
     tasks.spawn(watch_loop_lag(metrics))
     if settings.refresh_interval:
         tasks.spawn(schedule.run_background(refresher))
-    tasks.spawn(run_sweeps(writer, sessions, services.feed, clock, on_told=services.on_told))
+    # One process sweeps at a time (its lease), so "no result" is told once.
+    tasks.spawn(
+        run_sweeps(
+            writer,
+            sessions,
+            services.feed,
+            clock,
+            on_told=services.on_told,
+            holder=refresher.holder,
+        )
+    )
+    if settings.digest_to and settings.smtp_url is not None:
+        # Every server looks; the one that claims the day in the database sends it.
+        tasks.spawn(
+            digest.run_digests(
+                writer,
+                sessions,
+                settings,
+                clock,
+                refresher.holder,
+                refresher.name_of,
+                lambda: stale_customers(refresher),
+            )
+        )
     if settings.retention_days > 0:
         # A purge of jobs moves their customers' data versions: cached answers follow.
         tasks.spawn(
@@ -362,7 +460,9 @@ async def tidy_if_writable(
         if background:
             # Before any sender starts: what no sender will take fails now, not never. Not in
             # one-off commands, whose environment may lack the server's WEBHOOK_URLS.
-            await webhooks.fail_removed_receivers(writer, settings.webhook_urls, now)
+            # The ticket desk's receiver is no webhook: its work waits, whether PSA is on or not.
+            kept = [*settings.webhook_urls, PSA_RECEIVER]
+            await webhooks.fail_removed_receivers(writer, kept, now)
     except outage.DRIVER_ERRORS as exc:
         if not outage.unreachable(exc):
             raise
@@ -372,11 +472,25 @@ async def tidy_if_writable(
         )
 
 
+def stale_customers(refresher: Refresher) -> list[digest.StaleCustomer]:
+    """The customers whose data is not current (stale or in error), for the digest."""
+    out = []
+    for cid in sorted(refresher.ledger.status):
+        source = refresher.source(cid)
+        if source.state in ("stale", "error"):
+            out.append(
+                digest.StaleCustomer(cid, refresher.name_of(cid), source.state, source.fetched_at)
+            )
+    return out
+
+
 def feed_config_of(settings: Settings) -> FeedConfig:
     return FeedConfig(
         rules=Rules(frozenset(settings.alert_statuses), settings.overdue_hours),
         webhook_urls=tuple(settings.webhook_urls),
         webhook_events=frozenset(settings.webhook_events),
+        psa_receiver=PSA_RECEIVER if settings.psa else None,
+        zone=settings.zone,
     )
 
 
@@ -388,9 +502,11 @@ def create_app(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     warm: bool = False,
     freeze_heap: bool = False,
+    psa_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     """The app for these settings. Tests inject time (`clock`, and `sleep` for the upstream
-    client's backoff) and replace the network (`transport`: respx or the simulator).
+    client's backoff) and replace the network (`transport`: respx or the simulator;
+    `psa_transport`: a PSA stand-in).
 
     With `warm`, every customer is refreshed in the background as soon as the app starts.
     With `freeze_heap` (the server's app, one per process), what start-up built is kept out
@@ -400,7 +516,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_services(
-            settings, clock=clock, transport=transport, sleep=sleep, warm=warm
+            settings,
+            clock=clock,
+            transport=transport,
+            sleep=sleep,
+            warm=warm,
+            psa_transport=psa_transport,
         ) as services:
             app.state.services = services
             if freeze_heap:
@@ -433,7 +554,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "HEAD", "POST"],
+            allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE"],
             allow_headers=CORS_REQUEST_HEADERS,
             expose_headers=["ETag", "Cache-Status", "X-Request-ID", "Location", "Retry-After"],
             max_age=600,
@@ -445,9 +566,13 @@ def create_app(
     app.include_router(summary.router)
     app.include_router(events.router)
     app.include_router(alerts.router)
+    app.include_router(objects.router)
+    app.include_router(maintenance.router)
     app.include_router(deliveries.router)
+    app.include_router(tickets_api.router)
     app.include_router(runs.router)
     app.include_router(meta.router)
+    board.install(app, settings)
     app.mount("/docs/assets", StaticFiles(directory=_DOCS_ASSETS), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)

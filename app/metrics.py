@@ -138,6 +138,18 @@ class Metrics:
             "Requests refused with 429 for passing their key's rate limit.",
             registry=r,
         )
+        self.tickets_held = Gauge(
+            "jobs_gateway_tickets_held",
+            "PSA tickets the storm guard holds (PSA_MAX_NEW_TICKETS_PER_HOUR): above 0, a "
+            "storm; `jobs-gateway psa release` lets them open.",
+            registry=r,
+        )
+        self.psa_requests = Counter(
+            "jobs_gateway_psa_requests",
+            "Requests to the PSA by outcome (ok, error).",
+            ["outcome"],
+            registry=r,
+        )
         self.api_keys_live = Gauge(
             "jobs_gateway_api_keys_live",
             "Live keys made with `jobs-gateway keys create` (API_KEYS not counted).",

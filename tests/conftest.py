@@ -328,13 +328,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 E2E_TESTS = "tests/e2e/"
+BROWSER_TESTS = "tests/browser/"  # real server processes too, and a browser: with the e2e tests
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`make test` runs the suite on two pytest-xdist workers: the e2e tests, which start
-    servers and time what they do, all go to one worker, one at a time as without workers,
-    while the other runs the in-process tests beside them; then both take what is left.
+    servers and time what they do (the browser tests with them), all go to one worker, one
+    at a time as without workers, while the other runs the in-process tests beside them;
+    then both take what is left.
 
     (`--dist loadgroup` would say the same with marks, but pytest-xdist 3.8 cannot rename
     the tests of pytest 9.2 into their groups.)"""
@@ -348,6 +350,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         largest unit goes out first (`--loadscope-reorder`, the default): the e2e tests."""
 
         def _split_scope(self, nodeid: str) -> str:
-            return E2E_TESTS if nodeid.startswith(E2E_TESTS) else nodeid
+            return E2E_TESTS if nodeid.startswith((E2E_TESTS, BROWSER_TESTS)) else nodeid
 
     return E2eTogether(config, log)

@@ -44,12 +44,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.store import keys as stored_keys
 from app.store.ingest import Writer
-from app.store.tables import ApiKey
+from app.store.keys import KeyInfo, StoredKey
 
 log = logging.getLogger(__name__)
 
@@ -84,30 +84,6 @@ class Principal:
 
 ANYONE = Principal(name="anyone", identity="anyone")
 """The principal of every request when no key is needed (DEMO without keys, AUTH_DISABLED)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredKey:
-    """A live key as the database holds it (no key, only its digest)."""
-
-    key_id: str
-    name: str
-    salt: str
-    digest: str
-    customers: tuple[str, ...] | None
-    rate_per_minute: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class KeyInfo:
-    """A key as `keys list` shows it: never the key."""
-
-    name: str
-    customers: tuple[str, ...] | None
-    rate_per_minute: int | None
-    created_at: datetime
-    last_used_at: datetime | None
-    revoked_at: datetime | None
 
 
 class KeyRefused(Exception):
@@ -145,7 +121,7 @@ def taken_message(name: str) -> str:
     return f"a live key is named {name!r} already: revoke it or pick another name"
 
 
-# -- the table ------------------------------------------------------------------------------
+# -- the table (its SQL is app.store.keys) ------------------------------------------------
 
 
 async def create_key(
@@ -165,97 +141,34 @@ async def create_key(
         raise KeyRefused("--customers lists no customer id")
     key_id, key = new_key()
     salt = secrets.token_hex(16)
-    try:
-        async with writer.transaction() as session:
-            taken = await session.scalar(
-                select(ApiKey.id).where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
-            )
-            if taken is not None:
-                raise KeyRefused(taken_message(name))
-            session.add(
-                ApiKey(
-                    name=name,
-                    key_id=key_id,
-                    salt=salt,
-                    digest=digest_of(salt, key),
-                    customers=scope,
-                    rate_per_minute=rate_per_minute,
-                    created_at=now,
-                )
-            )
-    except IntegrityError:  # another `keys create` of the same name won the race
-        raise KeyRefused(taken_message(name)) from None
+    added = await stored_keys.add(
+        writer,
+        stored_keys.StoredKey(
+            key_id=key_id,
+            name=name,
+            salt=salt,
+            digest=digest_of(salt, key),
+            customers=tuple(scope) if scope is not None else None,
+            rate_per_minute=rate_per_minute,
+        ),
+        now=now,
+    )
+    if not added:
+        raise KeyRefused(taken_message(name))
     return key
 
 
-async def revoke_key(writer: Writer, name: str, *, now: datetime) -> bool:
-    """Revoke the live key named `name`; False when there is none."""
-    async with writer.transaction() as session:
-        result = await session.execute(
-            update(ApiKey)
-            .where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
-            .values(revoked_at=now)
-        )
-    return bool(getattr(result, "rowcount", 0))
-
-
-async def list_keys(session: AsyncSession, *, revoked: bool = False) -> list[KeyInfo]:
-    query = select(ApiKey).order_by(ApiKey.name, ApiKey.id)
-    if not revoked:
-        query = query.where(ApiKey.revoked_at.is_(None))
-    rows = (await session.scalars(query)).all()
-    return [
-        KeyInfo(
-            name=r.name,
-            customers=tuple(r.customers) if r.customers is not None else None,
-            rate_per_minute=r.rate_per_minute,
-            created_at=r.created_at,
-            last_used_at=r.last_used_at,
-            revoked_at=r.revoked_at,
-        )
-        for r in rows
-    ]
-
-
-def _stored(row: ApiKey) -> StoredKey:
-    return StoredKey(
-        key_id=row.key_id,
-        name=row.name,
-        salt=row.salt,
-        digest=row.digest,
-        customers=tuple(row.customers) if row.customers is not None else None,
-        rate_per_minute=row.rate_per_minute,
-    )
-
-
-async def live_keys(session: AsyncSession) -> list[StoredKey]:
-    rows = (await session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None)))).all()
-    return [_stored(r) for r in rows]
-
-
-async def stored_key(session: AsyncSession, key_id: str) -> StoredKey | None:
-    """The live key with this key id, if there is one."""
-    row = await session.scalar(
-        select(ApiKey).where(ApiKey.key_id == key_id, ApiKey.revoked_at.is_(None))
-    )
-    return None if row is None else _stored(row)
-
-
-async def record_use(writer: Writer, used: dict[str, datetime]) -> None:
-    """Write when keys were last used (never moving a time backwards)."""
-    async with writer.transaction() as session:
-        for key_id, at in used.items():
-            await session.execute(
-                update(ApiKey)
-                .where(
-                    ApiKey.key_id == key_id,
-                    (ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at < at),
-                )
-                .values(last_used_at=at)
-            )
-
-
 # -- the book of keys, in memory ---------------------------------------------------------
+
+
+def _principal_of(stored: StoredKey) -> Principal:
+    return Principal(
+        name=stored.name,
+        identity=f"key:{stored.key_id}",
+        customers=frozenset(stored.customers) if stored.customers is not None else None,
+        rate_per_minute=stored.rate_per_minute,
+        key_id=stored.key_id,
+    )
 
 
 class KeyBook:
@@ -351,13 +264,14 @@ class KeyBook:
         stored = self._stored.get(key_id) if key_id else None
         if stored is None or not hmac.compare_digest(digest_of(stored.salt, key), stored.digest):
             return None
-        return Principal(
-            name=stored.name,
-            identity=f"key:{stored.key_id}",
-            customers=frozenset(stored.customers) if stored.customers is not None else None,
-            rate_per_minute=stored.rate_per_minute,
-            key_id=stored.key_id,
-        )
+        return _principal_of(stored)
+
+    def holder_of(self, key_id: str) -> Principal | None:
+        """The principal of the live created key with this id, without the key: for a
+        sign-in that was checked against the key once (the board's sessions), and ends
+        with the first reload that no longer finds the key."""
+        stored = self._stored.get(key_id)
+        return None if stored is None else _principal_of(stored)
 
     async def look_up(
         self, offered: Sequence[str], sessions: async_sessionmaker[AsyncSession]
@@ -394,7 +308,7 @@ class KeyBook:
         ticket = self._ticket()
         try:
             async with sessions() as session:
-                stored = await stored_key(session, key_id)
+                stored = await stored_keys.stored_key(session, key_id)
         except Exception as exc:  # the database may be away: refused now, asked next time
             log.warning("could not look up an API key: %s", type(exc).__name__)
             return
@@ -439,7 +353,7 @@ class KeyBook:
     async def reload(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         ticket = self._ticket()
         async with sessions() as session:
-            stored = await live_keys(session)
+            stored = await stored_keys.live_keys(session)
         self.replace(stored, ticket=ticket)
 
     async def run(
@@ -470,7 +384,7 @@ class KeyBook:
             return
         at = {key_id: datetime.fromtimestamp(t, UTC) for key_id, t in used.items()}
         try:
-            await record_use(writer, at)
+            await stored_keys.record_use(writer, at)
         except BaseException:
             for key_id, t in used.items():  # keep them for the next round
                 self._used.setdefault(key_id, t)

@@ -55,16 +55,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import cast
 
 from limits import RateLimitItemPerMinute
 from limits.storage import Storage
 from limits.strategies import FixedWindowRateLimiter
-from sqlalchemy import Table, delete, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.store.tables import RateCount
+from app.store import ratelimits
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +74,6 @@ the sharing for good."""
 
 REPORT_EVERY_SECONDS = 60.0
 """While rounds keep failing, how often the failure is logged again."""
-
-RATE_COUNTS = cast(Table, RateCount.__table__)
-
-_insert = pg_insert(RATE_COUNTS)
-UPSERT = _insert.on_conflict_do_update(
-    index_elements=[RATE_COUNTS.c.window, RATE_COUNTS.c.identity, RATE_COUNTS.c.holder],
-    set_={"hits": RATE_COUNTS.c.hits + _insert.excluded.hits},
-)
-"""Adds a process's new hits of one identity and window to its row (executed as a batch)."""
 
 
 class WindowCounts(Storage):
@@ -276,22 +264,9 @@ class RateLimits:
         window = int(self._clock() // WINDOW_SECONDS)
         with self._lock:
             batch, self._unsent = self._unsent, Counter()
-        rows = [
-            {"window": w, "identity": identity, "holder": holder, "hits": hits}
-            for (w, identity), hits in batch.items()
-            if w >= window - 1  # older windows are deleted anyway
-        ]
-        others = (
-            select(RATE_COUNTS.c.identity, func.sum(RATE_COUNTS.c.hits))
-            .where(RATE_COUNTS.c.window == window, RATE_COUNTS.c.holder != holder)
-            .group_by(RATE_COUNTS.c.identity)
-        )
-        try:
-            async with engine.begin() as connection:
-                if rows:
-                    await connection.execute(UPSERT, rows)
-                result = await connection.execute(others)
-                totals = {identity: int(total) for identity, total in result}
+        fresh = {key: hits for key, hits in batch.items() if key[0] >= window - 1}
+        try:  # older windows are deleted anyway
+            totals = await ratelimits.exchange(engine, holder, window, fresh)
         except BaseException:
             # Not written: keep the hits for the next round.
             with self._lock:
@@ -314,8 +289,7 @@ class RateLimits:
                 count.others = total
 
     async def _clean(self, engine: AsyncEngine, window: int) -> None:
-        async with engine.begin() as connection:
-            await connection.execute(delete(RATE_COUNTS).where(RATE_COUNTS.c.window < window - 1))
+        await ratelimits.forget_before(engine, window - 1)
 
 
 def _describe(exc: BaseException) -> str:

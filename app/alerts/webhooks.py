@@ -140,7 +140,8 @@ async def fail_removed_receivers(writer: Writer, urls: Sequence[str], now: datet
         )
 
 
-def _retry_after(response: httpx.Response, now: datetime) -> float | None:
+def retry_after_seconds(response: httpx.Response, now: datetime) -> float | None:
+    """A `Retry-After` header in seconds from `now` (it may be seconds or an HTTP date)."""
     value = response.headers.get("retry-after")
     if not value:
         return None
@@ -237,7 +238,7 @@ class Sender:
                 delivery,
                 response.status_code,
                 error,
-                _retry_after(response, sent_at) if not response.is_success else None,
+                retry_after_seconds(response, sent_at) if not response.is_success else None,
             )
         if not attempt.ok:
             log.warning(

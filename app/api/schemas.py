@@ -270,7 +270,13 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 # -- the change feed, alerts and webhooks ---------------------------------------------------
 
 EventType = Literal[
-    "job.created", "job.status_changed", "alert.opened", "alert.updated", "alert.resolved"
+    "job.created",
+    "job.status_changed",
+    "alert.opened",
+    "alert.updated",
+    "alert.resolved",
+    "object.no_result",
+    "object.recovered",
 ]
 AlertStateName = Literal["open", "resolved"]
 
@@ -285,7 +291,7 @@ class Alert(BaseModel):
     job_type: str
     module: str
     state: AlertStateName
-    reason: Literal["failed", "overdue"]
+    reason: Literal["failed", "overdue", "no_result"]
     severity: Literal["warning", "critical"]
     snoozed_until: UtcTime | None = Field(description="Muted for webhooks and health until then.")
     snooze_reason: str | None
@@ -367,7 +373,7 @@ class Event(BaseModel):
         description=(
             "`job`: the job (job.*); `from`, `to`: statuses (job.status_changed); "
             "`alert` and `job`, the job that caused it (alert.*); `previous_severity` "
-            "(alert.updated)."
+            "(alert.updated); `object` and `since` (object.no_result, object.recovered)."
         )
     )
 
@@ -576,3 +582,161 @@ class RefreshRun(BaseModel):
             }
         }
     )
+
+
+# -- PSA tickets ------------------------------------------------------------------------------
+
+
+class Ticket(BaseModel):
+    alert_key: str = Field(
+        description="The alert the ticket follows (customer_id:job_type:module)."
+    )
+    customer_id: str
+    company_id: str | None = Field(description="The PSA company (`psa map`); null when unmapped.")
+    ticket_id: str | None = Field(description="The PSA's ticket id, once the ticket exists.")
+    state: Literal["open", "closed", "held", "failed", "unmapped"] = Field(
+        description=(
+            "`open`; `closed` (the alert resolved); `held` by the storm guard "
+            "(PSA_MAX_NEW_TICKETS_PER_HOUR); `failed` (the last attempt failed: `last_error`; "
+            "retried until its deadline); `unmapped` (the customer has no PSA company)."
+        )
+    )
+    opened_at: UtcTime | None
+    closed_at: UtcTime | None
+    last_error: str | None = Field(description="What the PSA said to the last failed attempt.")
+
+
+class TicketPage(BaseModel):
+    items: list[Ticket]
+    next_cursor: str | None
+
+
+# -- protected objects and their expectations -------------------------------------------------
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+ObjectStateName = Literal["ok", "warning", "failure", "no_result", "retired"]
+
+
+class Expected(BaseModel):
+    every_hours: float | None = Field(description="A result is expected this often.")
+    days: list[Weekday] | None = Field(description="Only on these weekdays (TIMEZONE); null: all.")
+    grace_hours: float | None = Field(description="How late a result may be before no result.")
+    source: Literal["learned", "set", "none"]
+
+
+class LastResult(BaseModel):
+    job_id: str
+    status: str
+    start_time: UtcTime
+
+
+class ProtectedObject(BaseModel):
+    """One customer + job type + module, judged against its expectation."""
+
+    key: str = Field(description="`customer_id:job_type:module`, the key of its alert.")
+    customer_id: str
+    customer_name: str | None
+    job_type: str
+    module: str
+    state: ObjectStateName
+    in_maintenance: bool
+    expected: Expected
+    treat_warning_as_success: bool
+    last_result: LastResult | None
+    last_success_at: UtcTime | None
+    next_result_due_at: UtcTime | None
+    days_in_state: int
+    failures_since_success: int
+
+
+class ObjectPage(BaseModel):
+    items: list[ProtectedObject]
+    next_cursor: str | None = Field(description="Always null: every object is in one page.")
+
+
+class ExpectationIn(BaseModel):
+    """An object's expectation: set, or handed back to learning (`every_hours` null)."""
+
+    every_hours: float | None = Field(
+        None, gt=0, le=24 * 92, description="Hours between results; null: learn them."
+    )
+    days: list[Weekday] | None = Field(
+        None, min_length=1, description="Weekdays results come on (TIMEZONE); null: every day."
+    )
+    grace_hours: float | None = Field(
+        None, ge=0, le=24 * 31, description="Lateness allowed; null: 6 h, or half the interval."
+    )
+    treat_warning_as_success: bool = False
+    retired: bool = Field(False, description="Out of the grid, alerts and digests.")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "every_hours": 24,
+                "days": ["mon", "tue", "wed", "thu", "fri"],
+                "grace_hours": 6,
+                "treat_warning_as_success": False,
+                "retired": False,
+            }
+        },
+    )
+
+
+class GridCell(BaseModel):
+    date: str = Field(description="The business day (TIMEZONE, from DAY_START_HOUR).")
+    result: Literal["success", "warning", "failure", "no_result", "maintenance", "none"]
+    jobs: int = Field(description="Results that day.")
+
+
+class GridRow(BaseModel):
+    key: str
+    customer_id: str
+    customer_name: str | None
+    job_type: str
+    module: str
+    state: ObjectStateName
+    cells: list[GridCell]
+
+
+class Grid(BaseModel):
+    days: list[str] = Field(description="Business days, oldest first; the last is today.")
+    items: list[GridRow]
+
+
+class MaintenanceIn(BaseModel):
+    """A time when a customer (or every customer) opens no alert and sends nothing."""
+
+    customer_id: str | None = Field(
+        None, description="The customer; null (or left out): every customer."
+    )
+    starts_at: BodyTime = Field(description="RFC 3339 with an offset or Z.")
+    ends_at: BodyTime = Field(description="RFC 3339 with an offset or Z; after starts_at.")
+    reason: str | None = Field(None, max_length=500, description="Why, for the next person.")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "customer_id": None,
+                "starts_at": "2026-12-05T22:00:00Z",
+                "ends_at": "2026-12-06T04:00:00Z",
+                "reason": "tenant migration",
+            }
+        },
+    )
+
+
+class Maintenance(BaseModel):
+    id: int
+    customer_id: str | None = Field(description="null: every customer.")
+    starts_at: UtcTime
+    ends_at: UtcTime
+    reason: str | None
+    created_at: UtcTime
+    active: bool = Field(description="Whether the window is on now.")
+
+
+class MaintenancePage(BaseModel):
+    items: list[Maintenance]
+    next_cursor: str | None = Field(description="Always null: every window is in one page.")

@@ -28,16 +28,16 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.refresh.refresher import Refresher
+from app.store import watermarks
+from app.store.watermarks import CHANNEL
 from app.tasks import all_of
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "jobs_gateway"
 LOOK_SECONDS = 0.5
 """How often a process looks at the database for what others stored: long polls hear of
 another process's events within it, every replica of a snooze within two."""
@@ -94,7 +94,7 @@ class Bus:
             return  # the others find it at their next look
         try:
             async with self._lock:
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+                await watermarks.notify(conn, payload)
         except Exception as exc:  # the connection is being replaced: the look covers it
             log.info("could not notify the other processes: %s", type(exc).__name__)
 
@@ -173,26 +173,14 @@ class Bus:
         """One look: the newest snapshot and event ids, and the newest alert change; what
         moved unheard is reloaded."""
         async with self.sessions() as session:
-            row = (
-                await session.execute(
-                    text(
-                        "SELECT (SELECT COALESCE(MAX(id), 0) FROM snapshots), "
-                        "(SELECT COALESCE(MAX(id), 0) FROM events), "
-                        "(SELECT MAX(updated_at) FROM alerts)"
-                    )
-                )
-            ).one()
-            snapshots, events, alerts = int(row[0]), int(row[1]), row[2]
+            marks = await watermarks.newest(session)
+            snapshots, events, alerts = marks.snapshots, marks.events, marks.alerts
             seen = self._seen
             self._seen = (snapshots, events, alerts)
             if seen is None:
                 return
             if snapshots > seen[0]:
-                moved = await session.execute(
-                    text("SELECT DISTINCT customer_id FROM snapshots WHERE id > :after"),
-                    {"after": seen[0]},
-                )
-                self._pending.update(r[0] for r in moved.all())
+                self._pending.update(await watermarks.customers_stored_after(session, seen[0]))
                 self._wake.set()
         if events > seen[1] or alerts != seen[2]:
             self.on_events()

@@ -32,16 +32,18 @@ import functools
 import json
 import re
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Literal, TypeVar, cast
 
 from sqlalchemy import Select, Table, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app import alert_rules as rules_
+from app import expectations
 from app.alert_rules import AlertState, KeyJob, Rules, Transition
 from app.clock import iso
+from app.expectations import NO_SETTING, Assessment, Result, Setting
 from app.store.tables import Alert, Event, FeedHorizon, WebhookDelivery
 
 T = TypeVar("T")
@@ -66,6 +68,9 @@ class FeedConfig:
     webhook_urls: tuple[str, ...] = ()
     webhook_events: frozenset[str] = frozenset()
     delivery_window: timedelta = DELIVERY_WINDOW
+    # The outbox's receiver of PSA ticket work (`app.store.tickets.PSA_RECEIVER`); None: off.
+    psa_receiver: str | None = None
+    zone: tzinfo = UTC  # TIMEZONE: the weekdays of learned schedules
 
     @classmethod
     def default(cls) -> FeedConfig:
@@ -395,7 +400,7 @@ def tell(
     with `all_keys`, as the overdue sweep asks), their events and webhook deliveries."""
     told = Told()
     events: list[tuple[Any, ...]] = []
-    muted: set[str] = set()  # keys of snoozed alerts: their events are not sent
+    muted: set[str] = set()  # keys snoozed or in maintenance: their events are not sent
     for ch in changes:
         key = rules_.alert_key(customer_id, ch.job_type, ch.module)
         if ch.created:
@@ -415,9 +420,10 @@ def tell(
 
     touched = {(ch.job_type, ch.module) for ch in changes}
     if touched or all_keys:
-        transitions, muted = yield from _judge_keys(
+        transitions, muted, told_objects = yield from _judge_keys(
             dialect, customer_id, at, config, touched, all_keys
         )
+        events.extend(told_objects)
         for t in transitions:
             a = t.alert
             if t.change is None:
@@ -445,7 +451,8 @@ def tell(
         yield ("fetch", "SELECT pg_advisory_xact_lock($1)", (EVENTS_LOCK,))
     before = 0
     wanted = config.webhook_events if config.webhook_urls else frozenset()
-    if wanted:
+    psa = config.psa_receiver
+    if wanted or psa:
         rows = yield ("fetch", "SELECT COALESCE(MAX(id), 0) FROM events", ())
         before = int(rows[0][0])
         if dialect == "sqlite":
@@ -454,22 +461,30 @@ def tell(
             before = max(before, int(rows[0][0]) if rows else 0)
     statement = sql(dialect, _EVENT_INSERT + "(?, ?, ?, ?, ?, ?)")
     yield ("many", statement, events)
-    if wanted:
+    if wanted or psa:
         rows = yield (
             "fetch",
-            sql(dialect, "SELECT id, type, alert_key FROM events WHERE id > ? ORDER BY id"),
+            sql(
+                dialect,
+                "SELECT id, type, alert_key, job_id FROM events WHERE id > ? ORDER BY id",
+            ),
             (before,),
         )
         stamp = to_driver(dialect, at)
         deadline = to_driver(dialect, at + config.delivery_window)
         deliveries = [
             (event_id, url, key, customer_id, "pending", 0, stamp, stamp, deadline)
-            for event_id, type_, key in rows
-            # A resolution is sent even when snoozed: a ticket opened before the snooze
-            # must still close.
+            for event_id, type_, key, _ in rows
+            # A resolution is sent even when snoozed or in maintenance: a ticket opened
+            # before must still close.
             if type_ in wanted and (key not in muted or type_ == "alert.resolved")
             for url in config.webhook_urls
         ]
+        if psa:
+            deliveries.extend(
+                (event_id, psa, key, customer_id, "pending", 0, stamp, stamp, deadline)
+                for event_id, key in _ticket_work(rows, told.alerts)
+            )
         if deliveries:
             yield (
                 "many",
@@ -485,6 +500,28 @@ def tell(
     return told
 
 
+def _ticket_work(
+    rows: Sequence[tuple[int, str, str | None, str | None]], transitions: Sequence[Transition]
+) -> list[tuple[int, str | None]]:
+    """The events (id, key) that are PSA ticket work: every alert event (snoozes are the
+    desk's to judge, as a snooze that ends must open the ticket then), and each new failure
+    of an open alert, which moves no severity and so has no alert event: its job's event."""
+    failures = {
+        (t.alert.alert_key, t.job.job_id)
+        for t in transitions
+        if t.change is None
+        and t.alert.state == "open"
+        and t.job is not None
+        and t.job.status != "finished"
+        and t.job.job_id == t.alert.last_job_id
+    }
+    return [
+        (event_id, key)
+        for event_id, type_, key, job_id in rows
+        if type_.startswith("alert.") or (key, job_id) in failures
+    ]
+
+
 def _judge_keys(
     dialect: str,
     customer_id: str,
@@ -492,9 +529,10 @@ def _judge_keys(
     config: FeedConfig,
     touched: set[tuple[str, str]],
     all_keys: bool,
-) -> Plan[tuple[list[Transition], set[str]]]:
-    """Judge each key (its stored finished jobs) against its open alert; write what moves.
-    Gives the transitions and the keys of the customer's snoozed alerts."""
+) -> Plan[tuple[list[Transition], set[str], list[tuple[Any, ...]]]]:
+    """Judge each key (its stored finished jobs and its object's expectation) against its
+    open alert; write what moves. Gives the transitions, the keys of the customer's snoozed
+    alerts, and the event rows of objects that turned "no result" or recovered."""
     statuses = sorted(config.rules.counted)
     marks = ", ".join("?" * len(statuses))
     rows = yield (
@@ -516,15 +554,106 @@ def _judge_keys(
         (customer_id,),
     )
     open_alerts = {(a.job_type, a.module): a for a in map(alert_from_row, alert_rows)}
-    keys = set(jobs) | set(open_alerts) if all_keys else touched
+    stored = yield from stored_of(dialect, customer_id)
+    told_late = {k for k, row in stored.items() if row.no_result_at is not None}
+    keys = set(jobs) | set(open_alerts) | told_late if all_keys else touched
     transitions: list[Transition] = []
+    told: list[tuple[Any, ...]] = []
+    # The one question of muting: is the customer inside a maintenance window now?
+    muted = (yield from in_maintenance(dialect, customer_id, at)) if keys else False
     for job_type, module in sorted(keys):
-        judgement = rules_.judge(jobs.get((job_type, module), ()), config.rules, at)
+        row = stored.get((job_type, module), NOTHING_STORED)
+        key_jobs = jobs.get((job_type, module), [])
+        assessment = expectations.assess(
+            (Result(j.job_id, j.status, j.start) for j in key_jobs),
+            row.setting,
+            config.rules.statuses,
+            at,
+            config.zone,
+        )
+        judgement = rules_.judge(
+            _as_judged(key_jobs, row.setting),
+            config.rules,
+            at,
+            expected=assessment.expected.schedule is not None,
+            late=assessment.no_result_since is not None,
+        )
+        if row.setting.retired:  # out of alerts: an open one resolves
+            judgement = replace(judgement, open=False, reason=None, severity=None)
         current = open_alerts.get((job_type, module))
-        transitions += rules_.transition((customer_id, job_type, module), current, judgement, at)
+        moves = rules_.transition((customer_id, job_type, module), current, judgement, at)
+        transitions += rules_.held(moves, muted)
+        event = yield from _tell_object(
+            dialect, (customer_id, job_type, module), row, assessment, at, muted
+        )
+        if event is not None:
+            told.append(event)
     transitions = yield from _write_alerts(dialect, transitions, at)
-    snoozed = {a.alert_key for a in open_alerts.values() if a.snoozed(at)}
-    return transitions, snoozed
+    quiet = {a.alert_key for a in open_alerts.values() if a.snoozed(at)}
+    if muted:  # nothing of the customer goes to webhooks but resolutions (see `tell`)
+        quiet |= {rules_.alert_key(customer_id, *k) for k in keys}
+    return transitions, quiet, told
+
+
+def _as_judged(jobs: list[KeyJob], setting: Setting) -> list[KeyJob]:
+    """The key's jobs as its alert judges them: warnings are successes when the object
+    treats them so."""
+    if not setting.treat_warning_as_success:
+        return jobs
+    return [
+        replace(j, status=rules_.FINISHED) if j.status == expectations.WARNING_STATUS else j
+        for j in jobs
+    ]
+
+
+def object_event_data(obj: ObjectKey, a: Assessment) -> dict[str, Any]:
+    """What `object.no_result` and `object.recovered` tell of the object."""
+    cid, job_type, module = obj
+    schedule = a.expected.schedule
+    last = a.last_result
+    return {
+        "key": rules_.alert_key(*obj),
+        "customer_id": cid,
+        "job_type": job_type,
+        "module": module,
+        "state": a.state,
+        "expected": {
+            "every_hours": schedule.every_hours if schedule else None,
+            "days": list(schedule.days) if schedule and schedule.days else None,
+            "grace_hours": a.expected.grace_hours,
+            "source": a.expected.source,
+        },
+        "last_result": (
+            {"job_id": last.job_id, "status": last.status, "start_time": iso(last.start)}
+            if last
+            else None
+        ),
+        "last_success_at": iso(a.last_success_at),
+        "next_result_due_at": iso(a.next_result_due_at),
+    }
+
+
+def _tell_object(
+    dialect: str, obj: ObjectKey, row: Stored, a: Assessment, at: datetime, muted: bool
+) -> Plan[tuple[Any, ...] | None]:
+    """`object.no_result` when the object is late and that was not told yet (held back
+    while its customer is `muted`); `object.recovered` when it was and the object is no
+    longer late (a retired object recovers silently)."""
+    key = rules_.alert_key(*obj)
+    late = a.state == "no_result"
+    if late and row.no_result_at is None and not muted:
+        yield from mark_no_result(dialect, key, obj, a.no_result_since, at)
+        job_id = a.last_result.job_id if a.last_result else None
+        data = {"object": object_event_data(obj, a), "since": iso(a.no_result_since)}
+        return _event_row(dialect, "object.no_result", at, obj[0], job_id, key, data)
+    if not late and row.no_result_at is not None:
+        yield from mark_no_result(dialect, key, obj, None, at)
+        if a.state == "retired":
+            return None
+        job_id = a.last_result.job_id if a.last_result else None
+        data = {"object": object_event_data(obj, a), "since": iso(row.no_result_at)}
+        return _event_row(dialect, "object.recovered", at, obj[0], job_id, key, data)
+    return None
 
 
 _ALERT_INSERT = (
@@ -638,6 +767,134 @@ def sweep_customer(dialect: str, customer_id: str, at: datetime, config: FeedCon
     yield from lock_customer(dialect, customer_id, at)
     told: Told = yield from tell(dialect, customer_id, at, (), config, all_keys=True)
     return told
+
+
+# -- protected objects: their rows in object_expectations (see app.store.objects) ------------
+
+ObjectKey = tuple[str, str, str]
+"""(customer_id, job_type, module)"""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An object's row: its setting, and when its `object.no_result` was told (None: not)."""
+
+    setting: Setting
+    no_result_at: datetime | None
+
+
+NOTHING_STORED = Stored(NO_SETTING, None)
+
+
+def _days(text: str | None) -> tuple[str, ...] | None:
+    return tuple(text.split(",")) if text else None
+
+
+def stored_row(row: Sequence[Any]) -> Stored:
+    every, days, grace, warning, retired, updated, told = row
+    return Stored(
+        Setting(
+            every_hours=every,
+            days=_days(days),
+            grace_hours=grace,
+            treat_warning_as_success=bool(warning),
+            retired=bool(retired),
+            updated_at=from_driver(updated),
+        ),
+        from_driver(told),
+    )
+
+
+_STORED_COLUMNS = (
+    "every_hours, days, grace_hours, treat_warning_as_success, retired, updated_at, no_result_at"
+)
+
+
+def stored_of(dialect: str, customer_id: str) -> Plan[dict[tuple[str, str], Stored]]:
+    """The customer's object rows, by (job_type, module)."""
+    rows = yield (
+        "fetch",
+        sql(
+            dialect,
+            f"SELECT job_type, module, {_STORED_COLUMNS} "  # noqa: S608
+            "FROM object_expectations WHERE customer_id = ?",
+        ),
+        (customer_id,),
+    )
+    return {(r[0], r[1]): stored_row(r[2:]) for r in rows}
+
+
+def upsert_object(dialect: str, key: str, obj: ObjectKey, values: dict[str, Any]) -> Plan[None]:
+    names = ["alert_key", "customer_id", "job_type", "module", *values]
+    updates = ", ".join(f"{n} = excluded.{n}" for n in values)
+    marks = ", ".join("?" * len(names))
+    defaults = {"treat_warning_as_success": False, "retired": False}
+    insert_names = names + [n for n in defaults if n not in values]
+    params = (key, *obj, *values.values(), *(defaults[n] for n in defaults if n not in values))
+    marks = ", ".join("?" * len(insert_names))
+    yield (
+        "exec",
+        sql(
+            dialect,
+            f"INSERT INTO object_expectations ({', '.join(insert_names)}) VALUES ({marks}) "  # noqa: S608
+            f"ON CONFLICT (alert_key) DO UPDATE SET {updates}",
+        ),
+        params,
+    )
+
+
+def mark_no_result(
+    dialect: str, key: str, obj: ObjectKey, at: datetime | None, now: datetime
+) -> Plan[None]:
+    """Note that the object's `object.no_result` was told (`at`), or that it recovered (None)."""
+    if at is None:
+        yield (
+            "exec",
+            sql(dialect, "UPDATE object_expectations SET no_result_at = NULL WHERE alert_key = ?"),
+            (key,),
+        )
+        return
+    yield from upsert_object(
+        dialect,
+        key,
+        obj,
+        {"no_result_at": to_driver(dialect, at), "updated_at": to_driver(dialect, now)},
+    )
+
+
+# -- maintenance windows: the one question of muting ----------------------------------------
+
+
+def in_maintenance(dialect: str, customer_id: str, at: datetime) -> Plan[bool]:
+    """Whether a maintenance window covers the customer (or every customer) at `at`: then
+    no alert opens or escalates, and nothing of it goes to webhooks or tickets."""
+    stamp = to_driver(dialect, at)
+    rows = yield (
+        "fetch",
+        sql(
+            dialect,
+            "SELECT 1 FROM maintenance_windows WHERE starts_at <= ? AND ends_at > ? "
+            "AND (customer_id IS NULL OR customer_id = ?) LIMIT 1",
+        ),
+        (stamp, stamp, customer_id),
+    )
+    return bool(rows)
+
+
+def release_ended(dialect: str, at: datetime) -> Plan[list[str | None]]:
+    """Windows that ended and were not judged after: marked so, and their customers given
+    (None: every customer), so the sweep opens what they held back."""
+    stamp = to_driver(dialect, at)
+    rows = yield (
+        "fetch",
+        sql(
+            dialect,
+            "UPDATE maintenance_windows SET released_at = ? "
+            "WHERE ends_at <= ? AND released_at IS NULL RETURNING customer_id",
+        ),
+        (stamp, stamp),
+    )
+    return sorted({r[0] for r in rows}, key=lambda c: (c is not None, c or ""))
 
 
 # -- reads and small writes of the API ---------------------------------------------------------
@@ -840,6 +1097,17 @@ def snooze(
         ),
         (None if lifted else t(until), None if lifted else reason, t(now), key),
     )
+    # Ticket work waiting out the old snooze is due now: the desk judges the new one (and
+    # opens the ticket at once when the snooze was lifted).
+    yield (
+        "exec",
+        sql(
+            dialect,
+            "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE alert_key = ? "
+            "AND state = 'pending' AND url LIKE ? AND next_attempt_at > ?",
+        ),
+        (t(now), key, PSA_PREFIX + "%", t(now)),
+    )
     rows = yield (
         "fetch",
         sql(dialect, f"{ALERT_SELECT} WHERE alert_key = ? AND state = 'open'"),
@@ -847,6 +1115,11 @@ def snooze(
     )
     return alert_from_row(rows[0]) if rows else None
 
+
+PSA_PREFIX = "psa:"
+"""The outbox's PSA receivers (`app.store.tickets.PSA_RECEIVER`) start so; they are no
+webhooks, and the webhook listing, retry and backlog leave them out."""
+_WEBHOOKS_ONLY = ~DELIVERIES.c.url.startswith(PSA_PREFIX)
 
 _DELIVERY_COLUMNS = (
     "id",
@@ -879,6 +1152,7 @@ async def list_deliveries(
     stmt = (
         select(*(d.c[name] for name in _DELIVERY_COLUMNS), e.c.type.label("event_type"))
         .join_from(d, e, e.c.id == d.c.event_id)
+        .where(_WEBHOOKS_ONLY)
         .order_by(d.c.id.desc())
     )
     if state is not None:
@@ -897,7 +1171,7 @@ async def get_delivery(session: AsyncSession, delivery_id: int) -> dict[str, Any
         await session.execute(
             select(*(d.c[name] for name in _DELIVERY_COLUMNS), e.c.type.label("event_type"))
             .join_from(d, e, e.c.id == d.c.event_id)
-            .where(d.c.id == delivery_id)
+            .where(d.c.id == delivery_id, _WEBHOOKS_ONLY)
         )
     ).first()
     return dict(row._mapping) if row is not None else None
@@ -910,8 +1184,11 @@ def retry_delivery(
     Gives its state before (None: no such delivery)."""
     rows = yield (
         "fetch",
-        sql(dialect, "SELECT state FROM webhook_deliveries WHERE id = ?"),
-        (delivery_id,),
+        sql(
+            dialect,
+            "SELECT state FROM webhook_deliveries WHERE id = ? AND url NOT LIKE ?",
+        ),
+        (delivery_id, PSA_PREFIX + "%"),
     )
     if not rows:
         return None
@@ -931,5 +1208,7 @@ def retry_delivery(
 
 async def pending_deliveries(session: AsyncSession) -> int:
     d = DELIVERIES
-    count = await session.scalar(select(func.count()).select_from(d).where(d.c.state == "pending"))
+    count = await session.scalar(
+        select(func.count()).select_from(d).where(d.c.state == "pending", _WEBHOOKS_ONLY)
+    )
     return int(count or 0)

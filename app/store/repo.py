@@ -280,6 +280,11 @@ def _snapshot_record(row: RowMapping) -> SnapshotRecord:
     )
 
 
+async def known_customer_ids(session: AsyncSession) -> set[str]:
+    """The ids of every customer the store has heard of."""
+    return set((await session.scalars(select(CUSTOMERS.c.id))).all())
+
+
 async def customer_states(
     session: AsyncSession, customer_ids: Sequence[str] | None = None
 ) -> dict[str, CustomerState]:

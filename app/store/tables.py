@@ -19,6 +19,11 @@ describe it for queries and for the drift test, which fails when the two disagre
   has missed events (`GET /events` answers 410).
 - `alerts`: problems of one customer + job type + module, at most one open per `alert_key`.
 - `webhook_deliveries`: the outbox of webhooks, one row per event and receiver.
+- `object_expectations`: what `PUT /objects/{key}/expectation` set for a protected object,
+  and whether its `object.no_result` was told (`no_result_at`); no row: learned, told nothing.
+- `maintenance_windows`: times when one customer (or all: `customer_id` NULL) opens no
+  alert and sends nothing; `released_at` notes that the sweep judged them once it ended.
+- `digest_days`: one row per day whose digest a process took to send (`app.store.digests`).
 
 Every timestamp is timezone-aware UTC in Python. SQLite has no time zone type, so `UTCDateTime`
 stores naive UTC there and attaches UTC on the way out.
@@ -36,6 +41,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
@@ -303,7 +309,7 @@ class Alert(Base):
     __tablename__ = "alerts"
     __table_args__ = (
         CheckConstraint("state IN ('open', 'resolved')", name="state"),
-        CheckConstraint("reason IN ('failed', 'overdue')", name="reason"),
+        CheckConstraint("reason IN ('failed', 'overdue', 'no_result')", name="reason"),
         CheckConstraint("severity IN ('warning', 'critical')", name="severity"),
         Index(
             "ix_alerts_one_open",
@@ -414,3 +420,88 @@ class RateCount(Base):
     identity: Mapped[str] = mapped_column(String(), primary_key=True)
     holder: Mapped[str] = mapped_column(String(), primary_key=True)
     hits: Mapped[int] = mapped_column(BigInteger)
+
+
+class ObjectExpectation(Base):
+    """A protected object's set expectation and its told "no result" (see `app.expectations`)."""
+
+    __tablename__ = "object_expectations"
+    __table_args__ = (Index("ix_object_expectations_customer", "customer_id"),)
+
+    alert_key: Mapped[str] = mapped_column(String(), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String())
+    job_type: Mapped[str] = mapped_column(String())
+    module: Mapped[str] = mapped_column(String())
+    every_hours: Mapped[float | None] = mapped_column(Float)  # None: learned
+    days: Mapped[str | None] = mapped_column(String())  # "mon,tue,..."; None: every day
+    grace_hours: Mapped[float | None] = mapped_column(Float)  # None: the default
+    treat_warning_as_success: Mapped[bool] = mapped_column(Boolean)
+    retired: Mapped[bool] = mapped_column(Boolean)
+    updated_at: Mapped[datetime]
+    # When `object.no_result` was told (the moment due + grace passed); None once recovered.
+    no_result_at: Mapped[datetime | None]
+
+
+class MaintenanceWindow(Base):
+    """A time when a customer's (or every customer's) problems open no alert (`app.store.feed`)."""
+
+    __tablename__ = "maintenance_windows"
+    __table_args__ = (Index("ix_maintenance_windows_ends_at", "ends_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str | None] = mapped_column(String())  # None: every customer
+    starts_at: Mapped[datetime]
+    ends_at: Mapped[datetime]
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    # When the sweep judged its customers after it ended (so problems it held back open).
+    released_at: Mapped[datetime | None]
+
+
+class DigestDay(Base):
+    """A day whose digest was taken to send: its row is the claim, so only one process sends."""
+
+    __tablename__ = "digest_days"
+
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD in TIMEZONE
+    holder: Mapped[str] = mapped_column(String())
+    claimed_at: Mapped[datetime]
+
+
+class PsaCompany(Base):
+    """Which PSA company a customer's tickets go to (`jobs-gateway psa map`), by id."""
+
+    __tablename__ = "psa_companies"
+
+    customer_id: Mapped[str] = mapped_column(String(), primary_key=True)
+    company_id: Mapped[str] = mapped_column(String())
+    mapped_at: Mapped[datetime]
+
+
+class Ticket(Base):
+    """One alert's ticket in the PSA, or why it has none yet (see `app.store.tickets`)."""
+
+    __tablename__ = "tickets"
+    __table_args__ = (
+        CheckConstraint("state IN ('open', 'closed', 'held', 'failed', 'unmapped')", name="state"),
+        Index("ix_tickets_state", "state", "id"),
+        Index("ix_tickets_reserved_at", "reserved_at"),
+        Index("ix_tickets_customer_id", "customer_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("alerts.id", ondelete="CASCADE"), unique=True
+    )
+    alert_key: Mapped[str] = mapped_column(String())
+    customer_id: Mapped[str] = mapped_column(String())
+    company_id: Mapped[str | None] = mapped_column(String())
+    ticket_id: Mapped[str | None] = mapped_column(String())
+    state: Mapped[str] = mapped_column(String(16))
+    reserved_at: Mapped[datetime | None]
+    create_sent_at: Mapped[datetime | None]
+    opened_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

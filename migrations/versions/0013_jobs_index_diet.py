@@ -1,7 +1,7 @@
 """Three indexes of `jobs` fewer: every refresh paid for them, few reads did.
 
 Revision ID: 0013
-Revises: 0010
+Revises: 0012
 Create Date: 2026-12-06 20:00:00
 
 Every inserted or rewritten job updates each secondary index of `jobs`; on SQLite that is
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0013"
-down_revision: str | None = "0010"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

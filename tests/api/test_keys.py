@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from app.access import keys
 from app.simulator import Simulator, SimulatorConfig
+from app.store import keys as stored_keys
 from app.store.tables import ApiKey
 from tests.api.conftest import Gateway, services_of
 from tests.clock import FakeClock
@@ -89,7 +90,7 @@ async def test_a_revoked_key_is_refused_and_api_keys_keep_working(gateway: Gatew
         key = await make_key(api, "old-psa")
         assert (await api.get("/customers", headers=as_key(key))).status_code == 200
         svc = services_of(api)
-        assert await keys.revoke_key(svc.writer, "old-psa", now=svc.clock())
+        assert await stored_keys.revoke(svc.writer, "old-psa", now=svc.clock())
         await svc.keys.reload(svc.sessions)
         # The fast path remembered the answer; the key is checked again all the same.
         refused = await api.get("/customers", headers=as_key(key))
@@ -119,13 +120,13 @@ async def test_a_made_up_key_is_refused_and_read_from_the_database_once_at_most(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reads: list[str] = []
-    read = keys.stored_key
+    read = stored_keys.stored_key
 
-    async def counted(session: Any, key_id: str) -> keys.StoredKey | None:
+    async def counted(session: Any, key_id: str) -> stored_keys.StoredKey | None:
         reads.append(key_id)
         return await read(session, key_id)
 
-    monkeypatch.setattr(keys, "stored_key", counted)
+    monkeypatch.setattr(stored_keys, "stored_key", counted)
     async with gateway() as api:
         made_up = "jgw_0123456789ab_" + "x" * 43
         # Many requests with it at once share one read; later ones remember the miss.
@@ -154,7 +155,7 @@ async def test_a_key_found_on_its_first_request_is_still_revoked_by_the_next_rel
             svc.writer, "brief", customers=None, rate_per_minute=None, now=svc.clock()
         )
         assert (await api.get("/customers", headers=as_key(key))).status_code == 200
-        assert await keys.revoke_key(svc.writer, "brief", now=svc.clock())
+        assert await stored_keys.revoke(svc.writer, "brief", now=svc.clock())
         await svc.keys.reload(svc.sessions)
         refused = await api.get("/customers", headers=as_key(key))
         assert refused.status_code == 401
@@ -170,11 +171,11 @@ async def test_a_name_is_taken_while_its_key_lives_and_free_once_revoked(
         await make_key(api, "psa")
         with pytest.raises(keys.KeyRefused, match="already"):
             await make_key(api, "psa")
-        assert await keys.revoke_key(svc.writer, "psa", now=svc.clock())
-        assert not await keys.revoke_key(svc.writer, "psa", now=svc.clock())
+        assert await stored_keys.revoke(svc.writer, "psa", now=svc.clock())
+        assert not await stored_keys.revoke(svc.writer, "psa", now=svc.clock())
         await make_key(api, "psa")
         async with svc.sessions() as session:
-            names = [k.name for k in await keys.list_keys(session, revoked=True)]
+            names = [k.name for k in await stored_keys.list_keys(session, revoked=True)]
         assert names == ["psa", "psa"]
 
 
@@ -183,11 +184,11 @@ async def test_when_a_key_was_last_used_is_recorded(gateway: Gateway) -> None:
         key = await make_key(api, "psa")
         svc = services_of(api)
         async with svc.sessions() as session:
-            assert (await keys.list_keys(session))[0].last_used_at is None
+            assert (await stored_keys.list_keys(session))[0].last_used_at is None
         assert (await api.get("/enums", headers=as_key(key))).status_code == 200
         await svc.keys.flush_used(svc.writer)
         async with svc.sessions() as session:
-            assert (await keys.list_keys(session))[0].last_used_at is not None
+            assert (await stored_keys.list_keys(session))[0].last_used_at is not None
 
 
 # -- scopes ------------------------------------------------------------------------------------
@@ -233,13 +234,21 @@ async def world(api: httpx.AsyncClient, sim: Simulator, clock: FakeClock) -> Wor
 UNKNOWN = "ffffffff-0000-4000-8000-000000000000"
 """A customer id no partner has."""
 
-PATH_VALUES = {"customer_id", "job_id", "alert_key", "delivery_id", "run_id"}
+PATH_VALUES = {"customer_id", "job_id", "alert_key", "delivery_id", "run_id", "key", "window_id"}
 """The path parameters the walk fills: with the other customer's, and with made-up ones."""
 
 BODIES: dict[tuple[str, str], list[Any]] = {
     ("post", "/refresh"): [None, {"customer_ids": ["OTHER"]}],
     ("post", "/alerts/{alert_key}/snooze"): [{"until": "2030-01-01T00:00:00Z", "reason": "x"}],
     ("post", "/webhooks/deliveries/{delivery_id}/retry"): [None],
+    ("put", "/objects/{key}/expectation"): [{"every_hours": 24}, {"retired": True}],
+    ("post", "/maintenance"): [
+        {
+            "customer_id": "OTHER",
+            "starts_at": "2030-01-01T00:00:00Z",
+            "ends_at": "2030-01-02T00:00:00Z",
+        }
+    ],
 }
 """The bodies each operation with one is walked with ("OTHER": the other customer's id)."""
 
@@ -283,12 +292,24 @@ async def test_a_scoped_key_cannot_reach_another_customer_through_any_operation(
         w = await world(api, sim, clock)
         scoped = as_key(await make_key(api, "own-only", customers=[w.own]))
         document = (await api.get("/openapi.json")).json()
+        other_window = (
+            await api.post(
+                "/maintenance",
+                json={
+                    "customer_id": w.other,
+                    "starts_at": "2030-01-01T00:00:00Z",
+                    "ends_at": "2030-01-02T00:00:00Z",
+                },
+            )
+        ).json()["id"]
         real = {
             "{customer_id}": w.other,
             "{job_id}": w.other_job,
             "{alert_key}": w.other_alert,
             "{delivery_id}": str(w.other_delivery),
             "{run_id}": w.other_run,
+            "{key}": w.other_alert,
+            "{window_id}": str(other_window),
             "OTHER_NAME": w.other_name,
             "OTHER": w.other,
             "OWN": w.own,
@@ -299,6 +320,8 @@ async def test_a_scoped_key_cannot_reach_another_customer_through_any_operation(
             "{alert_key}": w.other_alert.replace(w.other, UNKNOWN),
             "{delivery_id}": "987654",
             "{run_id}": "0" * 32,
+            "{key}": w.other_alert.replace(w.other, UNKNOWN),
+            "{window_id}": "987655",
             "OTHER_NAME": "No Such Customer Ltd",
             "OTHER": UNKNOWN,
             "OWN": w.own,
@@ -332,13 +355,29 @@ async def test_a_scoped_key_cannot_reach_another_customer_through_any_operation(
                         assert w.other not in text, f"{where} shows the other customer"
                         assert w.other_name not in text, f"{where} shows its name"
                         assert w.other_job not in text, f"{where} shows its job"
-                    listing = template in ("/jobs", "/customers", "/summary", "/alerts")
+                    listing = template in (
+                        "/jobs",
+                        "/customers",
+                        "/summary",
+                        "/alerts",
+                        "/objects",
+                        "/grid",
+                    )
                     if listing and theirs.status_code == 200 and not request["params"]:
                         assert w.own in text, f"{where}: the own customer is missing"
                     walked[(method, template, json.dumps(request["params"]))] = theirs.status_code
         # Naming the other customer is asking for an unknown one: 422 on a filter, 404 on a path.
         other = json.dumps({"customer_id": "OTHER"})
-        for template in ("/jobs", "/jobs.csv", "/summary", "/events", "/alerts"):
+        for template in (
+            "/jobs",
+            "/jobs.csv",
+            "/summary",
+            "/events",
+            "/alerts",
+            "/objects",
+            "/grid",
+            "/maintenance",
+        ):
             assert walked[("get", template, other)] == 422, template
         assert walked[("get", "/webhooks/deliveries", other)] == 422
         for method, template in (
@@ -346,6 +385,8 @@ async def test_a_scoped_key_cannot_reach_another_customer_through_any_operation(
             ("post", "/alerts/{alert_key}/snooze"),
             ("post", "/webhooks/deliveries/{delivery_id}/retry"),
             ("get", "/refresh/{run_id}"),
+            ("put", "/objects/{key}/expectation"),
+            ("delete", "/maintenance/{window_id}"),
         ):
             assert walked[(method, template, "{}")] == 404, template
         # The other customer's things are all still there, for a key that may see them.

@@ -170,12 +170,19 @@ async def test_try_it_out_works_with_the_prefilled_values_of_every_operation(
         alerts = (await api.get("/alerts", params={"state": "open"})).json()["items"]
         run = (await api.post("/refresh")).json()
         deliveries = (await api.get("/webhooks/deliveries")).json()["items"]
+        window = await api.post(
+            "/maintenance",
+            json={"customer_id": None, "starts_at": "2030-01-01T00:00:00Z",
+                  "ends_at": "2030-01-02T00:00:00Z"},
+        )  # fmt: skip
         known = {
             "customer_id": jobs[0]["customer_id"],
             "job_id": jobs[0]["job_id"],
             "alert_key": alerts[0]["alert_key"],
             "run_id": run["run_id"],
             "delivery_id": deliveries[0]["id"],
+            "key": alerts[0]["alert_key"],
+            "window_id": window.json()["id"],
         }
         schemas = document["components"]["schemas"]
         for path, operations in document["paths"].items():

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.access import keys
+from app.store import keys as stored_keys
 from app.store.db import session_factory
 from app.store.ingest import Writer
 
@@ -57,13 +58,13 @@ async def book(sessions: async_sessionmaker[AsyncSession], clock: Monotonic) -> 
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The key ids looked up in the database, in order."""
     seen: list[str] = []
-    read = keys.stored_key
+    read = stored_keys.stored_key
 
-    async def counted(session: AsyncSession, key_id: str) -> keys.StoredKey | None:
+    async def counted(session: AsyncSession, key_id: str) -> stored_keys.StoredKey | None:
         seen.append(key_id)
         return await read(session, key_id)
 
-    monkeypatch.setattr(keys, "stored_key", counted)
+    monkeypatch.setattr(stored_keys, "stored_key", counted)
     return seen
 
 
@@ -130,20 +131,20 @@ async def test_requests_for_one_new_key_at_once_share_one_read(
 
 
 class Held:
-    """`keys.stored_key`, made to wait after its read until the test lets it go on."""
+    """`stored_keys.stored_key`, made to wait after its read until the test lets it go on."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.read = asyncio.Event()
         self.go_on = asyncio.Event()
-        real = keys.stored_key
+        real = stored_keys.stored_key
 
-        async def held(session: AsyncSession, key_id: str) -> keys.StoredKey | None:
+        async def held(session: AsyncSession, key_id: str) -> stored_keys.StoredKey | None:
             found = await real(session, key_id)
             self.read.set()
             await self.go_on.wait()
             return found
 
-        monkeypatch.setattr(keys, "stored_key", held)
+        monkeypatch.setattr(stored_keys, "stored_key", held)
 
 
 async def test_a_look_up_that_read_before_a_revocation_does_not_bring_the_key_back(
@@ -156,7 +157,7 @@ async def test_a_look_up_that_read_before_a_revocation_does_not_bring_the_key_ba
     held = Held(monkeypatch)
     looking = asyncio.create_task(book.look_up([key], sessions))
     await held.read.wait()  # it read the key live
-    assert await keys.revoke_key(writer, "psa", now=NOW)
+    assert await stored_keys.revoke(writer, "psa", now=NOW)
     await book.reload(sessions)  # a reload that began after the look-up: it saw the revocation
     held.go_on.set()
     assert await looking is None
@@ -171,15 +172,15 @@ async def test_a_reload_that_read_before_a_look_up_does_not_drop_the_key_it_foun
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     read, go_on = asyncio.Event(), asyncio.Event()
-    real = keys.live_keys
+    real = stored_keys.live_keys
 
-    async def slow_reload(session: AsyncSession) -> list[keys.StoredKey]:
+    async def slow_reload(session: AsyncSession) -> list[stored_keys.StoredKey]:
         found = await real(session)  # read before the key exists
         read.set()
         await go_on.wait()
         return found
 
-    monkeypatch.setattr(keys, "live_keys", slow_reload)
+    monkeypatch.setattr(stored_keys, "live_keys", slow_reload)
     reloading = asyncio.create_task(book.reload(sessions))
     await read.wait()
     key = await keys.create_key(writer, "psa", customers=None, rate_per_minute=None, now=NOW)
@@ -198,12 +199,12 @@ async def test_a_look_up_the_database_cannot_answer_is_refused_and_tried_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     key = await keys.create_key(writer, "psa", customers=None, rate_per_minute=None, now=NOW)
-    real = keys.stored_key
+    real = stored_keys.stored_key
 
     async def away(session: AsyncSession, key_id: str) -> Any:
         raise OSError("connection refused")
 
-    monkeypatch.setattr(keys, "stored_key", away)
+    monkeypatch.setattr(stored_keys, "stored_key", away)
     assert await book.look_up([key], sessions) is None
-    monkeypatch.setattr(keys, "stored_key", real)
+    monkeypatch.setattr(stored_keys, "stored_key", real)
     assert await book.look_up([key], sessions) is not None  # not remembered as a miss

@@ -42,11 +42,16 @@ EXPECTED_TABLES = {
     "job_stage",  # since 0004
     "events",  # since 0005
     "feed_horizon",  # since 0010
+    "object_expectations",  # since 0011
+    "maintenance_windows",  # since 0011
+    "digest_days",  # since 0011
     "alerts",
     "webhook_deliveries",
     "refresh_leases",  # since 0006
     "api_keys",  # since 0008
     "rate_counts",
+    "psa_companies",  # since 0012
+    "tickets",
     "job_status_history",
     "alembic_version",
 }

@@ -21,6 +21,7 @@ FLOORS: dict[str, int] = {
     "app.catalog": 0,
     "app.normalize": 0,
     "app.alert_rules": 0,
+    "app.expectations": 0,
     "app.logs": 0,
     "app.metrics": 0,
     "app.tasks": 0,
@@ -31,8 +32,11 @@ FLOORS: dict[str, int] = {
     "app.refresh": 2,
     "app.alerts": 2,
     "app.access": 2,
+    "app.integrations": 2,
     # 3: what clients meet
     "app.api": 3,
+    # the pages for people, beside the API: they read through its answers
+    "app.board": 3,
     # 4: the process: wiring, server, commands; the simulator stands beside everything
     "app.main": 4,
     "app.server": 4,

@@ -1,0 +1,119 @@
+"""Protected objects: their set expectations, their told "no result", and their results.
+
+A protected object is one customer + job type + module (`app.expectations`); it exists when
+the customer has a job of that kind. `object_expectations` holds a row only for an object
+whose expectation was set (`put_setting`) or whose `object.no_result` was told
+(`mark_no_result`, inside the merge or sweep that told it: `app.store.feed`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.expectations import Result, Setting
+from app.store.feed import ObjectKey, Plan, Stored, stored_row, to_driver, upsert_object
+from app.store.tables import Customer, Job, ObjectExpectation
+
+CUSTOMERS = cast(Table, Customer.__table__)
+
+EXPECTATIONS = cast(Table, ObjectExpectation.__table__)
+JOBS = cast(Table, Job.__table__)
+
+
+def put_setting(
+    dialect: str, key: str, obj: ObjectKey, setting: Setting, now: datetime
+) -> Plan[None]:
+    """Store what `PUT /objects/{key}/expectation` set."""
+    yield from upsert_object(
+        dialect,
+        key,
+        obj,
+        {
+            "every_hours": setting.every_hours,
+            "days": ",".join(setting.days) if setting.days else None,
+            "grace_hours": setting.grace_hours,
+            "treat_warning_as_success": setting.treat_warning_as_success,
+            "retired": setting.retired,
+            "updated_at": to_driver(dialect, now),
+        },
+    )
+
+
+# -- reads of the API and the sweep -------------------------------------------------------------
+
+
+async def read_objects(
+    session: AsyncSession,
+    customer_ids: Sequence[str] | None,
+    since: datetime | None = None,
+) -> tuple[dict[ObjectKey, list[Result]], dict[ObjectKey, Stored]]:
+    """Every object of these customers (None: all) with its jobs (those that started since
+    `since`, when given), and the rows of `object_expectations`."""
+    j = JOBS
+    stmt = select(j.c.customer_id, j.c.job_type, j.c.module, j.c.job_id, j.c.status, j.c.start_time)
+    if customer_ids is not None:
+        stmt = stmt.where(j.c.customer_id.in_(list(customer_ids)))
+    if since is not None:
+        stmt = stmt.where(j.c.start_time >= since)
+    objects: dict[ObjectKey, list[Result]] = {}
+    for cid, job_type, module, job_id, status, start in (await session.execute(stmt)).all():
+        jobs = objects.setdefault((cid, job_type, module), [])
+        if start is not None:
+            jobs.append(Result(job_id, status, start))
+    e = EXPECTATIONS
+    rows_stmt = select(
+        e.c.customer_id,
+        e.c.job_type,
+        e.c.module,
+        e.c.every_hours,
+        e.c.days,
+        e.c.grace_hours,
+        e.c.treat_warning_as_success,
+        e.c.retired,
+        e.c.updated_at,
+        e.c.no_result_at,
+    )
+    if customer_ids is not None:
+        rows_stmt = rows_stmt.where(e.c.customer_id.in_(list(customer_ids)))
+    stored = {
+        (r[0], r[1], r[2]): stored_row(r[3:]) for r in (await session.execute(rows_stmt)).all()
+    }
+    return objects, stored
+
+
+async def object_exists(session: AsyncSession, obj: ObjectKey) -> bool:
+    j = JOBS
+    cid, job_type, module = obj
+    found = await session.scalar(
+        select(j.c.job_id)
+        .where(j.c.customer_id == cid, j.c.job_type == job_type, j.c.module == module)
+        .limit(1)
+    )
+    return found is not None
+
+
+async def customer_ids(session: AsyncSession) -> list[str]:
+    """Every customer stored."""
+    return list((await session.scalars(select(CUSTOMERS.c.id).order_by(CUSTOMERS.c.id))).all())
+
+
+async def customer_versions(session: AsyncSession) -> dict[str, int]:
+    """Every customer's data version (it moves with every change of its jobs)."""
+    c = CUSTOMERS
+    rows = await session.execute(select(c.c.id, c.c.data_version))
+    return {cid: int(version) for cid, version in rows.all()}
+
+
+async def expectation_rows(session: AsyncSession) -> dict[str, tuple[Any, ...]]:
+    """Every customer's rows of `object_expectations`, as one comparable value each."""
+    e = EXPECTATIONS
+    rows = await session.execute(select(e).order_by(e.c.customer_id, e.c.alert_key))
+    out: dict[str, list[Any]] = {}
+    for row in rows.all():
+        out.setdefault(row.customer_id, []).append(tuple(row))
+    return {cid: tuple(values) for cid, values in out.items()}
