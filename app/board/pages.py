@@ -4,7 +4,7 @@ customer, and a job with its history (`app.board.forms` has what changes somethi
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import jinja2
@@ -12,13 +12,14 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from app import catalog
+from app import catalog, expectations
 from app.api.common import scope, visible
-from app.api.errors import ApiError, NotFound
+from app.api.errors import ApiError, InvalidParameter, NotFound
 from app.api.jobs import job_out
+from app.api.objects import object_query
 from app.api.params import shorten
 from app.board import forms, views
-from app.board.filters import Filters, matches
+from app.board.filters import GRID_PAGE_ROWS, Filters, GridFilters, matches
 from app.board.frame import (
     HERE,
     Board,
@@ -143,6 +144,68 @@ def _overview_context(data: views.Overview, filters: Filters, now: str) -> dict[
     }
 
 
+@router.get("/board/grid")
+async def grid_page(request: Request) -> Response:
+    """Objects by business day, from the kept answer of `/grid`: by default only the
+    objects not ok (a toggle shows all), GRID_PAGE_ROWS a page."""
+    visit = visit_of(request)
+    if visit is None:
+        return to_login(request)
+    svc = visit.svc
+    frame: dict[str, Any] = {
+        "title": "Grid",
+        "nav": "grid",
+        "filter_fields": ("state", "job_type", "module", "days"),
+        "action": "/board/grid",
+    }
+    try:
+        gf = GridFilters.of(request)
+        frame["filters"] = gf.form()
+        states = gf.state
+        if states is None and gf.show == "problems":
+            states = tuple(s for s in views.OBJECT_STATES if s not in ("ok", "retired"))
+        query, named = await object_query(
+            svc,
+            visit.principal,
+            _listed(gf.customer),
+            _listed(gf.job_type),
+            _listed(gf.module),
+            _listed(states),
+        )
+        data = await views.grid(svc, query, gf.days)
+    except ApiError as exc:
+        return error_page(visit, request, exc)
+    items: list[dict[str, Any]] = data["items"]
+    pages = max(1, -(-len(items) // GRID_PAGE_ROWS))
+    page = min(gf.page, pages)
+    shown = items[(page - 1) * GRID_PAGE_ROWS : page * GRID_PAGE_ROWS]
+
+    async def build() -> dict[str, Any]:
+        return {
+            "rows": [_labelled(r) for r in shown],
+            "days": data["days"],
+            "total": len(items),
+            "shown": len(shown),
+            "show": gf.show,
+            "page": page,
+            "pages": pages,
+            "prev_link": gf.link(page=page - 1),
+            "next_link": gf.link(page=page + 1),
+            "all_link": gf.link(show="all", page=""),
+            "problems_link": gf.link(show="", page=""),
+            "cell_text": views.CELL_TEXT,
+            "object_text": views.OBJECT_TEXT,
+            "as_of": iso(svc.clock()) or "",
+        }
+
+    # What the kept `/grid` answer depends on (its data versions, alert and expectation
+    # changes, the minute), so the part is rendered once per change, not per poll.
+    minute = int(svc.clock().timestamp() // 60)
+    key: tuple[Any, ...] = ("board", "grid", visit.principal.customers, gf, data["days"][-1])
+    key += (svc.refresher.version_of(named), svc.notices.count, minute, page)
+    return await live_page(visit, "grid.html", key, build, **frame)
+
+
 @router.get("/board/alerts")
 async def alerts_page(request: Request) -> Response:
     visit = visit_of(request)
@@ -237,6 +300,17 @@ async def _customer_or_404(visit: Visit, customer_id: str) -> None:
         raise NotFound(f"no customer {shorten(customer_id)!r}")
 
 
+def _day(request: Request) -> date | None:
+    """The `day` of a customer page (a grid cell's link): a business day, YYYY-MM-DD."""
+    raw = (request.query_params.get("day") or "").strip()
+    if not raw:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise InvalidParameter(f"day: {shorten(raw)!r} is not a date (YYYY-MM-DD)") from None
+
+
 @router.get("/board/customers/{customer_id}")
 async def customer_page(request: Request, customer_id: str) -> Response:
     visit = visit_of(request)
@@ -246,13 +320,25 @@ async def customer_page(request: Request, customer_id: str) -> Response:
     try:
         await _customer_or_404(visit, customer_id)
         filters = Filters.of(request)
-        kinds = {"job_types": _listed(filters.job_type), "modules": _listed(filters.module)}
+        day = _day(request)
+        kinds: dict[str, Any] = {
+            "job_types": _listed(filters.job_type),
+            "modules": _listed(filters.module),
+        }
         data = await views.overview(svc, principal, customer_ids=[customer_id], **kinds)
         failures = sorted(svc.feed.rules.statuses)
         problems = await views.jobs_of(
             svc, principal, customer_id, statuses=failures, limit=20, **kinds
         )
         recent = await views.jobs_of(svc, principal, customer_id, limit=25, **kinds)
+        on_day = None
+        if day is not None:  # a grid cell's jobs: those that started on its business day
+            s = svc.settings
+            start = expectations.day_start(day, s.zone, s.day_start_hour)
+            between = (start, start + timedelta(days=1))
+            on_day = await views.jobs_of(
+                svc, principal, customer_id, between=between, limit=100, **kinds
+            )
     except ApiError as exc:
         return error_page(visit, request, exc)
     name = svc.refresher.name_of(customer_id) or customer_id
@@ -266,6 +352,8 @@ async def customer_page(request: Request, customer_id: str) -> Response:
             "alerts": [_labelled(a) for a in data.alerts],
             "problems": [_labelled(j) for j in problems],
             "recent": [_labelled(j) for j in recent],
+            "day": day.isoformat() if day else None,
+            "on_day": [_labelled(j) for j in on_day or ()],
             "as_of": data.as_of or iso(svc.clock()),
         }
 

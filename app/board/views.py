@@ -1,6 +1,7 @@
 """What the board's pages show, built from the answers the API keeps in memory.
 
-Every view asks the API's own answer functions (`/summary`, `/alerts`, `/jobs`), which keep
+Every view asks the API's own answer functions (`/summary`, `/alerts`, `/jobs`, `/objects`,
+`/grid`), which keep
 their encoded answers under the data versions of the customers they cover: the board adds
 no query of its own per customer, and a key's scope holds here exactly as in the API.
 """
@@ -20,6 +21,7 @@ from app.api.alerts import answer_alerts
 from app.api.deps import Services
 from app.api.filters import JobFilters
 from app.api.jobs import answer_jobs
+from app.api.objects import ObjectQuery, answer_grid, answer_objects
 from app.api.summary import answer_summary
 from app.store import feed
 
@@ -84,6 +86,7 @@ def job_filters(
     job_types: list[str] | None = None,
     modules: list[str] | None = None,
     statuses: list[str] | None = None,
+    between: tuple[datetime, datetime] | None = None,
 ) -> JobFilters:
     """The API's job filters (each name checked: 422 for an unknown one)."""
     return JobFilters(
@@ -91,8 +94,8 @@ def job_filters(
         job_type=job_types,
         module=modules,
         customer_id=customer_ids,
-        start_after=None,
-        start_before=None,
+        start_after=between[0] if between else None,
+        start_before=between[1] if between else None,
         modified_since=None,
         q=None,
         sort="-start_time",
@@ -211,11 +214,17 @@ async def jobs_of(
     statuses: list[str] | None = None,
     job_types: list[str] | None = None,
     modules: list[str] | None = None,
+    between: tuple[datetime, datetime] | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    """A customer's newest jobs (one cached answer of `/jobs`)."""
+    """A customer's newest jobs (one cached answer of `/jobs`), started `between` two
+    moments when given."""
     filters = job_filters(
-        customer_ids=[customer_id], statuses=statuses, job_types=job_types, modules=modules
+        customer_ids=[customer_id],
+        statuses=statuses,
+        job_types=job_types,
+        modules=modules,
+        between=between,
     )
     response = await answer_jobs(
         svc,
@@ -227,5 +236,41 @@ async def jobs_of(
         position=None,
         max_age=None,
     )
+    items: list[dict[str, Any]] = json.loads(bytes(response.body))["items"]
+    return items
+
+
+CELL_TEXT = {
+    "success": ("✓", "success"),
+    "warning": ("⚠", "warning"),
+    "failure": ("✖", "failure"),
+    "no_result": ("∅", "no result"),
+    "maintenance": ("⏸", "maintenance"),
+    "none": ("·", "nothing expected"),
+}
+"""A grid cell's result: a symbol and a word (the legend), never colour alone."""
+
+OBJECT_STATES = ("failure", "no_result", "warning", "ok", "retired")
+"""An object's state on the board, worst first."""
+
+OBJECT_TEXT = {
+    "failure": ("✖", "failure"),
+    "no_result": ("∅", "no result"),
+    "warning": ("⚠", "warning"),
+    "ok": ("✓", "ok"),
+    "retired": ("–", "retired"),
+}
+
+
+async def grid(svc: Services, query: ObjectQuery, days: int) -> dict[str, Any]:
+    """Objects by business day: the kept answer of `/grid` for this query."""
+    response = await answer_grid(svc, query, days, NO_HEADERS)
+    body: dict[str, Any] = json.loads(bytes(response.body))
+    return body
+
+
+async def objects_of(svc: Services, query: ObjectQuery) -> list[dict[str, Any]]:
+    """Protected objects: the kept answer of `/objects` for this query."""
+    response = await answer_objects(svc, query, NO_HEADERS)
     items: list[dict[str, Any]] = json.loads(bytes(response.body))["items"]
     return items

@@ -384,3 +384,113 @@ async def test_demo_opens_signed_in_and_says_so(gateway: Gateway) -> None:
         again = await client.get("/board/alerts")
         assert csrf_of(again.text) == csrf_of(page.text)
         assert (await client.post("/board/logout", data={})).status_code == 403
+
+
+# -- the grid ----------------------------------------------------------------------------------
+
+
+def grid_rows(html: str) -> list[tuple[str, str]]:
+    """(data-key, data-customer-id) of each row of a grid page."""
+    return re.findall(r'<tr data-key="([^"]+)" data-customer-id="([^"]+)"', html)
+
+
+def cells_of(html: str, key: str) -> list[tuple[str, str]]:
+    """(data-date, data-result) of one object's cells, in the page's order."""
+    row = html.split(f'<tr data-key="{key}"', 1)[1].split("</tr>", 1)[0]
+    return re.findall(r'data-date="([^"]+)" data-result="([^"]+)"', row)
+
+
+async def test_the_grid_shows_the_kept_grid_answer_with_a_cell_per_day(
+    gateway: Gateway, sim: Simulator, clock: FakeClock
+) -> None:
+    failing = sim.customer_ids()[0]
+    for n in range(3):
+        sim.put_job(failing, f"fail-{n}", status=FAILED, start=clock.now - timedelta(hours=3 - n))
+    async with browser(gateway) as client:
+        await client.get("/jobs", params={"max_age": 0}, headers={"X-API-Key": API_KEY})
+        await sign_in(client, API_KEY)
+        api = await client.get("/grid", headers={"X-API-Key": API_KEY})
+        grid = api.json()
+        page = await client.get("/board/grid", params={"show": "all"})
+        assert page.status_code == 200
+        assert 'href="/board/grid" aria-current="page"' in page.text  # in the nav
+        rows = grid_rows(page.text)
+        assert [k for k, _ in rows] == [i["key"] for i in grid["items"]]
+        item = next(
+            i
+            for i in grid["items"]
+            if i["customer_id"] == failing and i["cells"][-1]["result"] == "failure"
+        )
+        cells = cells_of(page.text, item["key"])
+        assert [d for d, _ in cells] == grid["days"] and len(cells) == 14
+        assert cells == [(c["date"], c["result"]) for c in item["cells"]]
+        assert grid["days"] == sorted(grid["days"])  # oldest first, today last
+        today = grid["days"][-1]
+        assert cells[-1] == (today, "failure")
+        kind = f"job_type={item['job_type']}&amp;module={item['module']}"
+        link = f"/board/customers/{failing}?{kind}&amp;day={today}"
+        assert link in page.text
+        for symbol, word in (("✓", "success"), ("✖", "failure"), ("∅", "no result")):
+            assert f"{symbol}</span> {word}" in page.text  # the legend: never colour alone
+        day = await client.get(link.replace("&amp;", "&"))
+        assert day.status_code == 200
+        assert f"Jobs started on {today}" in day.text and 'data-job-id="fail-2"' in day.text
+
+
+async def test_the_grid_shows_objects_not_ok_by_default_and_takes_the_filters_of_objects(
+    gateway: Gateway, sim: Simulator, clock: FakeClock
+) -> None:
+    failing = sim.customer_ids()[0]
+    for n in range(3):
+        sim.put_job(failing, f"fail-{n}", status=FAILED, start=clock.now - timedelta(hours=3 - n))
+    async with browser(gateway) as client:
+        await client.get("/jobs", params={"max_age": 0}, headers={"X-API-Key": API_KEY})
+        await sign_in(client, API_KEY)
+        everything = (await client.get("/grid", headers={"X-API-Key": API_KEY})).json()["items"]
+        not_ok = [i["key"] for i in everything if i["state"] != "ok"]
+        default = await client.get("/board/grid")
+        assert [k for k, _ in grid_rows(default.text)] == not_ok
+        assert 'data-state="ok"' not in default.text
+        assert "show all" in default.text
+        mine = await client.get("/board/grid", params={"customer": failing, "show": "all"})
+        assert {c for _, c in grid_rows(mine.text)} == {failing}
+        failures = await client.get("/board/grid", params={"state": "failure"})
+        assert grid_rows(failures.text) and all(
+            s == "failure" for s in re.findall(r'data-state="(\w+)"', failures.text)
+        )
+        week = await client.get("/board/grid", params={"days": "7", "customer": failing})
+        item = grid_rows(week.text)[0][0]
+        assert len(cells_of(week.text, item)) == 7
+        for params in (
+            {"days": "0"},
+            {"days": "93"},
+            {"days": "many"},
+            {"state": "purple"},
+            {"show": "some"},
+            {"job_type": "floppy"},
+        ):
+            bad = await client.get("/board/grid", params=params)
+            assert bad.status_code == 422, params
+            assert "text/html" in bad.headers["content-type"]
+            assert next(iter(params)) in bad.text
+
+
+async def test_a_scoped_key_sees_only_its_customers_rows_on_the_grid(
+    gateway: Gateway, sim: Simulator, clock: FakeClock
+) -> None:
+    mine, other, _ = sim.customer_ids()
+    async with browser(gateway) as client:
+        await client.get("/jobs", params={"max_age": 0}, headers={"X-API-Key": API_KEY})
+        key = await make_key(client, "front-desk", [mine])
+        await sign_in(client, key)
+        page = await client.get("/board/grid", params={"show": "all"})
+        assert page.status_code == 200
+        assert {c for _, c in grid_rows(page.text)} == {mine}
+        assert other not in page.text
+        named = await client.get("/board/grid", params={"customer": other})
+        assert named.status_code == 422
+        assert (
+            await client.get(f"/board/customers/{other}", params={"day": "2026-01-01"})
+        ).status_code == 404
+        bad_day = await client.get(f"/board/customers/{mine}", params={"day": "yesterday"})
+        assert bad_day.status_code == 422 and "day" in bad_day.text
