@@ -56,7 +56,7 @@ class Filters:
         modules = enum_filter("module", _many(request, "module"), catalog.MODULE)
         return cls(
             customer=t(_many(request, "customer")),
-            state=t(_choice(request, "state", views.CONDITIONS)),
+            state=t(_choice(request, "state", views.OVERVIEW_STATES)),
             job_type=t(job_types),
             module=t(modules),
             severity=t(_choice(request, "severity", SEVERITIES)),
@@ -74,7 +74,7 @@ class Filters:
         return {
             "q": self.q or "",
             "state": [
-                (c, views.CONDITION_TEXT[c][1], c in (self.state or ())) for c in views.CONDITIONS
+                (c, views.FILTER_TEXT[c][1], c in (self.state or ())) for c in views.OVERVIEW_STATES
             ],
             "severity": [(s, s, s in (self.severity or ())) for s in SEVERITIES],
             "job_type": [

@@ -109,7 +109,8 @@ async def overview_page(request: Request) -> Response:
         data.etag,
         data.as_of,
     )
-    key += (svc.notices.count, len(data.alerts))
+    minute = int(svc.clock().timestamp() // 60)  # objects turn "no result" with time
+    key += (svc.notices.count, len(data.alerts), minute)
     html, version = await live_part(visit, "overview.html", key, build)
     if quick_key(visit, "overview", filters) == quick:  # nothing moved while it was built
         everyone = visit.principal.customers is None and not filters.customer
@@ -118,12 +119,22 @@ async def overview_page(request: Request) -> Response:
     return serve_live(visit, html, version, **frame)
 
 
+def _in_state(row: views.CustomerRow, state: str) -> bool:
+    """Whether a customer is in a state of the overview's filter: its condition, or one
+    of its objects' (`failure`, `no_result`), or a window muting some (`in_maintenance`)."""
+    if state == "in_maintenance":
+        return row.in_maintenance > 0
+    if state in views.OBJECT_FILTERS:
+        return row.objects.get(state, 0) > 0
+    return row.condition == state
+
+
 def _overview_context(data: views.Overview, filters: Filters, now: str) -> dict[str, Any]:
     rows = [
         r
         for r in data.rows
         if matches(filters.q, r.name, r.customer_id)
-        and (not filters.state or r.condition in filters.state)
+        and (not filters.state or any(_in_state(r, s) for s in filters.state))
         and (
             not filters.severity
             or ("critical" in filters.severity and r.critical)
@@ -138,6 +149,7 @@ def _overview_context(data: views.Overview, filters: Filters, now: str) -> dict[
         "total": len(data.rows),
         "tally": tally,
         "conditions": views.CONDITION_TEXT,
+        "object_text": views.OBJECT_TEXT,
         "as_of": data.as_of or now,
         "freshness": data.freshness,
         "filtered": filters.active,
@@ -300,6 +312,12 @@ async def _customer_or_404(visit: Visit, customer_id: str) -> None:
         raise NotFound(f"no customer {shorten(customer_id)!r}")
 
 
+def _objects_with_cells(objs: list[dict[str, Any]], grid: dict[str, Any]) -> list[dict[str, Any]]:
+    """A customer's objects, each with its labels and its row of the grid (none retired)."""
+    cells = {item["key"]: item["cells"] for item in grid["items"]}
+    return [_labelled(o) | {"cells": cells.get(o["key"], [])} for o in objs]
+
+
 def _day(request: Request) -> date | None:
     """The `day` of a customer page (a grid cell's link): a business day, YYYY-MM-DD."""
     raw = (request.query_params.get("day") or "").strip()
@@ -331,6 +349,12 @@ async def customer_page(request: Request, customer_id: str) -> Response:
             svc, principal, customer_id, statuses=failures, limit=20, **kinds
         )
         recent = await views.jobs_of(svc, principal, customer_id, limit=25, **kinds)
+        query, _ = await object_query(
+            svc, principal, [customer_id], kinds["job_types"], kinds["modules"], None
+        )
+        objs = await views.objects_of(svc, query)
+        grid = await views.grid(svc, query, 14)
+        windows = await views.windows_in_effect(svc, [customer_id])
         on_day = None
         if day is not None:  # a grid cell's jobs: those that started on its business day
             s = svc.settings
@@ -352,6 +376,11 @@ async def customer_page(request: Request, customer_id: str) -> Response:
             "alerts": [_labelled(a) for a in data.alerts],
             "problems": [_labelled(j) for j in problems],
             "recent": [_labelled(j) for j in recent],
+            "objects": _objects_with_cells(objs, grid),
+            "days": grid["days"],
+            "windows": windows,
+            "object_text": views.OBJECT_TEXT,
+            "cell_text": views.CELL_TEXT,
             "day": day.isoformat() if day else None,
             "on_day": [_labelled(j) for j in on_day or ()],
             "as_of": data.as_of or iso(svc.clock()),
@@ -365,7 +394,9 @@ async def customer_page(request: Request, customer_id: str) -> Response:
         filters,
         data.etag,
     )
-    key += (data.as_of, svc.notices.count, len(data.alerts))
+    minute = int(svc.clock().timestamp() // 60)  # objects turn "no result" with time
+    key += (data.as_of, svc.notices.count, len(data.alerts), day, minute)
+    key += (tuple(w["id"] for w in windows),)
     return await live_page(
         visit,
         "customer.html",

@@ -21,9 +21,10 @@ from app.api.alerts import answer_alerts
 from app.api.deps import Services
 from app.api.filters import JobFilters
 from app.api.jobs import answer_jobs
-from app.api.objects import ObjectQuery, answer_grid, answer_objects
+from app.api.maintenance import window_out
+from app.api.objects import ObjectQuery, answer_grid, answer_objects, object_query
 from app.api.summary import answer_summary
-from app.store import feed
+from app.store import feed, maintenance
 
 NO_HEADERS = Headers()
 MAX_ALERTS = 10_000
@@ -31,6 +32,11 @@ MAX_ALERTS = 10_000
 
 CONDITIONS = ("no_data", "failing", "stale", "warning", "ok")
 """A customer's condition on the board, worst first (the overview's order)."""
+
+OBJECT_FILTERS = ("failure", "no_result", "in_maintenance")
+"""The overview's `state` may also name these: customers with an object in that state."""
+
+OVERVIEW_STATES = CONDITIONS + OBJECT_FILTERS
 
 CONDITION_TEXT = {
     "no_data": ("✖", "no data"),
@@ -40,6 +46,12 @@ CONDITION_TEXT = {
     "ok": ("✓", "ok"),
 }
 """Every state has a word and a symbol: never colour alone."""
+
+FILTER_TEXT = CONDITION_TEXT | {
+    "failure": ("✖", "with an object failing"),
+    "no_result": ("∅", "with an object without result"),
+    "in_maintenance": ("⏸", "in maintenance"),
+}
 
 
 def label_of(cat: catalog.Catalog, name: str | None) -> str:
@@ -63,8 +75,8 @@ class CustomerRow:
     error: str | None
     critical: int
     warning: int
-    failures: int  # objects failing (from alerts, until objects exist)
-    no_results: int  # objects overdue or without a result (from alerts)
+    objects: dict[str, int]  # protected objects by state (from `/objects`)
+    in_maintenance: int  # objects a maintenance window mutes now
     last_success_at: str | None
     hours_since_success: float | None
     success_rate_7d: float | None
@@ -159,6 +171,14 @@ async def overview(
     alerts = await open_alerts(
         svc, principal, customer_ids=customer_ids, job_types=job_types, modules=modules
     )
+    query, _ = await object_query(svc, principal, customer_ids, job_types, modules, None)
+    states: dict[str, dict[str, int]] = {}
+    muted: dict[str, int] = {}
+    for obj in await objects_of(svc, query):
+        counts = states.setdefault(obj["customer_id"], {})
+        counts[obj["state"]] = counts.get(obj["state"], 0) + 1
+        if obj["in_maintenance"]:
+            muted[obj["customer_id"]] = muted.get(obj["customer_id"], 0) + 1
     by_customer: dict[str, list[dict[str, Any]]] = {}
     for alert in alerts:
         by_customer.setdefault(alert["customer_id"], []).append(alert)
@@ -182,8 +202,8 @@ async def overview(
                 error=f"{error.kind}: {error.message}" if error else None,
                 critical=critical,
                 warning=warning,
-                failures=sum(a["reason"] == "failed" for a in mine),
-                no_results=sum(a["reason"] != "failed" for a in mine),
+                objects=states.get(cid, {}),
+                in_maintenance=muted.get(cid, 0),
                 last_success_at=item["last_success_at"],
                 hours_since_success=item["hours_since_success"],
                 success_rate_7d=item["success_rate_7d"],
@@ -274,3 +294,11 @@ async def objects_of(svc: Services, query: ObjectQuery) -> list[dict[str, Any]]:
     response = await answer_objects(svc, query, NO_HEADERS)
     items: list[dict[str, Any]] = json.loads(bytes(response.body))["items"]
     return items
+
+
+async def windows_in_effect(svc: Services, customer_ids: list[str]) -> list[dict[str, Any]]:
+    """The maintenance windows muting these customers now (theirs and every customer's)."""
+    now = svc.clock()
+    async with svc.sessions() as session:
+        found = await maintenance.list_windows(session, customer_ids, ending_after=now)
+    return [window_out(w, now) for w in found if w.starts_at <= now]

@@ -494,3 +494,70 @@ async def test_a_scoped_key_sees_only_its_customers_rows_on_the_grid(
         ).status_code == 404
         bad_day = await client.get(f"/board/customers/{mine}", params={"day": "yesterday"})
         assert bad_day.status_code == 422 and "day" in bad_day.text
+
+
+# -- objects and maintenance on the overview and the customer page ------------------------------
+
+
+async def test_the_overview_counts_objects_by_state_and_filters_on_them(
+    gateway: Gateway, sim: Simulator, clock: FakeClock
+) -> None:
+    failing, muted, _ = sim.customer_ids()
+    for n in range(3):
+        sim.put_job(failing, f"fail-{n}", status=FAILED, start=clock.now - timedelta(hours=3 - n))
+    async with browser(gateway) as client:
+        await client.get("/jobs", params={"max_age": 0}, headers={"X-API-Key": API_KEY})
+        window = await client.post(
+            "/maintenance",
+            json={
+                "customer_id": muted,
+                "starts_at": (clock.now - timedelta(hours=1)).isoformat(),
+                "ends_at": (clock.now + timedelta(hours=2)).isoformat(),
+                "reason": "tenant migration",
+            },
+            headers={"X-API-Key": API_KEY},
+        )
+        assert window.status_code == 201
+        objects = (await client.get("/objects", headers={"X-API-Key": API_KEY})).json()["items"]
+        failures = sum(o["customer_id"] == failing and o["state"] == "failure" for o in objects)
+        assert failures >= 1
+        await sign_in(client, API_KEY)
+        page = await client.get("/board")
+        row = page.text.split(f'<tr data-customer-id="{failing}"', 1)[1].split("</tr>", 1)[0]
+        assert f'<span data-objects="failure">✖ {failures} failure</span>' in row
+        other = page.text.split(f'<tr data-customer-id="{muted}"', 1)[1].split("</tr>", 1)[0]
+        assert "⏸ maintenance" in other
+        only = await client.get("/board", params={"state": "failure"})
+        with_failure = {o["customer_id"] for o in objects if o["state"] == "failure"}
+        assert failing in with_failure and set(customers_listed(only.text)) == with_failure
+        assert '<option value="failure" selected>' in only.text
+        paused = await client.get("/board", params={"state": "in_maintenance"})
+        assert customers_listed(paused.text) == [muted]
+        customer = await client.get(f"/board/customers/{muted}")
+        assert "⏸ <strong>In maintenance</strong>" in customer.text
+        assert "tenant migration" in customer.text
+
+
+async def test_the_customer_page_shows_its_objects_with_expectations_and_grid_row(
+    gateway: Gateway, sim: Simulator, clock: FakeClock
+) -> None:
+    cid = sim.customer_ids()[0]
+    async with browser(gateway) as client:
+        await client.get("/jobs", params={"max_age": 0}, headers={"X-API-Key": API_KEY})
+        objects = (
+            await client.get(
+                "/objects", params={"customer_id": cid}, headers={"X-API-Key": API_KEY}
+            )
+        ).json()["items"]
+        await sign_in(client, API_KEY)
+        page = await client.get(f"/board/customers/{cid}")
+        assert page.status_code == 200
+        for obj in objects:
+            assert (
+                f'<tr data-key="{obj["key"]}" data-customer-id="{cid}" data-state="{obj["state"]}"'
+                in page.text
+            )
+            cells = cells_of(page.text, obj["key"])
+            assert len(cells) == 14 and [d for d, _ in cells] == sorted(d for d, _ in cells)
+            assert f"({obj['expected']['source']})" in page.text
+        assert "In maintenance" not in page.text
