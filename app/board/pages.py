@@ -237,6 +237,10 @@ async def alerts_page(request: Request) -> Response:
             severities=_listed(filters.severity),
         )
         in_scope = await scope(svc.refresher, None, visit.principal)
+        everyone = visit.principal.customers is None and not filters.customer
+        ticket_of = await views.alert_tickets(
+            svc, None if everyone else _listed(filters.customer) or in_scope
+        )
     except ApiError as exc:
         return error_page(visit, request, exc)
     view = svc.refresher.view(in_scope, everyone=visit.principal.customers is None)
@@ -245,7 +249,7 @@ async def alerts_page(request: Request) -> Response:
     async def build() -> dict[str, Any]:
         now = iso(svc.clock()) or ""
         return {
-            "alerts": _alert_rows(svc.refresher.name_of, alerts, filters.q, now),
+            "alerts": _alert_rows(svc.refresher.name_of, alerts, filters.q, now, ticket_of),
             "as_of": iso(view.oldest_fetched_at) or now,
             "hours": forms.SNOOZE_HOURS,
             "back": back,
@@ -260,7 +264,7 @@ async def alerts_page(request: Request) -> Response:
         svc.notices.count,
         view.tag,
     )
-    key += (iso(view.oldest_fetched_at), len(alerts), minute)
+    key += (iso(view.oldest_fetched_at), len(alerts), minute, _tickets_tag(ticket_of))
     return await live_page(
         visit,
         "alerts.html",
@@ -274,8 +278,17 @@ async def alerts_page(request: Request) -> Response:
     )
 
 
+def _tickets_tag(ticket_of: dict[str, dict[str, Any]]) -> tuple[tuple[str, str, str], ...]:
+    """What a page's tickets show, to key its rendered part."""
+    return tuple(sorted((k, t["state"], t["ticket_id"] or "") for k, t in ticket_of.items()))
+
+
 def _alert_rows(
-    name_of: Callable[[str], str | None], alerts: list[dict[str, Any]], q: str | None, now: str
+    name_of: Callable[[str], str | None],
+    alerts: list[dict[str, Any]],
+    q: str | None,
+    now: str,
+    ticket_of: dict[str, dict[str, Any]],
 ) -> list[dict[str, Any]]:
     """Open alerts as the page lists them: critical first, snoozed after, oldest first."""
     rows = []
@@ -288,6 +301,7 @@ def _alert_rows(
             | {
                 "customer_name": name,
                 "snoozed": bool(a["snoozed_until"]) and a["snoozed_until"] > now,
+                "ticket": ticket_of.get(a["alert_key"]),
             }
         )
     rows.sort(key=lambda a: (a["severity"] != "critical", a["snoozed"], a["opened_at"] or ""))
@@ -355,6 +369,7 @@ async def customer_page(request: Request, customer_id: str) -> Response:
         objs = await views.objects_of(svc, query)
         grid = await views.grid(svc, query, 14)
         windows = await views.windows_in_effect(svc, [customer_id])
+        ticket_of = await views.alert_tickets(svc, [customer_id])
         on_day = None
         if day is not None:  # a grid cell's jobs: those that started on its business day
             s = svc.settings
@@ -373,7 +388,9 @@ async def customer_page(request: Request, customer_id: str) -> Response:
             "name": name,
             "row": data.rows[0] if data.rows else None,
             "conditions": views.CONDITION_TEXT,
-            "alerts": [_labelled(a) for a in data.alerts],
+            "alerts": [
+                _labelled(a) | {"ticket": ticket_of.get(a["alert_key"])} for a in data.alerts
+            ],
             "problems": [_labelled(j) for j in problems],
             "recent": [_labelled(j) for j in recent],
             "objects": _objects_with_cells(objs, grid),
@@ -396,7 +413,7 @@ async def customer_page(request: Request, customer_id: str) -> Response:
     )
     minute = int(svc.clock().timestamp() // 60)  # objects turn "no result" with time
     key += (data.as_of, svc.notices.count, len(data.alerts), day, minute)
-    key += (tuple(w["id"] for w in windows),)
+    key += (tuple(w["id"] for w in windows), _tickets_tag(ticket_of))
     return await live_page(
         visit,
         "customer.html",

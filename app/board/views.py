@@ -24,7 +24,8 @@ from app.api.jobs import answer_jobs
 from app.api.maintenance import window_out
 from app.api.objects import ObjectQuery, answer_grid, answer_objects, object_query
 from app.api.summary import answer_summary
-from app.store import feed, maintenance
+from app.api.tickets import ticket_out
+from app.store import feed, maintenance, tickets
 
 NO_HEADERS = Headers()
 MAX_ALERTS = 10_000
@@ -302,3 +303,22 @@ async def windows_in_effect(svc: Services, customer_ids: list[str]) -> list[dict
     async with svc.sessions() as session:
         found = await maintenance.list_windows(session, customer_ids, ending_after=now)
     return [window_out(w, now) for w in found if w.starts_at <= now]
+
+
+TICKET_TEXT = {
+    "open": "open",
+    "closed": "closed",
+    "held": "held back (too many new tickets this hour)",
+    "failed": "failed",
+    "unmapped": "no ticket: customer not mapped to a PSA company",
+}
+"""What the board says of an alert's ticket; `unmapped` plainly."""
+
+
+async def alert_tickets(svc: Services, customer_ids: list[str] | None) -> dict[str, dict[str, Any]]:
+    """The ticket of each open alert (by alert key) of these customers (None: all): one
+    query for the whole page."""
+    dialect = svc.engine.dialect.name
+    async with svc.sessions() as session:
+        rows = await tickets.read(session, tickets.open_alerts_tickets(dialect, customer_ids))
+    return {r.alert_key: ticket_out(r) | {"text": TICKET_TEXT[r.state]} for r in rows}

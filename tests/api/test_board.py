@@ -23,6 +23,7 @@ from app.access import keys
 from app.board.sessions import COOKIE
 from app.simulator import Simulator, SimulatorConfig
 from app.store import keys as stored_keys
+from app.store import tickets
 from tests.api.conftest import API_KEY, Gateway, services_of
 from tests.clock import FakeClock
 
@@ -561,3 +562,56 @@ async def test_the_customer_page_shows_its_objects_with_expectations_and_grid_ro
             assert len(cells) == 14 and [d for d, _ in cells] == sorted(d for d, _ in cells)
             assert f"({obj['expected']['source']})" in page.text
         assert "In maintenance" not in page.text
+
+
+# -- tickets ------------------------------------------------------------------------------------
+
+
+async def put_ticket(
+    client: httpx.AsyncClient, alert_key: str, state: str, ticket: str | None
+) -> None:
+    """A ticket row for the open alert of `alert_key`, as the desk would have written it."""
+    svc = services_of(client)
+    dialect = svc.engine.dialect.name
+    async with svc.sessions() as session:
+        alert = await tickets.read(session, tickets.alert_of(dialect, alert_key, None))
+    assert alert is not None and alert.id is not None
+    row = tickets.TicketRow(
+        alert_id=alert.id,
+        alert_key=alert_key,
+        customer_id=alert.customer_id,
+        company_id="19" if state != "unmapped" else None,
+        ticket_id=ticket,
+        state=state,
+    )
+    await svc.writer.run_plan(lambda d: tickets.save(d, row, svc.clock()))
+    svc.notices.notify()
+
+
+async def test_alert_rows_show_their_ticket_state_and_id(
+    gateway: Gateway, sim: Simulator, clock: FakeClock
+) -> None:
+    ticketed, unmapped, _ = sim.customer_ids()
+    for cid in (ticketed, unmapped):
+        for n in range(3):
+            sim.put_job(cid, f"fail-{n}", status=FAILED, start=clock.now - timedelta(hours=3 - n))
+    async with browser(gateway) as client:
+        await client.get("/jobs", params={"max_age": 0}, headers={"X-API-Key": API_KEY})
+        alerts = (
+            await client.get("/alerts", params={"state": "open"}, headers={"X-API-Key": API_KEY})
+        ).json()["items"]
+        first = next(a["alert_key"] for a in alerts if a["customer_id"] == ticketed)
+        second = next(a["alert_key"] for a in alerts if a["customer_id"] == unmapped)
+        await sign_in(client, API_KEY)
+        before = await client.get("/board/alerts")
+        assert 'data-ticket-state="none"' in before.text
+        await put_ticket(client, first, "open", "4242")
+        await put_ticket(client, second, "unmapped", None)
+        page = await client.get("/board/alerts")
+        row = page.text.split(f'<tr data-key="{first}"', 1)[1].split("</tr>", 1)[0]
+        assert 'data-ticket-state="open" data-ticket-id="4242"' in row and "#4242 open" in row
+        other = page.text.split(f'<tr data-key="{second}"', 1)[1].split("</tr>", 1)[0]
+        assert 'data-ticket-state="unmapped"' in other
+        assert "no ticket: customer not mapped to a PSA company" in other
+        customer = await client.get(f"/board/customers/{ticketed}")
+        assert 'data-ticket-id="4242"' in customer.text
