@@ -51,7 +51,7 @@ CONDITION_TEXT = {
 FILTER_TEXT = CONDITION_TEXT | {
     "failure": ("✖", "with an object failing"),
     "no_result": ("∅", "with an object without result"),
-    "in_maintenance": ("⏸", "in maintenance"),
+    "in_maintenance": ("‖", "in maintenance"),
 }
 
 
@@ -266,7 +266,7 @@ CELL_TEXT = {
     "warning": ("⚠", "warning"),
     "failure": ("✖", "failure"),
     "no_result": ("∅", "no result"),
-    "maintenance": ("⏸", "maintenance"),
+    "maintenance": ("‖", "maintenance"),
     "none": ("·", "nothing expected"),
 }
 """A grid cell's result: a symbol and a word (the legend), never colour alone."""

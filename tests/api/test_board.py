@@ -527,7 +527,7 @@ async def test_the_overview_counts_objects_by_state_and_filters_on_them(
         row = page.text.split(f'<tr data-customer-id="{failing}"', 1)[1].split("</tr>", 1)[0]
         assert f'<span data-objects="failure">✖ {failures} failure</span>' in row
         other = page.text.split(f'<tr data-customer-id="{muted}"', 1)[1].split("</tr>", 1)[0]
-        assert "⏸ maintenance" in other
+        assert "‖ maintenance" in other
         only = await client.get("/board", params={"state": "failure"})
         with_failure = {o["customer_id"] for o in objects if o["state"] == "failure"}
         assert failing in with_failure and set(customers_listed(only.text)) == with_failure
@@ -535,7 +535,7 @@ async def test_the_overview_counts_objects_by_state_and_filters_on_them(
         paused = await client.get("/board", params={"state": "in_maintenance"})
         assert customers_listed(paused.text) == [muted]
         customer = await client.get(f"/board/customers/{muted}")
-        assert "⏸ <strong>In maintenance</strong>" in customer.text
+        assert "‖ <strong>In maintenance</strong>" in customer.text
         assert "tenant migration" in customer.text
 
 
