@@ -95,7 +95,7 @@ def matches(q: str | None, *texts: str | None) -> bool:
 
 
 GRID_SHOWS = ("problems", "all")
-GRID_PAGE_ROWS = 200
+GRID_PAGE_ROWS = 100
 """Objects a grid page shows at most; the rest are on the next pages."""
 
 

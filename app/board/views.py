@@ -305,6 +305,9 @@ async def windows_in_effect(svc: Services, customer_ids: list[str]) -> list[dict
     return [window_out(w, now) for w in found if w.starts_at <= now]
 
 
+TICKETS_KEPT_SECONDS = 2
+"""How long a page's tickets are kept: a ticket's change shows within it."""
+
 TICKET_TEXT = {
     "open": "open",
     "closed": "closed",
@@ -317,8 +320,17 @@ TICKET_TEXT = {
 
 async def alert_tickets(svc: Services, customer_ids: list[str] | None) -> dict[str, dict[str, Any]]:
     """The ticket of each open alert (by alert key) of these customers (None: all): one
-    query for the whole page."""
+    query for the whole page, kept for TICKETS_KEPT_SECONDS (the desk tells no notice when a
+    ticket moves) or until an alert changes."""
+    bucket = int(svc.clock().timestamp() // TICKETS_KEPT_SECONDS)
+    names = tuple(customer_ids) if customer_ids is not None else None
+    key = ("board-tickets", names, svc.notices.count, bucket)
+    kept: dict[str, dict[str, Any]] | None = svc.answers.get(key)
+    if kept is not None:
+        return kept
     dialect = svc.engine.dialect.name
     async with svc.sessions() as session:
         rows = await tickets.read(session, tickets.open_alerts_tickets(dialect, customer_ids))
-    return {r.alert_key: ticket_out(r) | {"text": TICKET_TEXT[r.state]} for r in rows}
+    found = {r.alert_key: ticket_out(r) | {"text": TICKET_TEXT[r.state]} for r in rows}
+    svc.answers.put(key, found, 200 * len(found) + 100)
+    return found
