@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     # smtp://user:pass@host:587 (STARTTLS when offered), smtps://...:465 (TLS),
     # smtp+starttls://... (STARTTLS required), smtp://host:25 (a local relay).
     smtp_url: SecretStr | None = None
-    # Where people reach this service: the digest's link to the board.
+    # Where people reach this service: the digest's and the tickets' links to the board.
     public_url: str = "http://127.0.0.1:8000"
 
     @field_validator(

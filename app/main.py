@@ -271,6 +271,7 @@ def desk_of(services: Services, http: httpx.AsyncClient) -> tickets.Desk:
         config=tickets.DeskConfig(
             min_severity=settings.psa_min_severity,
             max_new_per_hour=settings.psa_max_new_tickets_per_hour,
+            board_url=settings.public_url.rstrip("/") + "/board",
         ),
         notices=services.notices,
         clock=services.clock,

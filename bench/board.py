@@ -5,8 +5,8 @@
 
 For each size: a real `serve` process in DEMO (the built-in simulator, customers of varied
 sizes), pinned to core 0 when `taskset` is there, refreshed once; then `--clients` clients
-at once on core 1 load `/board`, `/board/alerts` and the live part's polls, each with the
-board's session cookie. It reports
+at once on core 1 load `/board`, `/board/alerts`, `/board/grid` and the live part's
+polls, each with the board's session cookie. It reports
 - the server's median and p99 per page, from the service's own histogram
   (`jobs_gateway_http_request_seconds{route}`, interpolated within its buckets), and what
   the clients saw (which includes their own queueing);
@@ -37,7 +37,7 @@ import httpx
 from bench.common import machine, median, percentile, table, write_results
 
 KEY = "bench-key-0123456789"
-PAGES = ("/board", "/board/alerts")
+PAGES = ("/board", "/board/alerts", "/board/grid")
 ASSETS = ("/board/static/htmx.min.js", "/board/static/board.css", "/board/static/board.js")
 HERE = Path(__file__).parent
 
@@ -170,6 +170,7 @@ def measure(customers: int, seconds: float, clients: int) -> dict[str, Any]:
                 first = client.get("/board")
                 cookie = first.cookies["jgw_board"]
                 html = len(first.content)
+                grid_html = len(client.get("/board/grid").content)
                 assets = sum(len(client.get(a).content) for a in ASSETS)
                 before = client.get("/metrics").text
             # The clients run on the other core, as a browser would on its own machine.
@@ -189,6 +190,7 @@ def measure(customers: int, seconds: float, clients: int) -> dict[str, Any]:
         "customers": customers,
         "refresh_seconds": round(refreshed, 1),
         "html_bytes": html,
+        "grid_html_bytes": grid_html,
         "assets_bytes": assets,
         "page_weight_bytes": html + assets,
         "server": server,
@@ -227,12 +229,13 @@ def report(results: list[dict[str, Any]], clients: int, seconds: float) -> str:
                     str(client.get("requests")),
                 ]
             )
-    sizes = [["customers", "/board HTML", "assets", "whole page", "targets"]]
+    sizes = [["customers", "/board HTML", "/board/grid HTML", "assets", "whole page", "targets"]]
     for r in results:
         sizes.append(
             [
                 str(r["customers"]),
                 f"{r['html_bytes'] / 1024:.0f} KB",
+                f"{r['grid_html_bytes'] / 1024:.0f} KB",
                 f"{r['assets_bytes'] / 1024:.0f} KB",
                 f"{r['page_weight_bytes'] / 1024:.0f} KB",
                 "HTML <= 300 KB at 1,000; page <= 150 KB at 50",
@@ -243,7 +246,8 @@ def report(results: list[dict[str, Any]], clients: int, seconds: float) -> str:
             "# The board under load (`python -m bench.board`)",
             "",
             f"{clients} clients at once for {seconds:g} s per size, each asking `/board`, "
-            "`/board/alerts` and a poll of the live part in turn, with a session cookie; the "
+            "`/board/alerts`, `/board/grid` (objects not ok, the default) and a poll of the "
+            "live part in turn, with a session cookie; the "
             "service in DEMO on core 0, the clients on core 1. Server times come from the "
             "service's own histogram (`jobs_gateway_http_request_seconds`, interpolated "
             "within buckets); client times include the clients' queueing. Target: server "

@@ -4,7 +4,7 @@ customer, and a job with its history (`app.board.forms` has what changes somethi
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import jinja2
@@ -12,13 +12,14 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from app import catalog
+from app import catalog, expectations
 from app.api.common import scope, visible
-from app.api.errors import ApiError, NotFound
+from app.api.errors import ApiError, InvalidParameter, NotFound
 from app.api.jobs import job_out
+from app.api.objects import object_query
 from app.api.params import shorten
 from app.board import forms, views
-from app.board.filters import Filters, matches
+from app.board.filters import GRID_PAGE_ROWS, Filters, GridFilters, matches
 from app.board.frame import (
     HERE,
     Board,
@@ -108,7 +109,8 @@ async def overview_page(request: Request) -> Response:
         data.etag,
         data.as_of,
     )
-    key += (svc.notices.count, len(data.alerts))
+    minute = int(svc.clock().timestamp() // 60)  # objects turn "no result" with time
+    key += (svc.notices.count, len(data.alerts), minute)
     html, version = await live_part(visit, "overview.html", key, build)
     if quick_key(visit, "overview", filters) == quick:  # nothing moved while it was built
         everyone = visit.principal.customers is None and not filters.customer
@@ -117,12 +119,22 @@ async def overview_page(request: Request) -> Response:
     return serve_live(visit, html, version, **frame)
 
 
+def _in_state(row: views.CustomerRow, state: str) -> bool:
+    """Whether a customer is in a state of the overview's filter: its condition, or one
+    of its objects' (`failure`, `no_result`), or a window muting some (`in_maintenance`)."""
+    if state == "in_maintenance":
+        return row.in_maintenance > 0
+    if state in views.OBJECT_FILTERS:
+        return row.objects.get(state, 0) > 0
+    return row.condition == state
+
+
 def _overview_context(data: views.Overview, filters: Filters, now: str) -> dict[str, Any]:
     rows = [
         r
         for r in data.rows
         if matches(filters.q, r.name, r.customer_id)
-        and (not filters.state or r.condition in filters.state)
+        and (not filters.state or any(_in_state(r, s) for s in filters.state))
         and (
             not filters.severity
             or ("critical" in filters.severity and r.critical)
@@ -137,10 +149,73 @@ def _overview_context(data: views.Overview, filters: Filters, now: str) -> dict[
         "total": len(data.rows),
         "tally": tally,
         "conditions": views.CONDITION_TEXT,
+        "object_text": views.OBJECT_TEXT,
         "as_of": data.as_of or now,
         "freshness": data.freshness,
         "filtered": filters.active,
     }
+
+
+@router.get("/board/grid")
+async def grid_page(request: Request) -> Response:
+    """Objects by business day, from the kept answer of `/grid`: by default only the
+    objects not ok (a toggle shows all), GRID_PAGE_ROWS a page."""
+    visit = visit_of(request)
+    if visit is None:
+        return to_login(request)
+    svc = visit.svc
+    frame: dict[str, Any] = {
+        "title": "Grid",
+        "nav": "grid",
+        "filter_fields": ("state", "job_type", "module", "days"),
+        "action": "/board/grid",
+    }
+    try:
+        gf = GridFilters.of(request)
+        frame["filters"] = gf.form()
+        states = gf.state
+        if states is None and gf.show == "problems":
+            states = tuple(s for s in views.OBJECT_STATES if s not in ("ok", "retired"))
+        query, named = await object_query(
+            svc,
+            visit.principal,
+            _listed(gf.customer),
+            _listed(gf.job_type),
+            _listed(gf.module),
+            _listed(states),
+        )
+        data = await views.grid(svc, query, gf.days)
+    except ApiError as exc:
+        return error_page(visit, request, exc)
+    items: list[dict[str, Any]] = data["items"]
+    pages = max(1, -(-len(items) // GRID_PAGE_ROWS))
+    page = min(gf.page, pages)
+    shown = items[(page - 1) * GRID_PAGE_ROWS : page * GRID_PAGE_ROWS]
+
+    async def build() -> dict[str, Any]:
+        return {
+            "rows": [_labelled(r) for r in shown],
+            "days": data["days"],
+            "total": len(items),
+            "shown": len(shown),
+            "show": gf.show,
+            "page": page,
+            "pages": pages,
+            "prev_link": gf.link(page=page - 1),
+            "next_link": gf.link(page=page + 1),
+            "all_link": gf.link(show="all", page=""),
+            "problems_link": gf.link(show="", page=""),
+            "cell_text": views.CELL_TEXT,
+            "object_text": views.OBJECT_TEXT,
+            "as_of": iso(svc.clock()) or "",
+        }
+
+    # What the kept `/grid` answer depends on (its data versions, alert and expectation
+    # changes, the minute), so the part is rendered once per change, not per poll.
+    minute = int(svc.clock().timestamp() // 60)
+    key: tuple[Any, ...] = ("board", "grid", visit.principal.customers, gf, data["days"][-1])
+    key += (svc.refresher.version_of(named), svc.notices.count, minute, page)
+    return await live_page(visit, "grid.html", key, build, **frame)
 
 
 @router.get("/board/alerts")
@@ -162,6 +237,10 @@ async def alerts_page(request: Request) -> Response:
             severities=_listed(filters.severity),
         )
         in_scope = await scope(svc.refresher, None, visit.principal)
+        everyone = visit.principal.customers is None and not filters.customer
+        ticket_of = await views.alert_tickets(
+            svc, None if everyone else _listed(filters.customer) or in_scope
+        )
     except ApiError as exc:
         return error_page(visit, request, exc)
     view = svc.refresher.view(in_scope, everyone=visit.principal.customers is None)
@@ -170,7 +249,7 @@ async def alerts_page(request: Request) -> Response:
     async def build() -> dict[str, Any]:
         now = iso(svc.clock()) or ""
         return {
-            "alerts": _alert_rows(svc.refresher.name_of, alerts, filters.q, now),
+            "alerts": _alert_rows(svc.refresher.name_of, alerts, filters.q, now, ticket_of),
             "as_of": iso(view.oldest_fetched_at) or now,
             "hours": forms.SNOOZE_HOURS,
             "back": back,
@@ -185,7 +264,7 @@ async def alerts_page(request: Request) -> Response:
         svc.notices.count,
         view.tag,
     )
-    key += (iso(view.oldest_fetched_at), len(alerts), minute)
+    key += (iso(view.oldest_fetched_at), len(alerts), minute, _tickets_tag(ticket_of))
     return await live_page(
         visit,
         "alerts.html",
@@ -199,8 +278,17 @@ async def alerts_page(request: Request) -> Response:
     )
 
 
+def _tickets_tag(ticket_of: dict[str, dict[str, Any]]) -> tuple[tuple[str, str, str], ...]:
+    """What a page's tickets show, to key its rendered part."""
+    return tuple(sorted((k, t["state"], t["ticket_id"] or "") for k, t in ticket_of.items()))
+
+
 def _alert_rows(
-    name_of: Callable[[str], str | None], alerts: list[dict[str, Any]], q: str | None, now: str
+    name_of: Callable[[str], str | None],
+    alerts: list[dict[str, Any]],
+    q: str | None,
+    now: str,
+    ticket_of: dict[str, dict[str, Any]],
 ) -> list[dict[str, Any]]:
     """Open alerts as the page lists them: critical first, snoozed after, oldest first."""
     rows = []
@@ -213,6 +301,7 @@ def _alert_rows(
             | {
                 "customer_name": name,
                 "snoozed": bool(a["snoozed_until"]) and a["snoozed_until"] > now,
+                "ticket": ticket_of.get(a["alert_key"]),
             }
         )
     rows.sort(key=lambda a: (a["severity"] != "critical", a["snoozed"], a["opened_at"] or ""))
@@ -237,6 +326,23 @@ async def _customer_or_404(visit: Visit, customer_id: str) -> None:
         raise NotFound(f"no customer {shorten(customer_id)!r}")
 
 
+def _objects_with_cells(objs: list[dict[str, Any]], grid: dict[str, Any]) -> list[dict[str, Any]]:
+    """A customer's objects, each with its labels and its row of the grid (none retired)."""
+    cells = {item["key"]: item["cells"] for item in grid["items"]}
+    return [_labelled(o) | {"cells": cells.get(o["key"], [])} for o in objs]
+
+
+def _day(request: Request) -> date | None:
+    """The `day` of a customer page (a grid cell's link): a business day, YYYY-MM-DD."""
+    raw = (request.query_params.get("day") or "").strip()
+    if not raw:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise InvalidParameter(f"day: {shorten(raw)!r} is not a date (YYYY-MM-DD)") from None
+
+
 @router.get("/board/customers/{customer_id}")
 async def customer_page(request: Request, customer_id: str) -> Response:
     visit = visit_of(request)
@@ -246,13 +352,32 @@ async def customer_page(request: Request, customer_id: str) -> Response:
     try:
         await _customer_or_404(visit, customer_id)
         filters = Filters.of(request)
-        kinds = {"job_types": _listed(filters.job_type), "modules": _listed(filters.module)}
+        day = _day(request)
+        kinds: dict[str, Any] = {
+            "job_types": _listed(filters.job_type),
+            "modules": _listed(filters.module),
+        }
         data = await views.overview(svc, principal, customer_ids=[customer_id], **kinds)
         failures = sorted(svc.feed.rules.statuses)
         problems = await views.jobs_of(
             svc, principal, customer_id, statuses=failures, limit=20, **kinds
         )
         recent = await views.jobs_of(svc, principal, customer_id, limit=25, **kinds)
+        query, _ = await object_query(
+            svc, principal, [customer_id], kinds["job_types"], kinds["modules"], None
+        )
+        objs = await views.objects_of(svc, query)
+        grid = await views.grid(svc, query, 14)
+        windows = await views.windows_in_effect(svc, [customer_id])
+        ticket_of = await views.alert_tickets(svc, [customer_id])
+        on_day = None
+        if day is not None:  # a grid cell's jobs: those that started on its business day
+            s = svc.settings
+            start = expectations.day_start(day, s.zone, s.day_start_hour)
+            between = (start, start + timedelta(days=1))
+            on_day = await views.jobs_of(
+                svc, principal, customer_id, between=between, limit=100, **kinds
+            )
     except ApiError as exc:
         return error_page(visit, request, exc)
     name = svc.refresher.name_of(customer_id) or customer_id
@@ -263,9 +388,18 @@ async def customer_page(request: Request, customer_id: str) -> Response:
             "name": name,
             "row": data.rows[0] if data.rows else None,
             "conditions": views.CONDITION_TEXT,
-            "alerts": [_labelled(a) for a in data.alerts],
+            "alerts": [
+                _labelled(a) | {"ticket": ticket_of.get(a["alert_key"])} for a in data.alerts
+            ],
             "problems": [_labelled(j) for j in problems],
             "recent": [_labelled(j) for j in recent],
+            "objects": _objects_with_cells(objs, grid),
+            "days": grid["days"],
+            "windows": windows,
+            "object_text": views.OBJECT_TEXT,
+            "cell_text": views.CELL_TEXT,
+            "day": day.isoformat() if day else None,
+            "on_day": [_labelled(j) for j in on_day or ()],
             "as_of": data.as_of or iso(svc.clock()),
         }
 
@@ -277,7 +411,9 @@ async def customer_page(request: Request, customer_id: str) -> Response:
         filters,
         data.etag,
     )
-    key += (data.as_of, svc.notices.count, len(data.alerts))
+    minute = int(svc.clock().timestamp() // 60)  # objects turn "no result" with time
+    key += (data.as_of, svc.notices.count, len(data.alerts), day, minute)
+    key += (tuple(w["id"] for w in windows), _tickets_tag(ticket_of))
     return await live_page(
         visit,
         "customer.html",

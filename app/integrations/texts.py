@@ -3,6 +3,8 @@ line for notes. Plain text: ConnectWise shows notes as they are written."""
 
 from __future__ import annotations
 
+from urllib.parse import quote, urlencode
+
 from app.alert_rules import AlertState
 from app.clock import iso
 from app.store.repo import JobRow
@@ -46,8 +48,16 @@ def description_of(alert: AlertState, job: JobRow | None, board_url: str | None)
     if job is not None:
         lines.append(job_line(job))
     if board_url:
-        lines.append(f"Board: {board_url}")
+        lines.append(f"On the board: {board_link(alert, board_url)}")
     return "\n".join(lines)
+
+
+def board_link(alert: AlertState, board_url: str) -> str:
+    """The board's page of the alert's customer, showing its object (`board_url` is the
+    board's root, from PUBLIC_URL)."""
+    customer = quote(alert.customer_id, safe="")
+    kind = urlencode({"job_type": alert.job_type, "module": alert.module})
+    return f"{board_url.rstrip('/')}/customers/{customer}?{kind}"
 
 
 def job_line(job: JobRow) -> str:

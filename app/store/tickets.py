@@ -307,3 +307,26 @@ def list_tickets(
         (*args, limit + 1),
     )
     return [_row(r) for r in rows]
+
+
+def open_alerts_tickets(dialect: str, customer_ids: Sequence[str] | None) -> Plan[list[TicketRow]]:
+    """The tickets of the open alerts of these customers (None: all), in one query: what
+    the board shows beside each open alert."""
+    where = "a.id = t.alert_id AND a.state = 'open'"
+    args: list[Any] = []
+    if customer_ids is not None:
+        if not customer_ids:
+            return []
+        where += f" AND t.customer_id IN ({', '.join('?' * len(customer_ids))})"
+        args.extend(customer_ids)
+    columns = ", ".join(f"t.{c}" for c in _COLUMNS)
+    rows = yield (
+        "fetch",
+        sql(
+            dialect,
+            # CROSS JOIN: SQLite then walks the (few) tickets, not every open alert.
+            f"SELECT {columns} FROM tickets t CROSS JOIN alerts a WHERE {where}",  # noqa: S608
+        ),
+        tuple(args),
+    )
+    return [_row(r) for r in rows]

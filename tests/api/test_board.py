@@ -23,6 +23,7 @@ from app.access import keys
 from app.board.sessions import COOKIE
 from app.simulator import Simulator, SimulatorConfig
 from app.store import keys as stored_keys
+from app.store import tickets
 from tests.api.conftest import API_KEY, Gateway, services_of
 from tests.clock import FakeClock
 
@@ -384,3 +385,233 @@ async def test_demo_opens_signed_in_and_says_so(gateway: Gateway) -> None:
         again = await client.get("/board/alerts")
         assert csrf_of(again.text) == csrf_of(page.text)
         assert (await client.post("/board/logout", data={})).status_code == 403
+
+
+# -- the grid ----------------------------------------------------------------------------------
+
+
+def grid_rows(html: str) -> list[tuple[str, str]]:
+    """(data-key, data-customer-id) of each row of a grid page."""
+    return re.findall(r'<tr data-key="([^"]+)" data-customer-id="([^"]+)"', html)
+
+
+def cells_of(html: str, key: str) -> list[tuple[str, str]]:
+    """(data-date, data-result) of one object's cells, in the page's order."""
+    row = html.split(f'<tr data-key="{key}"', 1)[1].split("</tr>", 1)[0]
+    return re.findall(r'data-date="([^"]+)" data-result="([^"]+)"', row)
+
+
+async def test_the_grid_shows_the_kept_grid_answer_with_a_cell_per_day(
+    gateway: Gateway, sim: Simulator, clock: FakeClock
+) -> None:
+    failing = sim.customer_ids()[0]
+    for n in range(3):
+        sim.put_job(failing, f"fail-{n}", status=FAILED, start=clock.now - timedelta(hours=3 - n))
+    async with browser(gateway) as client:
+        await client.get("/jobs", params={"max_age": 0}, headers={"X-API-Key": API_KEY})
+        await sign_in(client, API_KEY)
+        api = await client.get("/grid", headers={"X-API-Key": API_KEY})
+        grid = api.json()
+        page = await client.get("/board/grid", params={"show": "all"})
+        assert page.status_code == 200
+        assert 'href="/board/grid" aria-current="page"' in page.text  # in the nav
+        rows = grid_rows(page.text)
+        assert [k for k, _ in rows] == [i["key"] for i in grid["items"]]
+        item = next(
+            i
+            for i in grid["items"]
+            if i["customer_id"] == failing and i["cells"][-1]["result"] == "failure"
+        )
+        cells = cells_of(page.text, item["key"])
+        assert [d for d, _ in cells] == grid["days"] and len(cells) == 14
+        assert cells == [(c["date"], c["result"]) for c in item["cells"]]
+        assert grid["days"] == sorted(grid["days"])  # oldest first, today last
+        today = grid["days"][-1]
+        assert cells[-1] == (today, "failure")
+        kind = f"job_type={item['job_type']}&amp;module={item['module']}"
+        link = f"/board/customers/{failing}?{kind}&amp;day={today}"
+        assert link in page.text
+        for symbol, word in (("✓", "success"), ("✖", "failure"), ("∅", "no result")):
+            assert f"{symbol}</span> {word}" in page.text  # the legend: never colour alone
+        day = await client.get(link.replace("&amp;", "&"))
+        assert day.status_code == 200
+        assert f"Jobs started on {today}" in day.text and 'data-job-id="fail-2"' in day.text
+
+
+async def test_the_grid_shows_objects_not_ok_by_default_and_takes_the_filters_of_objects(
+    gateway: Gateway, sim: Simulator, clock: FakeClock
+) -> None:
+    failing = sim.customer_ids()[0]
+    for n in range(3):
+        sim.put_job(failing, f"fail-{n}", status=FAILED, start=clock.now - timedelta(hours=3 - n))
+    async with browser(gateway) as client:
+        await client.get("/jobs", params={"max_age": 0}, headers={"X-API-Key": API_KEY})
+        await sign_in(client, API_KEY)
+        everything = (await client.get("/grid", headers={"X-API-Key": API_KEY})).json()["items"]
+        not_ok = [i["key"] for i in everything if i["state"] != "ok"]
+        default = await client.get("/board/grid")
+        assert [k for k, _ in grid_rows(default.text)] == not_ok
+        assert 'data-state="ok"' not in default.text
+        assert "show all" in default.text
+        mine = await client.get("/board/grid", params={"customer": failing, "show": "all"})
+        assert {c for _, c in grid_rows(mine.text)} == {failing}
+        failures = await client.get("/board/grid", params={"state": "failure"})
+        assert grid_rows(failures.text) and all(
+            s == "failure" for s in re.findall(r'data-state="(\w+)"', failures.text)
+        )
+        week = await client.get("/board/grid", params={"days": "7", "customer": failing})
+        item = grid_rows(week.text)[0][0]
+        assert len(cells_of(week.text, item)) == 7
+        for params in (
+            {"days": "0"},
+            {"days": "93"},
+            {"days": "many"},
+            {"state": "purple"},
+            {"show": "some"},
+            {"job_type": "floppy"},
+        ):
+            bad = await client.get("/board/grid", params=params)
+            assert bad.status_code == 422, params
+            assert "text/html" in bad.headers["content-type"]
+            assert next(iter(params)) in bad.text
+
+
+async def test_a_scoped_key_sees_only_its_customers_rows_on_the_grid(
+    gateway: Gateway, sim: Simulator, clock: FakeClock
+) -> None:
+    mine, other, _ = sim.customer_ids()
+    async with browser(gateway) as client:
+        await client.get("/jobs", params={"max_age": 0}, headers={"X-API-Key": API_KEY})
+        key = await make_key(client, "front-desk", [mine])
+        await sign_in(client, key)
+        page = await client.get("/board/grid", params={"show": "all"})
+        assert page.status_code == 200
+        assert {c for _, c in grid_rows(page.text)} == {mine}
+        assert other not in page.text
+        named = await client.get("/board/grid", params={"customer": other})
+        assert named.status_code == 422
+        assert (
+            await client.get(f"/board/customers/{other}", params={"day": "2026-01-01"})
+        ).status_code == 404
+        bad_day = await client.get(f"/board/customers/{mine}", params={"day": "yesterday"})
+        assert bad_day.status_code == 422 and "day" in bad_day.text
+
+
+# -- objects and maintenance on the overview and the customer page ------------------------------
+
+
+async def test_the_overview_counts_objects_by_state_and_filters_on_them(
+    gateway: Gateway, sim: Simulator, clock: FakeClock
+) -> None:
+    failing, muted, _ = sim.customer_ids()
+    for n in range(3):
+        sim.put_job(failing, f"fail-{n}", status=FAILED, start=clock.now - timedelta(hours=3 - n))
+    async with browser(gateway) as client:
+        await client.get("/jobs", params={"max_age": 0}, headers={"X-API-Key": API_KEY})
+        window = await client.post(
+            "/maintenance",
+            json={
+                "customer_id": muted,
+                "starts_at": (clock.now - timedelta(hours=1)).isoformat(),
+                "ends_at": (clock.now + timedelta(hours=2)).isoformat(),
+                "reason": "tenant migration",
+            },
+            headers={"X-API-Key": API_KEY},
+        )
+        assert window.status_code == 201
+        objects = (await client.get("/objects", headers={"X-API-Key": API_KEY})).json()["items"]
+        failures = sum(o["customer_id"] == failing and o["state"] == "failure" for o in objects)
+        assert failures >= 1
+        await sign_in(client, API_KEY)
+        page = await client.get("/board")
+        row = page.text.split(f'<tr data-customer-id="{failing}"', 1)[1].split("</tr>", 1)[0]
+        assert f"✖ {failures}" in row
+        other = page.text.split(f'<tr data-customer-id="{muted}"', 1)[1].split("</tr>", 1)[0]
+        assert "‖ maintenance" in other
+        only = await client.get("/board", params={"state": "failure"})
+        with_failure = {o["customer_id"] for o in objects if o["state"] == "failure"}
+        assert failing in with_failure and set(customers_listed(only.text)) == with_failure
+        assert '<option value="failure" selected>' in only.text
+        paused = await client.get("/board", params={"state": "in_maintenance"})
+        assert customers_listed(paused.text) == [muted]
+        customer = await client.get(f"/board/customers/{muted}")
+        assert "‖ <strong>In maintenance</strong>" in customer.text
+        assert "tenant migration" in customer.text
+
+
+async def test_the_customer_page_shows_its_objects_with_expectations_and_grid_row(
+    gateway: Gateway, sim: Simulator, clock: FakeClock
+) -> None:
+    cid = sim.customer_ids()[0]
+    async with browser(gateway) as client:
+        await client.get("/jobs", params={"max_age": 0}, headers={"X-API-Key": API_KEY})
+        objects = (
+            await client.get(
+                "/objects", params={"customer_id": cid}, headers={"X-API-Key": API_KEY}
+            )
+        ).json()["items"]
+        await sign_in(client, API_KEY)
+        page = await client.get(f"/board/customers/{cid}")
+        assert page.status_code == 200
+        for obj in objects:
+            assert (
+                f'<tr data-key="{obj["key"]}" data-customer-id="{cid}" data-state="{obj["state"]}"'
+                in page.text
+            )
+            cells = cells_of(page.text, obj["key"])
+            assert len(cells) == 14 and [d for d, _ in cells] == sorted(d for d, _ in cells)
+            assert f"({obj['expected']['source']})" in page.text
+        assert "In maintenance" not in page.text
+
+
+# -- tickets ------------------------------------------------------------------------------------
+
+
+async def put_ticket(
+    client: httpx.AsyncClient, alert_key: str, state: str, ticket: str | None
+) -> None:
+    """A ticket row for the open alert of `alert_key`, as the desk would have written it."""
+    svc = services_of(client)
+    dialect = svc.engine.dialect.name
+    async with svc.sessions() as session:
+        alert = await tickets.read(session, tickets.alert_of(dialect, alert_key, None))
+    assert alert is not None and alert.id is not None
+    row = tickets.TicketRow(
+        alert_id=alert.id,
+        alert_key=alert_key,
+        customer_id=alert.customer_id,
+        company_id="19" if state != "unmapped" else None,
+        ticket_id=ticket,
+        state=state,
+    )
+    await svc.writer.run_plan(lambda d: tickets.save(d, row, svc.clock()))
+    svc.notices.notify()
+
+
+async def test_alert_rows_show_their_ticket_state_and_id(
+    gateway: Gateway, sim: Simulator, clock: FakeClock
+) -> None:
+    ticketed, unmapped, _ = sim.customer_ids()
+    for cid in (ticketed, unmapped):
+        for n in range(3):
+            sim.put_job(cid, f"fail-{n}", status=FAILED, start=clock.now - timedelta(hours=3 - n))
+    async with browser(gateway) as client:
+        await client.get("/jobs", params={"max_age": 0}, headers={"X-API-Key": API_KEY})
+        alerts = (
+            await client.get("/alerts", params={"state": "open"}, headers={"X-API-Key": API_KEY})
+        ).json()["items"]
+        first = next(a["alert_key"] for a in alerts if a["customer_id"] == ticketed)
+        second = next(a["alert_key"] for a in alerts if a["customer_id"] == unmapped)
+        await sign_in(client, API_KEY)
+        before = await client.get("/board/alerts")
+        assert 'data-ticket-state="none"' in before.text
+        await put_ticket(client, first, "open", "4242")
+        await put_ticket(client, second, "unmapped", None)
+        page = await client.get("/board/alerts")
+        row = page.text.split(f'<tr data-key="{first}"', 1)[1].split("</tr>", 1)[0]
+        assert 'data-ticket-state="open" data-ticket-id="4242"' in row and "#4242 open" in row
+        other = page.text.split(f'<tr data-key="{second}"', 1)[1].split("</tr>", 1)[0]
+        assert 'data-ticket-state="unmapped"' in other
+        assert "no ticket: customer not mapped to a PSA company" in other
+        customer = await client.get(f"/board/customers/{ticketed}")
+        assert 'data-ticket-id="4242"' in customer.text

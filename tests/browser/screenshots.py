@@ -1,6 +1,6 @@
 """`make screenshots`: the README's pictures of the board, taken from the demo, so they stay
 true. Starts `serve` in DEMO (a fresh SQLite file in a temporary folder), waits until every
-customer is refreshed, and photographs the overview (light and dark) and the open alerts
+customer is refreshed, and photographs the overview (light and dark), the open alerts and the grid
 with Debian's Chromium into docs/.
 
     .venv/bin/python -m tests.browser.screenshots [--out docs]
@@ -26,6 +26,7 @@ SHOTS = (
     ("/board", "board.png", "light"),
     ("/board", "board-dark.png", "dark"),
     ("/board/alerts", "board-alerts.png", "light"),
+    ("/board/grid", "board-grid.png", "light"),
 )
 
 

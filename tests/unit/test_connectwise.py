@@ -251,3 +251,36 @@ async def test_an_unreachable_connectwise_names_the_url_to_check(client: Connect
     assert problems == [
         f"could not reach ConnectWise at {URL} (ConnectError); check CONNECTWISE_URL"
     ]
+
+
+def test_a_tickets_description_links_to_the_boards_page_of_its_customer() -> None:
+    from datetime import UTC, datetime
+
+    from app.alert_rules import AlertState
+    from app.config import Settings
+    from app.integrations.texts import description_of
+
+    alert = AlertState(
+        alert_key="c 1:exchange_online:mailbox",
+        customer_id="c 1",
+        job_type="exchange_online",
+        module="mailbox",
+        state="open",
+        reason="failed",
+        severity="critical",
+        opened_at=datetime(2026, 12, 1, tzinfo=UTC),
+        resolved_at=None,
+        first_failure_at=None,
+        last_failure_at=None,
+        consecutive_failures=3,
+        last_success_at=None,
+        last_job_id=None,
+    )
+    settings = Settings(public_url="https://gateway.example.com/")  # type: ignore[call-arg]
+    board = settings.public_url.rstrip("/") + "/board"  # as app.main gives it to the desk
+    text = description_of(alert, None, board)
+    assert text.splitlines()[-1] == (
+        "On the board: https://gateway.example.com/board/customers/c%201"
+        "?job_type=exchange_online&module=mailbox"
+    )
+    assert "On the board" not in description_of(alert, None, None)
