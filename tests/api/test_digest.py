@@ -159,7 +159,11 @@ async def test_a_refused_send_gives_the_day_back_and_never_names_the_password(
     gateway: Gateway, sim: Simulator, clock: FakeClock, smtp: tuple[Inbox, int]
 ) -> None:
     inbox, port = smtp
-    settings = digest_settings(port, smtp_url=f"smtp://digest:wrong-{PASSWORD}@127.0.0.1:{port}")
+    # Nothing listens on the port the URL names: refused at once. (A server refusing the
+    # password would do too, but aiosmtpd leaves aiosmtplib waiting for its answer until the
+    # 30 s timeout.)
+    closed = free_port()
+    settings = digest_settings(port, smtp_url=f"smtp://digest:{PASSWORD}@127.0.0.1:{closed}")
     async with gateway(**settings) as api:  # its own timer may try first: both are refused
         svc = services_of(api)
 
