@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from app.store import leases
+from app.store import leases, outage
 from app.store.ingest import Writer
 
 log = logging.getLogger("app.refresh")
@@ -95,9 +95,15 @@ class Leasing:
                 continue
             other = int(parts[1])
             if other == int(pid) or not _alive(other):
-                count = await self.writer.run_plan(
-                    lambda d, h=holder: leases.give_back_all(d, h)  # type: ignore[misc]
-                )
+                try:
+                    count = await self.writer.run_plan(
+                        lambda d, h=holder: leases.give_back_all(d, h)  # type: ignore[misc]
+                    )
+                except outage.DRIVER_ERRORS as exc:  # a store it may not write: they expire
+                    log.warning(
+                        "could not hand back the leases of %s: %s", holder, outage.cause(exc)
+                    )
+                    return
                 log.info("handed back %d leases of %s, a process that is gone", count, holder)
 
     async def give_back_all(self) -> None:
