@@ -36,7 +36,8 @@ class Supervisor:
 async def all_of(*coros: Coroutine[Any, Any, Any]) -> list[Any]:
     """`asyncio.gather` of `coros` that, when stopped, stops them and waits until each has
     ended (a plain gather's children may still be closing a session when it returns)."""
-    tasks = [asyncio.create_task(coro) for coro in coros]
+    # Named after their coroutines (`Bus._look`): a task dump, or a test, tells them apart.
+    tasks = [asyncio.create_task(coro, name=getattr(coro, "__qualname__", None)) for coro in coros]
     try:
         return list(await asyncio.gather(*tasks))
     finally:

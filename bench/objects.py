@@ -1,0 +1,196 @@
+"""`GET /objects` and `GET /grid?days=31` at 1,000 customers, against a bare endpoint.
+
+    .venv/bin/python -m bench.objects                        # 1,000 customers (~4 min)
+    .venv/bin/python -m bench.objects --customers 200 --seconds 4
+
+A real `serve` process in DEMO (the built-in simulator: a month of history per customer,
+several protected objects each), pinned to core 0 when `taskset` is there, refreshed once.
+Each path is read once (its answer is then kept), its bytes are handed to `bench/baseline.py`
+(a bare FastAPI endpoint on the same uvicorn settings, on the same core), and wrk on core 1
+loads the service and the baseline in alternating turns. Targets (issue 16): req/s >= 0.5 x
+the baseline's, p99 <= 2 x its p99. Results go to `bench/results/objects.json` and
+`bench/RESULTS-objects.md`. Tests never assert timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.board import pinned, wait_refreshed
+from bench.common import machine, median, table, write_results
+from bench.loadkit import API_KEY, free_port, wrk
+
+BENCH = Path(__file__).parent
+PATHS = ("/objects", "/grid?days=31")
+
+
+def start_service(customers: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AVEPOINT_", "DEMO"))}
+    env |= {
+        "DEMO": "true",
+        "DEMO_CUSTOMERS": str(customers),
+        "API_KEYS": API_KEY,
+        "DATABASE_URL": f"sqlite:///{workdir}/objects.db",
+        "CACHE_TTL_SECONDS": "3600",  # nothing refreshes during the load
+        "LOG_LEVEL": "WARNING",
+        "RATE_LIMIT_PER_MINUTE": "0",
+    }
+    process = subprocess.Popen(
+        [*pinned(0), sys.executable, "-m", "app", "serve", "--port", str(port)],
+        env=env,
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def start_baseline(path: str, body: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    route = path.split("?")[0]
+    process = subprocess.Popen(
+        [
+            *pinned(0),
+            sys.executable,
+            "-m",
+            "bench.baseline",
+            "--port",
+            str(port),
+            "--path",
+            route,
+            "--body",
+            str(body),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(timeout=5) as client:
+        for _ in range(100):
+            try:
+                if client.get(base + path).status_code == 200:
+                    return process, base
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+    raise SystemExit("the baseline did not start")
+
+
+def measure(customers: int, seconds: float, rounds: int) -> dict[str, Any]:
+    pin = bool(pinned(0))
+    out: dict[str, Any] = {"customers": customers, "reads": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        service, base = start_service(customers, workdir)
+        try:
+            wait_refreshed_with(base, customers)
+            with httpx.Client(timeout=300, headers={"X-API-Key": API_KEY}) as client:
+                for path in PATHS:
+                    body = client.get(base + path).content  # built once, then kept
+                    items = len(httpx.Response(200, content=body).json()["items"])
+                    (workdir / "body").write_bytes(body)
+                    baseline, bare = start_baseline(path, workdir / "body")
+                    try:
+                        wrk(base + path, 2, pin)  # warm-ups
+                        wrk(bare + path, 2, pin)
+                        mine: list[dict[str, Any]] = []
+                        theirs: list[dict[str, Any]] = []
+                        for _ in range(rounds):
+                            mine.append(wrk(base + path, seconds, pin))
+                            theirs.append(wrk(bare + path, seconds, pin))
+                    finally:
+                        baseline.terminate()
+                        baseline.wait(10)
+                    rps = median([m["rps"] for m in mine])
+                    bare_rps = median([t["rps"] for t in theirs])
+                    p99 = median([m["p99_s"] * 1000 for m in mine])
+                    bare_p99 = median([t["p99_s"] * 1000 for t in theirs])
+                    out["reads"].append(
+                        {
+                            "path": path,
+                            "objects": items,
+                            "bytes": len(body),
+                            "rps": rps,
+                            "baseline_rps": bare_rps,
+                            "p99_ms": p99,
+                            "baseline_p99_ms": bare_p99,
+                        }
+                    )
+        finally:
+            service.terminate()
+            service.wait(30)
+    return out
+
+
+def wait_refreshed_with(base: str, customers: int) -> None:
+    import bench.board as board
+
+    board.KEY = API_KEY  # the board bench's check, with this bench's key
+    wait_refreshed(base, customers, time.monotonic() + 600)
+
+
+def report(result: dict[str, Any], seconds: float, rounds: int) -> str:
+    rows = []
+    for r in result["reads"]:
+        ratio = r["rps"] / r["baseline_rps"]
+        p99 = r["p99_ms"] / r["baseline_p99_ms"]
+        rows.append(
+            [
+                f"`{r['path']}`",
+                f"{r['objects']:,}",
+                f"{r['bytes'] / 1024:,.0f} KB",
+                f"{r['rps']:,.0f}",
+                f"{r['baseline_rps']:,.0f}",
+                f"{ratio:.2f} {'PASS' if ratio >= 0.5 else 'MISS'}",
+                f"{r['p99_ms']:.1f} ms",
+                f"{r['baseline_p99_ms']:.1f} ms",
+                f"{p99:.2f} {'PASS' if p99 <= 2 else 'MISS'}",
+            ]
+        )
+    head = [
+        "read",
+        "objects",
+        "answer",
+        "req/s",
+        "bare req/s",
+        "× bare (≥ 0.5)",
+        "p99",
+        "bare p99",
+        "× bare (≤ 2)",
+    ]
+    return (
+        "# /objects and /grid under load (`python -m bench.objects`)\n\n"
+        f"{', '.join(f'{k} {v}' for k, v in machine().items())}\n\n"
+        f"DEMO with {result['customers']:,} customers, refreshed once; wrk -c32 on core 1, "
+        f"{rounds} turns of {seconds:g} s per side, medians. Written by `bench/objects.py`.\n\n"
+        + table([head, *rows])
+        + "\n"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    result = measure(args.customers, args.seconds, args.rounds)
+    write_results("objects", result)
+    text = report(result, args.seconds, args.rounds)
+    (BENCH / "RESULTS-objects.md").write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
