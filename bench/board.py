@@ -54,13 +54,15 @@ def pinned(core: int) -> list[str]:
     return ["taskset", "-c", str(core)] if shutil.which("taskset") and os.cpu_count() else []
 
 
-def start_service(customers: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_service(
+    customers: int, workdir: Path, key: str = KEY
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AVEPOINT_", "DEMO"))}
     env |= {
         "DEMO": "true",
         "DEMO_CUSTOMERS": str(customers),
-        "API_KEYS": KEY,
+        "API_KEYS": key,
         "DATABASE_URL": f"sqlite:///{workdir}/board.db",
         "CACHE_TTL_SECONDS": "3600",  # nothing refreshes during the load
         "LOG_LEVEL": "WARNING",
@@ -76,12 +78,12 @@ def start_service(customers: int, workdir: Path) -> tuple[subprocess.Popen[bytes
     return process, f"http://127.0.0.1:{port}"
 
 
-def wait_refreshed(base: str, customers: int, deadline: float) -> None:
+def wait_refreshed(base: str, customers: int, deadline: float, key: str = KEY) -> None:
     with httpx.Client(timeout=30) as client:
         while time.monotonic() < deadline:
             try:
                 body = client.get(
-                    f"{base}/jobs", params={"limit": 1}, headers={"X-API-Key": KEY}
+                    f"{base}/jobs", params={"limit": 1}, headers={"X-API-Key": key}
                 ).json()
                 freshness = body.get("freshness", {})
                 if freshness.get("customers") == customers and freshness.get("fresh") == customers:

@@ -15,7 +15,6 @@ the baseline's, p99 <= 2 x its p99. Results go to `bench/results/objects.json` a
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,34 +24,12 @@ from typing import Any
 
 import httpx
 
-from bench.board import pinned, wait_refreshed
+from bench.board import pinned, start_service, wait_refreshed
 from bench.common import machine, median, table, write_results
 from bench.loadkit import API_KEY, free_port, wrk
 
 BENCH = Path(__file__).parent
 PATHS = ("/objects", "/grid?days=31")
-
-
-def start_service(customers: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AVEPOINT_", "DEMO"))}
-    env |= {
-        "DEMO": "true",
-        "DEMO_CUSTOMERS": str(customers),
-        "API_KEYS": API_KEY,
-        "DATABASE_URL": f"sqlite:///{workdir}/objects.db",
-        "CACHE_TTL_SECONDS": "3600",  # nothing refreshes during the load
-        "LOG_LEVEL": "WARNING",
-        "RATE_LIMIT_PER_MINUTE": "0",
-    }
-    process = subprocess.Popen(
-        [*pinned(0), sys.executable, "-m", "app", "serve", "--port", str(port)],
-        env=env,
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return process, f"http://127.0.0.1:{port}"
 
 
 def start_baseline(path: str, body: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -91,9 +68,9 @@ def measure(customers: int, seconds: float, rounds: int) -> dict[str, Any]:
     out: dict[str, Any] = {"customers": customers, "reads": []}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        service, base = start_service(customers, workdir)
+        service, base = start_service(customers, workdir, API_KEY)
         try:
-            wait_refreshed_with(base, customers)
+            wait_refreshed(base, customers, time.monotonic() + 600, API_KEY)
             with httpx.Client(timeout=300, headers={"X-API-Key": API_KEY}) as client:
                 for path in PATHS:
                     body = client.get(base + path).content  # built once, then kept
@@ -130,13 +107,6 @@ def measure(customers: int, seconds: float, rounds: int) -> dict[str, Any]:
             service.terminate()
             service.wait(30)
     return out
-
-
-def wait_refreshed_with(base: str, customers: int) -> None:
-    import bench.board as board
-
-    board.KEY = API_KEY  # the board bench's check, with this bench's key
-    wait_refreshed(base, customers, time.monotonic() + 600)
 
 
 def report(result: dict[str, Any], seconds: float, rounds: int) -> str:
