@@ -161,13 +161,17 @@ def _harden_aiosqlite() -> None:
     gone, a task stopped) has SQLAlchemy close the connection gracefully in a task of its own
     and force-stop its worker thread beside it; aiosqlite's close then queued its last step
     behind the stop and awaited an answer that never came, holding up the event loop's own
-    close. Work queued after the stop now fails at once, as on a closed connection."""
+    close. Work queued after the stop now fails at once, as on a closed connection; and a
+    step that ends after its event loop closed is dropped quietly (nobody can wait for it),
+    not raised from the worker thread."""
     import aiosqlite.core
 
     worker = aiosqlite.core._connection_worker_thread
 
     def worker_that_drains(tx: Any) -> None:
-        worker(tx)
+        # Its loop closed while a step ran: nobody waits for the answer.
+        with contextlib.suppress(RuntimeError):
+            worker(tx)
         while True:  # stopped: what was queued behind the stop is answered, not left waiting
             try:
                 future, _ = tx.get_nowait()
