@@ -130,5 +130,5 @@ async def snooze_alert(
             f"no open alert with key {shorten(alert_key)!r} "
             "(keys are customer_id:job_type:module; see GET /alerts?state=open)"
         )
-    svc.notices.notify()
+    svc.changed()
     return Response(dumps(feed.alert_out(alert)), media_type="application/json")

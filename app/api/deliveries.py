@@ -110,7 +110,7 @@ async def retry_delivery(
         raise NotFound(f"no webhook delivery {delivery_id} (see GET /webhooks/deliveries)")
     if before == "pending":
         raise Conflict(f"delivery {delivery_id} is pending already: it is sent when it is due")
-    svc.notices.notify()
+    svc.changed()
     async with svc.sessions() as session:
         row = await feed.get_delivery(session, delivery_id)
     if row is None:  # purged in between

@@ -52,6 +52,13 @@ class Services:
     on_told: Callable[[Told], None]  # a write told events: notices, metrics, other processes
     stopping: bool = False  # SIGTERM came: not ready, long polls answer now
 
+    def changed(self) -> None:
+        """A write that tells no event changed what answers show (a snooze, an expectation,
+        a maintenance window, a retried delivery): this process's kept answers move now, the
+        other processes' at once on PostgreSQL (NOTIFY), else at their next look."""
+        self.notices.notify()
+        self.bus.events_written()
+
     def stop(self) -> None:
         """The process is stopping: say so on /readyz and let long polls go."""
         self.stopping = True

@@ -62,7 +62,7 @@ async def create_maintenance(
         window = await maintenance.create(
             session, body.customer_id, body.starts_at, body.ends_at, body.reason, now
         )
-    svc.notices.notify()
+    svc.changed()
     return Response(dumps(window_out(window, now)), status_code=201, media_type="application/json")
 
 
@@ -131,4 +131,4 @@ async def release(svc: Services, window: Window) -> None:
             lambda d, cid=cid: feed.sweep_customer(d, cid, now, svc.feed)  # type: ignore[misc]
         )
         svc.on_told(told)
-    svc.notices.notify()
+    svc.changed()

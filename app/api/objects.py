@@ -277,7 +277,7 @@ async def set_expectation(
     # Its alert and "no result" follow the new expectation at once, not at the next sweep.
     told = await svc.writer.run_plan(lambda d: feed.sweep_customer(d, obj[0], now, svc.feed))
     svc.on_told(told)
-    svc.notices.notify()
+    svc.changed()
     query = ObjectQuery((obj[0],), (obj[1],), (obj[2],), None)
     judged = [j for j in await _judged(svc, query, judging_of(svc)) if j.obj == obj]
     return Response(

@@ -102,7 +102,7 @@ async def snooze(request: Request, alert_key: str) -> Response:
     )
     if alert is None:
         return error_page(visit, request, NotFound(f"no open alert {shorten(alert_key)!r}"))
-    svc.notices.notify()
+    svc.changed()
     return RedirectResponse(safe_next(form.get("back")), status_code=303, headers=HEADERS)
 
 

@@ -6,14 +6,17 @@ its own and publishes on it:
 - `r|<holder>|<customer_id>` when a process has settled a refresh of that customer (stored
   new data, or a failure): the others reload that customer's state (`Refresher.reload`), so
   its freshness, version (and the answers and ETags built on it) agree everywhere at once;
-- `e|<holder>` when a process has written events: the others wake their long polls and
-  webhook senders, and move the answers built on alerts.
+- `e|<holder>` when a process has written events, or changed what answers show without an
+  event (`Services.changed`: a snooze, an expectation, a maintenance window): the others
+  wake their long polls and webhook senders, and move the answers built on alerts and
+  objects.
 
 A notification can be lost (a process dies between its commit and its NOTIFY, or the
 connection drops), so `Bus` also looks at the database once a second: one cheap query for
 the newest snapshot and event ids and the newest alert change; a move it did not hear of
-reloads the customers concerned, or moves the answers built on events and alerts (a snooze
-writes no event, yet every replica's `/alerts` must show it).
+reloads the customers concerned, or moves the answers built on events, alerts, expectations
+and maintenance windows (a snooze, an expectation set or a window made writes no event, yet
+every replica's `/alerts`, `/objects` and `/grid` must show it).
 
 On SQLite there is no LISTEN, and the look is all there is: `jobs-gateway refresh` beside a
 running `serve` on one file shows in the service's answers within a look.
@@ -75,7 +78,7 @@ class Bus:
         self.on_events = on_events
         self._conn: Any = None
         self._lock = asyncio.Lock()
-        self._seen: tuple[int, int, object] | None = None
+        self._seen: watermarks.Watermarks | None = None
         self._pending: set[str] = set()
         self._wake = asyncio.Event()
 
@@ -170,17 +173,21 @@ class Bus:
             await asyncio.sleep(LOOK_SECONDS)
 
     async def look(self) -> None:
-        """One look: the newest snapshot and event ids, and the newest alert change; what
-        moved unheard is reloaded."""
+        """One look: the newest snapshot and event ids, alert change, expectation set and
+        maintenance window; what moved unheard is reloaded, or moves the answers."""
         async with self.sessions() as session:
             marks = await watermarks.newest(session)
-            snapshots, events, alerts = marks.snapshots, marks.events, marks.alerts
             seen = self._seen
-            self._seen = (snapshots, events, alerts)
+            self._seen = marks
             if seen is None:
                 return
-            if snapshots > seen[0]:
-                self._pending.update(await watermarks.customers_stored_after(session, seen[0]))
+            if marks.snapshots > seen.snapshots:
+                moved = await watermarks.customers_stored_after(session, seen.snapshots)
+                self._pending.update(moved)
                 self._wake.set()
-        if events > seen[1] or alerts != seen[2]:
+        if (
+            marks.events > seen.events
+            or marks.alerts != seen.alerts
+            or marks.settings != seen.settings
+        ):
             self.on_events()

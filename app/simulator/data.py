@@ -71,6 +71,10 @@ class SimulatorConfig:
     # full pages of 100) of its newest runs, whatever the window; for benchmarks.
     jobs_per_customer: int | None = None
     history_days: int = 7
+    # None: a handful of plans (protected objects) per customer, varied. A number: exactly
+    # that many, each a different job type + module (at most `len(WORKLOADS)`), with runs
+    # as often per plan as usual; for benchmarks of `/objects` and `/grid`.
+    plans_per_customer: int | None = None
     client_id: str = "demo-client"
     client_secret: str = "demo-secret"  # noqa: S105 - the simulator's own demo credential
     token_ttl_seconds: int = 3600  # `expires_in`; older tokens get 401 from the API
@@ -87,6 +91,11 @@ class SimulatorConfig:
     # These customers' job rows carry odd text in `name` (a lone surrogate, a NUL, an
     # emoji, Arabic and Hebrew), and one row a `totalCount` of the JSON number 1e400.
     odd_text_customers: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        plans = self.plans_per_customer
+        if plans is not None and not 1 <= plans <= len(WORKLOADS):
+            raise ValueError(f"plans_per_customer must be 1..{len(WORKLOADS)}, got {plans}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,11 +421,13 @@ _COUNTRIES = (
 
 def build_customers(config: SimulatorConfig) -> tuple[Customer, ...]:
     """The partner's customers; customer i is the same whatever `config.customers` is."""
+    plans = config.plans_per_customer
     names_rng = seeded_rng(f"{config.seed}:organizations")
     names = list(_ORGANIZATIONS)
     names_rng.shuffle(names)
     return tuple(
-        _build_customer(config.seed, i, _organization(names, i)) for i in range(config.customers)
+        _build_customer(config.seed, i, _organization(names, i), plans)
+        for i in range(config.customers)
     )
 
 
@@ -427,12 +438,16 @@ def _organization(names: list[str], index: int) -> str:
     return f"{names[position]} {_NAME_SUFFIXES[(round_ - 1) % len(_NAME_SUFFIXES)]}"
 
 
-def _build_customer(seed: int, index: int, organization: str) -> Customer:
+def _build_customer(seed: int, index: int, organization: str, plans_wanted: int | None) -> Customer:
     rng = seeded_rng(f"{seed}:customer:{index}")
     customer_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
     slug = "".join(ch for ch in organization.lower() if ch.isalnum())
-    workloads = _workloads(rng)
-    jobs_per_week = rng.randint(*_JOBS_PER_WEEK)
+    if plans_wanted is None:
+        workloads = _workloads(rng)
+        jobs_per_week = rng.randint(*_JOBS_PER_WEEK)
+    else:  # as many runs per plan as a customer of the usual handful (about four) has
+        workloads = sorted(rng.sample(WORKLOADS, plans_wanted))
+        jobs_per_week = max(1, rng.randint(*_JOBS_PER_WEEK) * plans_wanted // 4)
     # Spread the customer's weekly runs over its plans, then jitter each plan's interval so
     # plans do not all tick together.
     mean_interval = len(workloads) * 7 * 86400 / jobs_per_week
@@ -460,6 +475,21 @@ def _build_customer(seed: int, index: int, organization: str) -> Customer:
 
 def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
+
+
+WORKLOADS = (
+    *((7, m) for m in (302, 303, 304, 305, 308)),
+    *((11, m) for m in (501, 502, 503, 504, 505)),
+    *((12, m) for m in (356, 359, 362)),
+    (15, 0),
+    (16, 401),
+    (16, 550),
+    (0, 302),
+    (0, 305),
+    (10, 504),
+    (10, 505),
+)
+"""Every (job type, module) pair a customer's plans are drawn from."""
 
 
 def _workloads(rng: random.Random) -> list[tuple[int, int]]:

@@ -15,7 +15,10 @@
   nothing is reset. The highest id purged is kept (`feed_horizon`, moved in the transaction
   that deletes), so that `GET /events` tells a client whose cursor is below it that it
   missed events (410), on every process, rather than skipping them;
-- resolved `alerts`, by `resolved_at`; open ones stay, however old.
+- resolved `alerts`, by `resolved_at`; open ones stay, however old;
+- `maintenance_windows` that ended before the cutoff (the grid's oldest days then show
+  what ran, as `/jobs` does once their history went), and `digest_days`, the claims of
+  digests sent before it (a day that old is never sent again anyway).
 
 Every step goes in batches of at most `batch` rows of its table (a purged job's history
 goes with it), each its own short write transaction
@@ -87,6 +90,8 @@ TABLES = (
     "webhook_deliveries",
     "events",
     "alerts",
+    "maintenance_windows",
+    "digest_days",
 )
 """The tables `purge` counts, in the order it purges them."""
 
@@ -186,6 +191,14 @@ async def purge_store(writer: Writer, now: datetime, days: float, *, batch: int 
         await asyncio.sleep(0)
         if examined < batch:
             break
+
+    for name, step in (("maintenance_windows", purge_windows), ("digest_days", purge_digest_days)):
+        while True:
+            (deleted,) = await writer.run_plan(functools.partial(step, cutoff=cutoff, batch=batch))
+            counts[name] += deleted
+            await asyncio.sleep(0)
+            if deleted < batch:
+                break
     return purged
 
 
@@ -452,6 +465,36 @@ def purge_alerts(
         (*ids, t),
     )
     return int(deleted), len(rows), int(ids[-1])
+
+
+def purge_windows(dialect: str, cutoff: datetime, batch: int) -> Plan[tuple[int]]:
+    """Up to `batch` maintenance windows that ended before `cutoff`; gives the rows deleted
+    (first, as every step does)."""
+    deleted = yield (
+        "exec",
+        sql(
+            dialect,
+            "DELETE FROM maintenance_windows WHERE id IN (SELECT id FROM maintenance_windows "
+            "WHERE ends_at < ? ORDER BY id LIMIT ?)",
+        ),
+        (to_driver(dialect, cutoff), batch),
+    )
+    return (int(deleted),)
+
+
+def purge_digest_days(dialect: str, cutoff: datetime, batch: int) -> Plan[tuple[int]]:
+    """Up to `batch` digest claims made before `cutoff`; gives the rows deleted
+    (first, as every step does)."""
+    deleted = yield (
+        "exec",
+        sql(
+            dialect,
+            "DELETE FROM digest_days WHERE day IN (SELECT day FROM digest_days "
+            "WHERE claimed_at < ? ORDER BY day LIMIT ?)",
+        ),
+        (to_driver(dialect, cutoff), batch),
+    )
+    return (int(deleted),)
 
 
 # -- the mark of jobs the upstream stopped reporting, kept by a refresh's merge -----------------

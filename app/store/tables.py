@@ -426,7 +426,11 @@ class ObjectExpectation(Base):
     """A protected object's set expectation and its told "no result" (see `app.expectations`)."""
 
     __tablename__ = "object_expectations"
-    __table_args__ = (Index("ix_object_expectations_customer", "customer_id"),)
+    __table_args__ = (
+        Index("ix_object_expectations_customer", "customer_id"),
+        # The newest change, which every process looks for (`app.store.watermarks`).
+        Index("ix_object_expectations_updated_at", "updated_at"),
+    )
 
     alert_key: Mapped[str] = mapped_column(String(), primary_key=True)
     customer_id: Mapped[str] = mapped_column(String())

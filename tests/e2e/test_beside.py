@@ -147,3 +147,52 @@ def test_a_snooze_through_one_process_shows_in_the_other(
         return bool(items) and items[0]["snoozed_until"] == "2099-01-01T00:00:00Z"
 
     eventually(seen, "the snooze in the other process")
+
+
+def test_an_expectation_and_a_maintenance_window_through_one_process_show_in_the_other(
+    served: list[str], upstream: tuple[str, Simulator]
+) -> None:
+    """Neither writes an event; the other process's kept `/objects` answer moves anyway."""
+    one, other = served
+    sim = upstream[1]
+    cid = sim.customer_ids()[0]
+
+    def the_object() -> dict[str, Any]:
+        (obj,) = get(other, "/objects", customer_id=cid)["items"]
+        return obj
+
+    get(one, "/jobs", customer_id=cid)
+    eventually(lambda: bool(get(other, "/objects", customer_id=cid)["items"]), "the object")
+    before = the_object()  # now kept in the other process's memory
+    assert before["expected"]["source"] != "set"
+    assert before["in_maintenance"] is False
+    headers = {"X-API-Key": KEY}
+
+    put = httpx.put(
+        f"{one}/objects/{before['key']}/expectation",
+        json={"every_hours": 24, "grace_hours": 2},
+        headers=headers,
+        timeout=30,
+    )
+    assert put.status_code == 200, put.text
+    eventually(lambda: the_object()["expected"]["source"] == "set", "the expectation")
+    assert the_object()["expected"]["grace_hours"] == 2
+
+    now = sim.now()
+    made = httpx.post(
+        f"{one}/maintenance",
+        json={
+            "customer_id": cid,
+            "starts_at": (now - timedelta(hours=1)).isoformat(),
+            "ends_at": (now + timedelta(hours=3)).isoformat(),
+            "reason": "patching",
+        },
+        headers=headers,
+        timeout=30,
+    )
+    assert made.status_code == 201, made.text
+    eventually(lambda: the_object()["in_maintenance"] is True, "the maintenance window")
+
+    gone = httpx.delete(f"{one}/maintenance/{made.json()['id']}", headers=headers, timeout=30)
+    assert gone.status_code == 204, gone.text
+    eventually(lambda: the_object()["in_maintenance"] is False, "the window's deletion")

@@ -20,17 +20,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.alert_rules import Rules
 from app.config import DEFAULT_ALERT_STATUSES
-from app.store import feed, repo, retention
+from app.store import feed, maintenance, repo, retention
 from app.store.db import session_factory
 from app.store.feed import FeedConfig
 from app.store.ingest import IngestResult, SnapshotRecord, Writer, open_ingest
 from app.store.tables import (
     Alert,
     Customer,
+    DigestDay,
     Event,
     FeedHorizon,
     Job,
     JobStatusHistory,
+    MaintenanceWindow,
     Snapshot,
     WebhookDelivery,
 )
@@ -155,6 +157,8 @@ EXPECTED = {
     "webhook_deliveries": 2,  # A1's opening (delivered) and resolution (failed)
     "events": 13,  # all before the cutoff but A3's opening, which a pending delivery holds
     "alerts": 1,  # A1, resolved at T_OLD2
+    "maintenance_windows": 0,
+    "digest_days": 0,
 }
 
 
@@ -173,6 +177,8 @@ async def sizes(engine: AsyncEngine) -> dict[str, int]:
         "webhook_deliveries": WebhookDelivery,
         "events": Event,
         "alerts": Alert,
+        "maintenance_windows": MaintenanceWindow,
+        "digest_days": DigestDay,
     }
     async with session_factory(engine)() as session:
         return {
@@ -322,6 +328,33 @@ async def test_small_batches_delete_the_same_over_many_short_transactions(
     assert len(results) >= sum(EXPECTED.values()) // 2
     with pytest.raises(ValueError, match="batch"):
         await retention.purge(writer, NOW, DAYS, batch=0)
+
+
+async def test_maintenance_windows_and_digest_claims_older_than_retention_go(
+    engine: AsyncEngine, writer: Writer
+) -> None:
+    windows = [  # (ends, kept): ended before the cutoff, just after it, still to come
+        (NOW - timedelta(days=DAYS + 5), False),
+        (NOW - timedelta(days=DAYS + 1), False),
+        (NOW - timedelta(days=DAYS - 1), True),
+        (NOW + timedelta(days=2), True),
+    ]
+    days = [("2026-01-02", NOW - timedelta(days=DAYS + 60)), ("2026-11-28", T_LAST)]
+    async with writer.transaction() as session:
+        for ends, _ in windows:
+            await maintenance.create(
+                session, None, ends - timedelta(hours=4), ends, "patching", ends - timedelta(days=1)
+            )
+        for day, claimed in days:
+            session.add(DigestDay(day=day, holder="h:1:x", claimed_at=claimed))
+
+    counts = await retention.purge(writer, NOW, DAYS, batch=1)
+
+    assert counts["maintenance_windows"] == 2
+    assert counts["digest_days"] == 1
+    left = await table(engine, MaintenanceWindow.ends_at, order=(MaintenanceWindow.id,))
+    assert [w[0].replace(tzinfo=UTC) for w in left] == [e for e, kept in windows if kept]
+    assert await table(engine, DigestDay.day) == [("2026-11-28",)]
 
 
 async def test_event_ids_are_never_reused_after_the_newest_events_are_purged(

@@ -202,6 +202,21 @@ def test_jobs_per_customer_is_exact(count: int) -> None:
             assert rows[0]["jobId"] == NA
 
 
+@pytest.mark.parametrize("count", [1, 7, 20])
+def test_plans_per_customer_gives_that_many_protected_objects(count: int) -> None:
+    sim = make_sim(SimulatorConfig(customers=6, plans_per_customer=count, history_days=31))
+    for rows in all_rows(sim).values():
+        pairs = {(r["jobType"], r["jobModule"]) for r in rows if r["jobId"] != NA}
+        assert len(pairs) == count
+        assert all(module in VALID_PAIRS[job_type] for job_type, module in pairs)
+
+
+@pytest.mark.parametrize("count", [0, 21])
+def test_plans_per_customer_beyond_the_known_pairs_is_refused(count: int) -> None:
+    with pytest.raises(ValueError, match="plans_per_customer"):
+        make_sim(SimulatorConfig(customers=1, plans_per_customer=count))
+
+
 def test_every_row_normalizes() -> None:
     for cid, rows in all_rows(make_sim(SimulatorConfig(customers=30))).items():
         assert normalize_row(cid, rows[0]) is None  # the placeholder has no job id
