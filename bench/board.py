@@ -55,13 +55,23 @@ def pinned(core: int) -> list[str]:
 
 
 def start_service(
-    customers: int, workdir: Path, key: str = KEY
+    customers: int, workdir: Path, key: str = KEY, upstream: str | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """`serve` on core 0: in DEMO, or against `upstream` (a simulator process) with the
+    upstream pace off."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AVEPOINT_", "DEMO"))}
+    if upstream is None:
+        env |= {"DEMO": "true", "DEMO_CUSTOMERS": str(customers)}
+    else:
+        env |= {
+            "AVEPOINT_BASE_URL": upstream,
+            "AVEPOINT_TOKEN_URL": f"{upstream}/connect/token",
+            "AVEPOINT_CLIENT_ID": "demo-client",
+            "AVEPOINT_CLIENT_SECRET": "demo-secret",
+            "UPSTREAM_RATE_PER_SECOND": "0",
+        }
     env |= {
-        "DEMO": "true",
-        "DEMO_CUSTOMERS": str(customers),
         "API_KEYS": key,
         "DATABASE_URL": f"sqlite:///{workdir}/board.db",
         "CACHE_TTL_SECONDS": "3600",  # nothing refreshes during the load

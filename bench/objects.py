@@ -1,10 +1,13 @@
-"""`GET /objects` and `GET /grid?days=31` at 1,000 customers, against a bare endpoint.
+"""`GET /objects` and `GET /grid?days=31` at 1,000 customers x 20 objects, against a bare
+endpoint.
 
-    .venv/bin/python -m bench.objects                        # 1,000 customers (~4 min)
-    .venv/bin/python -m bench.objects --customers 200 --seconds 4
+    .venv/bin/python -m bench.objects                        # 1,000 x 20 (~6 min)
+    .venv/bin/python -m bench.objects --customers 200 --objects 5 --seconds 4
 
-A real `serve` process in DEMO (the built-in simulator: a month of history per customer,
-several protected objects each), pinned to core 0 when `taskset` is there, refreshed once.
+The simulator as its own process (`jobs-gateway simulate --plans-per-customer 20
+--history-days 14`: every customer has exactly 20 protected objects, most run about daily,
+two weeks of history to learn from), and a real `serve` process against it (SQLite, the
+upstream pace off), pinned to core 0 when `taskset` is there, refreshed once.
 Each path is read once (its answer is then kept), its bytes are handed to `bench/baseline.py`
 (a bare FastAPI endpoint on the same uvicorn settings, on the same core), and wrk on core 1
 loads the service and the baseline in alternating turns. Targets (issue 16): req/s >= 0.5 x
@@ -63,12 +66,38 @@ def start_baseline(path: str, body: Path) -> tuple[subprocess.Popen[bytes], str]
     raise SystemExit("the baseline did not start")
 
 
-def measure(customers: int, seconds: float, rounds: int) -> dict[str, Any]:
+def start_upstream(customers: int, objects: int) -> tuple[subprocess.Popen[bytes], str]:
+    """The simulator on core 1 (idle once the service has walked it)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *pinned(1),
+            sys.executable,
+            "-m",
+            "app",
+            "simulate",
+            "--port",
+            str(port),
+            "--customers",
+            str(customers),
+            "--plans-per-customer",
+            str(objects),
+            "--history-days",
+            "14",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def measure(customers: int, objects: int, seconds: float, rounds: int) -> dict[str, Any]:
     pin = bool(pinned(0))
-    out: dict[str, Any] = {"customers": customers, "reads": []}
+    out: dict[str, Any] = {"customers": customers, "objects_per_customer": objects, "reads": []}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        service, base = start_service(customers, workdir, API_KEY)
+        upstream, upstream_url = start_upstream(customers, objects)
+        service, base = start_service(customers, workdir, API_KEY, upstream_url)
         try:
             wait_refreshed(base, customers, time.monotonic() + 600, API_KEY)
             with httpx.Client(timeout=300, headers={"X-API-Key": API_KEY}) as client:
@@ -106,6 +135,8 @@ def measure(customers: int, seconds: float, rounds: int) -> dict[str, Any]:
         finally:
             service.terminate()
             service.wait(30)
+            upstream.terminate()
+            upstream.wait(30)
     return out
 
 
@@ -141,7 +172,8 @@ def report(result: dict[str, Any], seconds: float, rounds: int) -> str:
     return (
         "# /objects and /grid under load (`python -m bench.objects`)\n\n"
         f"{', '.join(f'{k} {v}' for k, v in machine().items())}\n\n"
-        f"DEMO with {result['customers']:,} customers, refreshed once; wrk -c32 on core 1, "
+        f"{result['customers']:,} customers x {result['objects_per_customer']} objects "
+        "(the simulator, 14 days of history), refreshed once; wrk -c32 on core 1, "
         f"{rounds} turns of {seconds:g} s per side, medians. Written by `bench/objects.py`.\n\n"
         + table([head, *rows])
         + "\n"
@@ -151,10 +183,11 @@ def report(result: dict[str, Any], seconds: float, rounds: int) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--customers", type=int, default=1000)
+    parser.add_argument("--objects", type=int, default=20, help="protected objects per customer")
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    result = measure(args.customers, args.seconds, args.rounds)
+    result = measure(args.customers, args.objects, args.seconds, args.rounds)
     write_results("objects", result)
     text = report(result, args.seconds, args.rounds)
     (BENCH / "RESULTS-objects.md").write_text(text, encoding="utf-8")

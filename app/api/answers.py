@@ -54,6 +54,12 @@ class AnswerCache:
         changes under many clients, they all miss the same key at once, and one query
         answers them all instead of one each. A caller that goes away (a client that
         disconnects) does not cancel the build for the others."""
+        result: T = await asyncio.shield(self.start_build(key, build))
+        return result
+
+    def start_build(self, key: Hashable, build: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
+        """The build of `key` running now, started if none is: `build_once` without the
+        wait, for a kept answer rebuilt behind the one still served."""
         future = self._building.get(key)
         if future is None:
             future = asyncio.ensure_future(build())
@@ -65,8 +71,7 @@ class AnswerCache:
                     f.exception()  # retrieved: every waiter may have gone
 
             future.add_done_callback(done)
-        result: T = await asyncio.shield(future)
-        return result
+        return future
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -2,21 +2,26 @@
 
 An answer is kept in memory (`app.api.answers`) under its query, the key's customers, the
 data versions of the customers it covers and this process's notice count (it moves with every
-alert or object change and every expectation set), and for `/grid` the business day; and only
-until time alone would change it (`valid_until`: an object turning "no result", a day more in
-its state, a maintenance window starting or ending), or `KEEP_AT_MOST` at the longest, so that
-an expectation set through another replica shows within it. A repeated read costs its bytes
-and no query; a rebuild judges off the event loop.
+alert or object change, every expectation set and maintenance window, here or in another
+process), and for `/grid` the business day. What time alone changes (`valid_until`: an object
+turning "no result", a day more in its state, a maintenance window starting or ending) is
+shown within `KEEP_AT_LEAST`, the sweep's round, in which `object.no_result` is told too: at
+20,000 objects some object's day count moves every few seconds, and an answer rebuilt for
+each would be rebuilt for nearly every request. `KEEP_AT_MOST` bounds the rest. An answer
+that time made old is still served while one rebuild runs behind it; an answer whose data
+moved is rebuilt first. A repeated read costs its bytes and no query; a rebuild judges and
+encodes off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Annotated
+from datetime import datetime, timedelta
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import Headers
@@ -32,6 +37,7 @@ from app.alerts.objects import (
     object_out,
     valid_until,
 )
+from app.alerts.sweeps import SWEEP_SECONDS
 from app.api import schemas
 from app.api.alerts import _primary
 from app.api.common import covered, visible
@@ -42,11 +48,15 @@ from app.api.filters import _choices
 from app.api.params import choice_filter, enum_filter, shorten, split_values
 from app.store import feed, objects
 
+log = logging.getLogger(__name__)
+
 router = APIRouter(tags=["objects"], dependencies=[Authorized, SafeParams])
 
 STATES = ("ok", "warning", "failure", "no_result", "retired")
 KEEP_AT_MOST = timedelta(minutes=5)
 """The longest an answer is kept while nothing this process hears of moves."""
+KEEP_AT_LEAST = timedelta(seconds=SWEEP_SECONDS)
+"""The shortest: what time alone changes shows within the sweep's round."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,23 +133,38 @@ def _key(svc: Services, kind: str, query: ObjectQuery, *more: object) -> tuple[o
     return (kind, query, *more, version, svc.notices.count)
 
 
-async def _kept(
-    svc: Services, key: tuple[object, ...], build: Callable[[], Awaitable[bytes]]
+def _rebuilt(future: asyncio.Future[bytes]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("could not rebuild a kept answer", exc_info=future.exception())
+
+
+async def _answer(
+    svc: Services,
+    key: tuple[object, ...],
+    query: ObjectQuery,
+    judging: Judging,
+    encode: Callable[[list[Judged], datetime], dict[str, Any]],
 ) -> Response:
-    """The answer kept under `key` while it is still true, else built once (concurrent
-    misses share the build) and kept until `valid_until`."""
+    """The answer kept under `key`; else built once (concurrent misses share the build):
+    `query`'s objects judged, `encode(judged, now)` encoded off the loop, and kept until
+    `valid_until`. A kept answer that time alone made old is served while it is rebuilt."""
+
+    async def build() -> bytes:
+        now = svc.clock()
+        judged = await _judged(svc, query, judging)
+        content = await asyncio.to_thread(lambda: dumps(encode(judged, now)))
+        until = valid_until(judged, now, KEEP_AT_MOST)
+        svc.answers.put(key, (max(until, now + KEEP_AT_LEAST), content), len(content))
+        return content
+
     kept = svc.answers.get(key)
-    if kept is None or svc.clock() >= kept[0]:
-        fresh = svc.answers.build_once((key, "build"), build)
-        content = await fresh
+    if kept is None:
+        content = await svc.answers.build_once((key, "build"), build)
     else:
+        if svc.clock() >= kept[0]:
+            svc.answers.start_build((key, "build"), build).add_done_callback(_rebuilt)
         content = kept[1]
     return Response(content, media_type="application/json")
-
-
-def _keep(svc: Services, key: tuple[object, ...], judged: list[Judged], content: bytes) -> None:
-    until = valid_until(judged, svc.clock(), KEEP_AT_MOST)
-    svc.answers.put(key, (until, content), len(content))
 
 
 @router.get(
@@ -166,22 +191,13 @@ async def list_objects(
 
 
 async def answer_objects(svc: Services, query: ObjectQuery, headers: Headers) -> Response:
-    key = _key(svc, "objects", query)
+    name = svc.refresher.name_of
 
-    async def build() -> bytes:
-        now = svc.clock()
-        judged = await _judged(svc, query, judging_of(svc))
-        name = svc.refresher.name_of
+    def encode(judged: list[Judged], now: datetime) -> dict[str, Any]:
+        items = [object_out(j, name(j.obj[0]), now) for j in judged]
+        return {"items": items, "next_cursor": None}
 
-        def encode() -> bytes:
-            items = [object_out(j, name(j.obj[0]), now) for j in judged]
-            return dumps({"items": items, "next_cursor": None})
-
-        content = await asyncio.to_thread(encode)
-        _keep(svc, key, judged, content)
-        return content
-
-    return await _kept(svc, key, build)
+    return await _answer(svc, _key(svc, "objects", query), query, judging_of(svc), encode)
 
 
 @router.get(
@@ -211,34 +227,26 @@ async def get_grid(
 async def answer_grid(svc: Services, query: ObjectQuery, count: int, headers: Headers) -> Response:
     judging = judging_of(svc)
     day_list = expectations.business_days(svc.clock(), count, judging.zone, judging.day_start_hour)
+    name = svc.refresher.name_of
+
+    def encode(judged: list[Judged], now: datetime) -> dict[str, Any]:
+        items = [
+            {
+                "key": alert_key(*j.obj),
+                "customer_id": j.obj[0],
+                "customer_name": name(j.obj[0]),
+                "job_type": j.obj[1],
+                "module": j.obj[2],
+                "state": j.assessment.state,
+                "cells": grid_cells(j, day_list, judging, now),
+            }
+            for j in judged
+            if not j.stored.setting.retired  # a retired object leaves the grid
+        ]
+        return {"days": [d.isoformat() for d in day_list], "items": items}
+
     key = _key(svc, "grid", query, count, day_list[-1])
-
-    async def build() -> bytes:
-        now = svc.clock()
-        judged = await _judged(svc, query, judging)
-        name = svc.refresher.name_of
-
-        def encode() -> bytes:
-            items = [
-                {
-                    "key": alert_key(*j.obj),
-                    "customer_id": j.obj[0],
-                    "customer_name": name(j.obj[0]),
-                    "job_type": j.obj[1],
-                    "module": j.obj[2],
-                    "state": j.assessment.state,
-                    "cells": grid_cells(j, day_list, judging, now),
-                }
-                for j in judged
-                if not j.stored.setting.retired  # a retired object leaves the grid
-            ]
-            return dumps({"days": [d.isoformat() for d in day_list], "items": items})
-
-        content = await asyncio.to_thread(encode)
-        _keep(svc, key, judged, content)
-        return content
-
-    return await _kept(svc, key, build)
+    return await _answer(svc, key, query, judging, encode)
 
 
 @router.put(

@@ -72,8 +72,9 @@ class SimulatorConfig:
     jobs_per_customer: int | None = None
     history_days: int = 7
     # None: a handful of plans (protected objects) per customer, varied. A number: exactly
-    # that many, each a different job type + module (at most `len(WORKLOADS)`), with runs
-    # as often per plan as usual; for benchmarks of `/objects` and `/grid`.
+    # that many, each a different job type + module (at most `len(WORKLOADS)`), the
+    # customer's runs spread over them (so most run about daily); for benchmarks of
+    # `/objects` and `/grid`.
     plans_per_customer: int | None = None
     client_id: str = "demo-client"
     client_secret: str = "demo-secret"  # noqa: S105 - the simulator's own demo credential
@@ -442,12 +443,10 @@ def _build_customer(seed: int, index: int, organization: str, plans_wanted: int 
     rng = seeded_rng(f"{seed}:customer:{index}")
     customer_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
     slug = "".join(ch for ch in organization.lower() if ch.isalnum())
-    if plans_wanted is None:
-        workloads = _workloads(rng)
-        jobs_per_week = rng.randint(*_JOBS_PER_WEEK)
-    else:  # as many runs per plan as a customer of the usual handful (about four) has
-        workloads = sorted(rng.sample(WORKLOADS, plans_wanted))
-        jobs_per_week = max(1, rng.randint(*_JOBS_PER_WEEK) * plans_wanted // 4)
+    workloads = (
+        _workloads(rng) if plans_wanted is None else sorted(rng.sample(WORKLOADS, plans_wanted))
+    )
+    jobs_per_week = rng.randint(*_JOBS_PER_WEEK)
     # Spread the customer's weekly runs over its plans, then jitter each plan's interval so
     # plans do not all tick together.
     mean_interval = len(workloads) * 7 * 86400 / jobs_per_week

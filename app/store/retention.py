@@ -192,10 +192,12 @@ async def purge_store(writer: Writer, now: datetime, days: float, *, batch: int 
         if examined < batch:
             break
 
-    for name, step in (("maintenance_windows", purge_windows), ("digest_days", purge_digest_days)):
+    for table in AGED:
         while True:
-            (deleted,) = await writer.run_plan(functools.partial(step, cutoff=cutoff, batch=batch))
-            counts[name] += deleted
+            (deleted,) = await writer.run_plan(
+                functools.partial(purge_aged, table=table, cutoff=cutoff, batch=batch)
+            )
+            counts[table] += deleted
             await asyncio.sleep(0)
             if deleted < batch:
                 break
@@ -467,30 +469,23 @@ def purge_alerts(
     return int(deleted), len(rows), int(ids[-1])
 
 
-def purge_windows(dialect: str, cutoff: datetime, batch: int) -> Plan[tuple[int]]:
-    """Up to `batch` maintenance windows that ended before `cutoff`; gives the rows deleted
-    (first, as every step does)."""
+AGED = {
+    "maintenance_windows": ("id", "ends_at"),  # windows that ended
+    "digest_days": ("day", "claimed_at"),  # digests claimed (sent)
+}
+"""Tables purged by one time alone: their key and the time a row is aged by."""
+
+
+def purge_aged(dialect: str, table: str, cutoff: datetime, batch: int) -> Plan[tuple[int]]:
+    """Up to `batch` rows of `table` (one of `AGED`) older than `cutoff`; gives the rows
+    deleted (first, as every step does)."""
+    key, column = AGED[table]
     deleted = yield (
         "exec",
         sql(
             dialect,
-            "DELETE FROM maintenance_windows WHERE id IN (SELECT id FROM maintenance_windows "
-            "WHERE ends_at < ? ORDER BY id LIMIT ?)",
-        ),
-        (to_driver(dialect, cutoff), batch),
-    )
-    return (int(deleted),)
-
-
-def purge_digest_days(dialect: str, cutoff: datetime, batch: int) -> Plan[tuple[int]]:
-    """Up to `batch` digest claims made before `cutoff`; gives the rows deleted
-    (first, as every step does)."""
-    deleted = yield (
-        "exec",
-        sql(
-            dialect,
-            "DELETE FROM digest_days WHERE day IN (SELECT day FROM digest_days "
-            "WHERE claimed_at < ? ORDER BY day LIMIT ?)",
+            f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} "  # noqa: S608
+            f"WHERE {column} < ? ORDER BY {key} LIMIT ?)",
         ),
         (to_driver(dialect, cutoff), batch),
     )
