@@ -85,7 +85,7 @@ def alert_from_row(row: Sequence[Any]) -> AlertState:
     return AlertState(**values)
 
 
-# -- written in the merge's transaction --------------------------------------------------
+# -- written in the transaction of a merge or sweep --------------------------------------
 
 
 _ALERT_INSERT = (
