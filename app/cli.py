@@ -24,7 +24,7 @@ from app.logs import configure_logging
 if TYPE_CHECKING:
     from app.refresh import RefreshOutcome
     from app.store import keys as stored_keys_module
-    from app.store.ingest import Writer
+    from app.store.writer import Writer
 
 cli = typer.Typer(
     help="Jobs Gateway: every customer's AvePoint backup jobs in one API.",
@@ -289,7 +289,7 @@ def keys_create(
 async def _key_store(settings: Settings) -> AsyncIterator[Writer]:
     """The database's writer (and, through it, sessions) for one `keys` command."""
     from app.store import db
-    from app.store.ingest import Writer
+    from app.store.writer import Writer
 
     engine = db.create_engine(settings.database_url)
     writer = Writer.for_engine(engine)

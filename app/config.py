@@ -30,7 +30,7 @@ EVENT_TYPES = (
     "object.no_result",
     "object.recovered",
 )
-"""Every type of event the change feed tells (see `app.store.feed`)."""
+"""Every type of event the change feed tells (see `app.store.telling`)."""
 
 SMTP_SCHEMES = ("smtp", "smtps", "smtp+starttls")
 
@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     upstream_rate_per_second: float = Field(50, ge=0, le=100_000)
     # Origins whose pages may call the API from a browser (CORS); empty: none.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # Alerts, the change feed and webhooks (see app.alert_rules, app.store.feed, app.alerts).
+    # Alerts, the change feed and webhooks (see app.alert_rules, app.store.telling, app.alerts).
     alert_statuses: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_ALERT_STATUSES)
     )

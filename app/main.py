@@ -61,10 +61,11 @@ from app.refresh.leasing import process_holder
 from app.refresh.replicas import Bus
 from app.refresh.runs import RefreshRuns
 from app.store import db, outage
-from app.store.feed import FeedConfig, Told
-from app.store.ingest import Writer, purge_orphan_stage
 from app.store.retention import run_retention
+from app.store.stage import purge_orphan_stage
+from app.store.telling import FeedConfig, Told
 from app.store.tickets import PSA_RECEIVER
+from app.store.writer import Writer
 from app.tasks import Supervisor
 from app.upstream.auth import ClientAssertion, TokenProvider
 from app.upstream.breaker import CircuitBreaker

@@ -80,9 +80,9 @@ class Stage:
 
 def profiled_writer_thread(profiler: cProfile.Profile) -> None:
     """Profile the SQLite writer's transactions too (they run in the writer's own thread)."""
-    from app.store import ingest
+    from app.store import writer
 
-    original = ingest.Writer._transaction
+    original = writer.Writer._transaction
     if getattr(original, "_profiled", False):
         return
 
@@ -91,13 +91,16 @@ def profiled_writer_thread(profiler: cProfile.Profile) -> None:
         return profiler.runcall(original, self, *args)
 
     transaction._profiled = True  # type: ignore[attr-defined]
-    ingest.Writer._transaction = transaction  # type: ignore[method-assign]
+    writer.Writer._transaction = transaction  # type: ignore[method-assign]
 
 
 async def one(db: str, customers: int, jobs: int, args: argparse.Namespace) -> dict[str, Any]:
     from app.store.db import create_engine, migrate, session_factory
-    from app.store.feed import FeedConfig
-    from app.store.ingest import SnapshotRecord, Writer, ensure_customer, open_ingest
+    from app.store.merge import open_ingest
+    from app.store.snapshots import SnapshotRecord
+    from app.store.telling import FeedConfig
+    from app.store.versions import ensure_customer
+    from app.store.writer import Writer
     from app.upstream.wire import parse_page
 
     standin = StandIn(customers, jobs, 0.0)

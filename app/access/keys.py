@@ -48,8 +48,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.store import keys as stored_keys
-from app.store.ingest import Writer
 from app.store.keys import KeyInfo, StoredKey
+from app.store.writer import Writer
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from app.alerts.objects import Judged, Judging, judge_objects
 from app.clock import Clock, iso
 from app.config import Settings
 from app.store import digests
-from app.store.ingest import Writer
+from app.store.writer import Writer
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from app.store.feed import Told
+from app.store.telling import Told
 
 
 class Notices:

@@ -20,8 +20,8 @@ from app import expectations
 from app.alert_rules import alert_key
 from app.clock import iso
 from app.store import maintenance, objects
-from app.store.feed import NOTHING_STORED, ObjectKey, Stored
 from app.store.maintenance import Window
+from app.store.objects import NOTHING_STORED, ObjectKey, Stored
 
 GRID_DAYS = 92
 """The most days a grid shows: windows that ended before are not read."""

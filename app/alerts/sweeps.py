@@ -4,7 +4,7 @@ An overdue alert opens, and an object turns "no result", because time passed, no
 a refresh saw something (the upstream may be silent), so a sweep looks for keys whose last
 success is older than `OVERDUE_HOURS`, and for objects whose expectation says they are late
 (or no longer late) while their stored state says otherwise, and judges their customers
-again (`app.store.feed.sweep_customer`), each in a write transaction of its own; and
+again (`app.store.sweep.sweep_customer`), each in a write transaction of its own; and
 the customers of maintenance windows that ended, so what a window held back opens.
 
 With several processes on one database, one sweeps at a time: the one that holds the lease
@@ -23,9 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import expectations
 from app.clock import Clock
-from app.store import feed, leases, objects
-from app.store.feed import NOTHING_STORED, FeedConfig, Told
-from app.store.ingest import Writer
+from app.store import leases, maintenance, objects, plans, sweep
+from app.store.objects import NOTHING_STORED
+from app.store.telling import FeedConfig, Told
+from app.store.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +66,15 @@ async def sweep_overdue(
             dialect = session.get_bind().dialect.name
             conn = await session.connection()
             cutoff = now - timedelta(hours=config.rules.overdue_hours)
-            candidates.update(await feed.run_async(conn, feed.overdue_candidates(dialect, cutoff)))
+            candidates.update(
+                await plans.run_async(conn, sweep.overdue_candidates(dialect, cutoff))
+            )
         watch = watch or LateWatch()
         candidates.update(await watch.candidates(session, config, now))
     events = 0
     for cid in sorted(candidates):
         told = await writer.run_plan(
-            lambda dialect, cid=cid: feed.sweep_customer(dialect, cid, now, config)  # type: ignore[misc]
+            lambda dialect, cid=cid: sweep.sweep_customer(dialect, cid, now, config)  # type: ignore[misc]
         )
         events += told.events
         if on_told is not None:
@@ -84,7 +87,7 @@ async def released_customers(
 ) -> list[str]:
     """The customers of maintenance windows that ended since they were last judged: what a
     window held back (an alert, "no result") opens now."""
-    released = await writer.run_plan(lambda d: feed.release_ended(d, now))
+    released = await writer.run_plan(lambda d: maintenance.release_ended(d, now))
     if None in released:
         async with sessions() as session:
             return await objects.customer_ids(session)

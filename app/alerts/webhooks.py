@@ -1,6 +1,6 @@
 """Webhooks: the outbox's deliveries POSTed to their receivers, signed as Standard Webhooks says.
 
-A delivery row is written with its event (`app.store.feed.tell`), so nothing is lost across a
+A delivery row is written with its event (`app.store.telling.tell`), so nothing is lost across a
 restart. For each receiver a sender task (`Sender.run_url`):
 
 1. claims the deliveries that are due, at most the oldest pending one per `alert_key` (so a
@@ -42,9 +42,9 @@ from standardwebhooks import Webhook
 from app import __version__
 from app.alerts.notices import Notices
 from app.clock import Clock
-from app.store import feed, outbox
-from app.store.ingest import Writer
+from app.store import outbox
 from app.store.outbox import Claimed, Outcome
+from app.store.writer import Writer
 from app.tasks import all_of
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ async def watch_backlog(
     while True:
         try:
             async with sessions() as session:
-                gauge.set(await feed.pending_deliveries(session))
+                gauge.set(await outbox.pending_deliveries(session))
         except Exception as exc:  # the database may be away for a while
             log.info("could not count the webhook backlog: %s", type(exc).__name__)
         await asyncio.sleep(every)

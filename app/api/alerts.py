@@ -20,7 +20,7 @@ from app.api.errors import NotFound
 from app.api.etags import dumps
 from app.api.filters import _choices
 from app.api.params import choice_filter, enum_filter, id_cursor, shorten, split_values
-from app.store import feed
+from app.store import alerts as stored_alerts
 
 router = APIRouter(tags=["alerts"], dependencies=[Authorized, SafeParams])
 
@@ -58,7 +58,7 @@ async def list_alerts(
 ) -> Response:
     severities = choice_filter("severity", severity, ("warning", "critical"))
     customers = await customers_of(svc, principal, split_values(customer_id) or None)
-    query = feed.AlertQuery(
+    query = stored_alerts.AlertQuery(
         state=state,
         customer_ids=_tuple(customers),
         # Alerts keep the catalog's primary names: an alias is asked as the name it stands for.
@@ -84,17 +84,21 @@ def _tuple(values: list[str] | None) -> tuple[str, ...] | None:
     return tuple(values) if values is not None else None
 
 
-async def answer_alerts(svc: Services, query: feed.AlertQuery, headers: Headers) -> Response:
+async def answer_alerts(
+    svc: Services, query: stored_alerts.AlertQuery, headers: Headers
+) -> Response:
     key = ("alerts", query, svc.notices.count)
     content: bytes | None = svc.answers.get(key)
     if content is None:
         async with svc.sessions() as session:
-            alerts = await feed.list_alerts(session, query)
+            alerts = await stored_alerts.list_alerts(session, query)
         next_cursor = None
         if len(alerts) > query.limit:
             alerts = alerts[: query.limit]
             next_cursor = str(alerts[-1].id)
-        content = dumps({"items": [feed.alert_out(a) for a in alerts], "next_cursor": next_cursor})
+        content = dumps(
+            {"items": [stored_alerts.alert_out(a) for a in alerts], "next_cursor": next_cursor}
+        )
         svc.answers.put(key, content, len(content))
     return Response(content, media_type="application/json")
 
@@ -120,7 +124,7 @@ async def snooze_alert(
     customer_id = alert_key.rsplit(":", 2)[0]
     alert = (
         await svc.writer.run_plan(
-            lambda dialect: feed.snooze(dialect, alert_key, until, body.reason, now)
+            lambda dialect: stored_alerts.snooze(dialect, alert_key, until, body.reason, now)
         )
         if visible(principal, customer_id)
         else None
@@ -131,4 +135,4 @@ async def snooze_alert(
             "(keys are customer_id:job_type:module; see GET /alerts?state=open)"
         )
     svc.changed()
-    return Response(dumps(feed.alert_out(alert)), media_type="application/json")
+    return Response(dumps(stored_alerts.alert_out(alert)), media_type="application/json")

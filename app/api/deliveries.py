@@ -15,7 +15,7 @@ from app.api.errors import Conflict, NotFound
 from app.api.etags import dumps
 from app.api.params import MAX_ID, id_cursor, split_values
 from app.clock import iso
-from app.store import feed
+from app.store import outbox
 
 router = APIRouter(tags=["webhooks"], dependencies=[Authorized, SafeParams])
 
@@ -66,7 +66,7 @@ async def list_deliveries(
     before = id_cursor(cursor)
     customers = await customers_of(svc, principal, split_values(customer_id) or None)
     async with svc.sessions() as session:
-        rows = await feed.list_deliveries(
+        rows = await outbox.list_deliveries(
             session, state=state, customer_ids=customers, before=before, limit=limit
         )
     next_cursor = None
@@ -92,7 +92,7 @@ async def retry_delivery(
     now = svc.clock()
     window = svc.feed.delivery_window
     async with svc.sessions() as session:
-        row = await feed.get_delivery(session, delivery_id)
+        row = await outbox.get_delivery(session, delivery_id)
     # A key limited to some customers retries only their deliveries; the others' do not
     # exist for it.
     if row is None or not visible(principal, row["customer_id"]):
@@ -104,7 +104,7 @@ async def retry_delivery(
             f"{receiver_origin(row['url'])} is no longer in WEBHOOK_URLS"
         )
     before = await svc.writer.run_plan(
-        lambda dialect: feed.retry_delivery(dialect, delivery_id, now, window)
+        lambda dialect: outbox.retry_delivery(dialect, delivery_id, now, window)
     )
     if before is None:
         raise NotFound(f"no webhook delivery {delivery_id} (see GET /webhooks/deliveries)")
@@ -112,7 +112,7 @@ async def retry_delivery(
         raise Conflict(f"delivery {delivery_id} is pending already: it is sent when it is due")
     svc.changed()
     async with svc.sessions() as session:
-        row = await feed.get_delivery(session, delivery_id)
+        row = await outbox.get_delivery(session, delivery_id)
     if row is None:  # purged in between
         raise NotFound(f"no webhook delivery {delivery_id} (see GET /webhooks/deliveries)")
     return Response(dumps(delivery_out(row)), media_type="application/json")

@@ -26,8 +26,8 @@ from app.metrics import Metrics
 from app.refresh import Refresher
 from app.refresh.replicas import Bus
 from app.refresh.runs import RefreshRuns
-from app.store.feed import FeedConfig, Told
-from app.store.ingest import Writer
+from app.store.telling import FeedConfig, Told
+from app.store.writer import Writer
 
 
 @dataclass

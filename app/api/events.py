@@ -2,7 +2,7 @@
 
 The feed reads the highest event id first and then the events up to it, so a cursor handed
 out never passes an event that commits later (ids are handed out in commit order, see
-`app.store.feed`). A page is kept in memory under its query and the count of this process's
+`app.store.telling`). A page is kept in memory under its query and the count of this process's
 notices, which moves whenever this process writes events.
 
 A cursor older than what retention kept answers 410 `cursor_expired` with `oldest_cursor`,
@@ -26,7 +26,7 @@ from app.api.common import customers_of
 from app.api.deps import Authorized, PrincipalDep, SafeParams, Services, ServicesDep
 from app.api.params import MAX_ID, choice_filter, split_values
 from app.config import EVENT_TYPES
-from app.store import feed
+from app.store import events
 
 router = APIRouter(tags=["events"], dependencies=[Authorized, SafeParams])
 
@@ -116,7 +116,7 @@ async def answer_events(
                 page = await svc.answers.build_once(
                     versioned, functools.partial(_page, svc, after, limit, types, customers)
                 )
-            except feed.CursorExpired as expired:
+            except events.CursorExpired as expired:
                 return _expired(expired)
             if page[1]:
                 # A page with events stays true (ids are handed out in commit order); an
@@ -140,17 +140,17 @@ async def _page(
     customers: list[str] | None,
 ) -> tuple[bytes, int]:
     async with svc.sessions() as session:
-        page = await feed.read_feed(
+        page = await events.read_feed(
             session, after=after, limit=limit, types=types, customer_ids=customers
         )
     items = ",".join(
-        feed.event_json(r.id, r.type, r.at, r.customer_id, r.job_id, r.alert_key, r.data)
+        events.event_json(r.id, r.type, r.at, r.customer_id, r.job_id, r.alert_key, r.data)
         for r in page.rows
     )
     return f'{{"items":[{items}],"next_cursor":"{page.cursor}"}}'.encode(), len(page.rows)
 
 
-def _expired(expired: feed.CursorExpired) -> Response:
+def _expired(expired: events.CursorExpired) -> Response:
     return JSONResponse(
         {
             "error": "cursor_expired",

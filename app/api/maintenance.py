@@ -1,6 +1,6 @@
 """`POST /maintenance`, `GET /maintenance` and `DELETE /maintenance/{id}`.
 
-A window mutes its customers (`app.store.feed.in_maintenance`); when one is deleted, its
+A window mutes its customers (`app.store.maintenance.in_maintenance`); when one is deleted, its
 customers are judged again at once, so a problem it held back opens its alert now rather
 than at the next sweep (one that simply ends is released by the sweep).
 """
@@ -19,7 +19,7 @@ from app.api.errors import InvalidParameter, NotFound
 from app.api.etags import dumps
 from app.api.params import MAX_ID, split_values
 from app.clock import iso
-from app.store import feed, maintenance, objects
+from app.store import maintenance, objects, sweep
 from app.store.maintenance import Window
 
 router = APIRouter(tags=["maintenance"], dependencies=[Authorized, SafeParams])
@@ -128,7 +128,7 @@ async def release(svc: Services, window: Window) -> None:
             customers = await objects.customer_ids(session)
     for cid in customers:
         told = await svc.writer.run_plan(
-            lambda d, cid=cid: feed.sweep_customer(d, cid, now, svc.feed)  # type: ignore[misc]
+            lambda d, cid=cid: sweep.sweep_customer(d, cid, now, svc.feed)  # type: ignore[misc]
         )
         svc.on_told(told)
     svc.changed()

@@ -46,7 +46,7 @@ from app.api.errors import NotFound
 from app.api.etags import dumps
 from app.api.filters import _choices
 from app.api.params import choice_filter, enum_filter, shorten, split_values
-from app.store import feed, objects
+from app.store import objects, sweep
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ async def set_expectation(
     )
     await svc.writer.run_plan(lambda d: objects.put_setting(d, key, obj, setting, now))
     # Its alert and "no result" follow the new expectation at once, not at the next sweep.
-    told = await svc.writer.run_plan(lambda d: feed.sweep_customer(d, obj[0], now, svc.feed))
+    told = await svc.writer.run_plan(lambda d: sweep.sweep_customer(d, obj[0], now, svc.feed))
     svc.on_told(told)
     svc.changed()
     query = ObjectQuery((obj[0],), (obj[1],), (obj[2],), None)

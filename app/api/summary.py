@@ -32,7 +32,8 @@ from app.api.etags import dumps, etag_of, json_answer, matches, not_modified
 from app.api.filters import JobFilters, JobFiltersDep
 from app.api.jobs import MaxAge
 from app.clock import iso
-from app.store import feed, repo
+from app.store import alerts as stored_alerts
+from app.store import repo
 
 router = APIRouter(tags=["summary"], dependencies=[Authorized, SafeParams])
 
@@ -135,7 +136,7 @@ async def answer_summary(
             alerts: dict[str, dict[str, int]] = {}
             if group_by == "customer":
                 async with svc.sessions() as session:
-                    alerts = await feed.open_alert_counts(session, now)
+                    alerts = await stored_alerts.open_alert_counts(session, now)
             encoded = dumps(_items(svc, filters, group_by, in_scope, stats, alerts, now))
             # The tag names the items themselves: the keys above move every minute (and with
             # every refresh), the answer only when something in it does.

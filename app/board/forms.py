@@ -28,7 +28,7 @@ from app.board.frame import (
     visit_of,
 )
 from app.board.sessions import CSRF_FIELD
-from app.store import feed
+from app.store import alerts as stored_alerts
 
 router = APIRouter(include_in_schema=False)
 
@@ -95,7 +95,7 @@ async def snooze(request: Request, alert_key: str) -> Response:
     customer_id = alert_key.rsplit(":", 2)[0]
     alert = (
         await svc.writer.run_plan(
-            lambda dialect: feed.snooze(dialect, alert_key, until, reason, now)
+            lambda dialect: stored_alerts.snooze(dialect, alert_key, until, reason, now)
         )
         if visible(visit.principal, customer_id)
         else None

@@ -25,7 +25,8 @@ from app.api.maintenance import window_out
 from app.api.objects import ObjectQuery, answer_grid, answer_objects, object_query
 from app.api.summary import answer_summary
 from app.api.tickets import ticket_out
-from app.store import feed, maintenance, tickets
+from app.store import alerts as stored_alerts
+from app.store import maintenance, tickets
 
 NO_HEADERS = Headers()
 MAX_ALERTS = 10_000
@@ -130,7 +131,7 @@ async def open_alerts(
         scope = sorted(principal.customers)
     elif scope is not None and principal.customers is not None:
         scope = [c for c in scope if c in principal.customers]
-    query = feed.AlertQuery(
+    query = stored_alerts.AlertQuery(
         state="open",
         customer_ids=tuple(scope) if scope is not None else None,
         job_types=tuple(job_types) if job_types else None,

@@ -1,6 +1,6 @@
 """The ticket desk: the outbox's ticket work, done in the PSA.
 
-`app.store.feed.tell` writes a delivery to `PSA_RECEIVER` for every alert event and for each
+`app.store.telling.tell` writes a delivery to `PSA_RECEIVER` for every alert event and for each
 new failure of an open alert, in the transaction of the change. The desk (`Desk.run`) claims
 them as the webhook senders claim theirs (`app.store.outbox.claim`: due, the oldest pending
 one per alert key, leased so that two processes never work one), and for each:
@@ -42,10 +42,10 @@ from app.clock import Clock, iso
 from app.integrations.psa import Connector, NewTicket, PsaError
 from app.integrations.texts import description_of, job_line, summary_of, ticket_ref
 from app.store import outbox, repo, tickets
-from app.store.ingest import Writer
 from app.store.outbox import Claimed, Outcome
 from app.store.repo import JobRow
 from app.store.tickets import PSA_RECEIVER, TicketRow
+from app.store.writer import Writer
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from app.clock import Clock
 from app.refresh.ledger import backoff_seconds
 from app.store import outage, repo
-from app.store.ingest import Writer
+from app.store.writer import Writer
 from app.tasks import log_failure
 from app.upstream.client import AvePointClient
 from app.upstream.errors import UpstreamError, upstream_fields

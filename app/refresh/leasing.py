@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.store import leases, outage
-from app.store.ingest import Writer
+from app.store.writer import Writer
 
 log = logging.getLogger("app.refresh")
 

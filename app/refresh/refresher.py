@@ -40,8 +40,9 @@ from app.refresh.ledger import (
 )
 from app.refresh.walk import Walker
 from app.store import leases, outage, repo
-from app.store.feed import FeedConfig, Told
-from app.store.ingest import SnapshotRecord, Writer
+from app.store.snapshots import SnapshotRecord
+from app.store.telling import FeedConfig, Told
+from app.store.writer import Writer
 from app.upstream.client import AvePointClient
 from app.upstream.errors import UpstreamError, upstream_fields
 

@@ -1,7 +1,7 @@
 """The walk: one customer's pages fetched, normalized and merged (fetch -> normalize -> store).
 
 Walks stream: each page is hashed and normalized as it arrives and only the rows that changed
-are kept (`app.store.ingest`), written in one short transaction at the end. At most `slots`
+are kept (`app.store.merge`), written in one short transaction at the end. At most `slots`
 customers are fetched at once, and those done fetching wait to be written while the rows
 they hold fit in the commit room; the upstream client's semaphore bounds the requests.
 """
@@ -21,14 +21,10 @@ from app.clock import Clock
 from app.refresh.leasing import Leasing
 from app.refresh.ledger import RefreshOutcome
 from app.store import leases
-from app.store.feed import FeedConfig, Told
-from app.store.ingest import (
-    Ingest,
-    IngestResult,
-    SnapshotRecord,
-    Writer,
-    open_ingest,
-)
+from app.store.merge import Ingest, IngestResult, open_ingest
+from app.store.snapshots import SnapshotRecord
+from app.store.telling import FeedConfig, Told
+from app.store.writer import Writer
 from app.upstream.client import AvePointClient
 
 log = logging.getLogger("app.refresh")

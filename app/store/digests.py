@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from app.store.feed import Plan, sql, to_driver
+from app.store.plans import Plan, sql, to_driver
 
 
 def claim(dialect: str, day: str, holder: str, now: datetime) -> Plan[bool]:

@@ -13,8 +13,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.store.ingest import Writer
 from app.store.tables import ApiKey
+from app.store.writer import Writer
 
 
 @dataclass(frozen=True, slots=True)

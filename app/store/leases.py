@@ -28,7 +28,7 @@ import secrets
 from datetime import datetime
 from typing import NamedTuple
 
-from app.store.feed import Plan, from_driver, sql
+from app.store.plans import Plan, from_driver, sql
 
 BACKOFF = "backoff"
 """The holder prefix of a lease that keeps a failing customer from being asked too soon."""
@@ -49,7 +49,7 @@ class Lease(NamedTuple):
     ours: bool
     holder: str
     token: int
-    taken_at: object  # the database's now, in the driver's form (see `app.store.feed`)
+    taken_at: object  # the database's now, in the driver's form (see `app.store.plans`)
     seconds_left: float
     # Taken: when the customer's last good snapshot was stored, by whichever process (read
     # in the take's own transaction, so a walk need not ask again whether one landed).

@@ -1,7 +1,7 @@
 """Maintenance windows: rows of `maintenance_windows`, made, listed and deleted through the
-API (writes inside the caller's write transaction: `Writer.transaction`). What a window does
-(mute alerts and webhooks) lives where alerts are judged: `app.store.feed.in_maintenance`,
-and the sweep's `release_ended`.
+API (writes inside the caller's write transaction: `Writer.transaction`); and what a window
+does: `in_maintenance`, the one question of muting, asked where alerts are judged
+(`app.store.telling`), and `release_ended`, the sweep's look at windows that ended.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import cast
 from sqlalchemy import Table, delete, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.store.plans import Plan, sql, to_driver
 from app.store.tables import MaintenanceWindow
 
 WINDOWS = cast(Table, MaintenanceWindow.__table__)
@@ -94,3 +95,38 @@ async def get(session: AsyncSession, window_id: int) -> Window | None:
 
 async def remove(session: AsyncSession, window_id: int) -> None:
     await session.execute(delete(WINDOWS).where(WINDOWS.c.id == window_id))
+
+
+# -- maintenance windows: the one question of muting ----------------------------------------
+
+
+def in_maintenance(dialect: str, customer_id: str, at: datetime) -> Plan[bool]:
+    """Whether a maintenance window covers the customer (or every customer) at `at`: then
+    no alert opens or escalates, and nothing of it goes to webhooks or tickets."""
+    stamp = to_driver(dialect, at)
+    rows = yield (
+        "fetch",
+        sql(
+            dialect,
+            "SELECT 1 FROM maintenance_windows WHERE starts_at <= ? AND ends_at > ? "
+            "AND (customer_id IS NULL OR customer_id = ?) LIMIT 1",
+        ),
+        (stamp, stamp, customer_id),
+    )
+    return bool(rows)
+
+
+def release_ended(dialect: str, at: datetime) -> Plan[list[str | None]]:
+    """Windows that ended and were not judged after: marked so, and their customers given
+    (None: every customer), so the sweep opens what they held back."""
+    stamp = to_driver(dialect, at)
+    rows = yield (
+        "fetch",
+        sql(
+            dialect,
+            "UPDATE maintenance_windows SET released_at = ? "
+            "WHERE ends_at <= ? AND released_at IS NULL RETURNING customer_id",
+        ),
+        (stamp, stamp),
+    )
+    return sorted({r[0] for r in rows}, key=lambda c: (c is not None, c or ""))

@@ -3,21 +3,114 @@
 A protected object is one customer + job type + module (`app.expectations`); it exists when
 the customer has a job of that kind. `object_expectations` holds a row only for an object
 whose expectation was set (`put_setting`) or whose `object.no_result` was told
-(`mark_no_result`, inside the merge or sweep that told it: `app.store.feed`).
+(`mark_no_result`, inside the merge or sweep that told it: `app.store.telling`); the
+merge reads them back (`stored_of`) to judge each object.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.expectations import Result, Setting
-from app.store.feed import ObjectKey, Plan, Stored, stored_row, to_driver, upsert_object
+from app.expectations import NO_SETTING, Result, Setting
+from app.store.plans import Plan, from_driver, sql, to_driver
 from app.store.tables import Customer, Job, ObjectExpectation
+
+ObjectKey = tuple[str, str, str]
+"""(customer_id, job_type, module)"""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An object's row: its setting, and when its `object.no_result` was told (None: not)."""
+
+    setting: Setting
+    no_result_at: datetime | None
+
+
+NOTHING_STORED = Stored(NO_SETTING, None)
+
+
+def _days(text: str | None) -> tuple[str, ...] | None:
+    return tuple(text.split(",")) if text else None
+
+
+def stored_row(row: Sequence[Any]) -> Stored:
+    every, days, grace, warning, retired, updated, told = row
+    return Stored(
+        Setting(
+            every_hours=every,
+            days=_days(days),
+            grace_hours=grace,
+            treat_warning_as_success=bool(warning),
+            retired=bool(retired),
+            updated_at=from_driver(updated),
+        ),
+        from_driver(told),
+    )
+
+
+_STORED_COLUMNS = (
+    "every_hours, days, grace_hours, treat_warning_as_success, retired, updated_at, no_result_at"
+)
+
+
+def stored_of(dialect: str, customer_id: str) -> Plan[dict[tuple[str, str], Stored]]:
+    """The customer's object rows, by (job_type, module)."""
+    rows = yield (
+        "fetch",
+        sql(
+            dialect,
+            f"SELECT job_type, module, {_STORED_COLUMNS} "  # noqa: S608
+            "FROM object_expectations WHERE customer_id = ?",
+        ),
+        (customer_id,),
+    )
+    return {(r[0], r[1]): stored_row(r[2:]) for r in rows}
+
+
+def upsert_object(dialect: str, key: str, obj: ObjectKey, values: dict[str, Any]) -> Plan[None]:
+    names = ["alert_key", "customer_id", "job_type", "module", *values]
+    updates = ", ".join(f"{n} = excluded.{n}" for n in values)
+    marks = ", ".join("?" * len(names))
+    defaults = {"treat_warning_as_success": False, "retired": False}
+    insert_names = names + [n for n in defaults if n not in values]
+    params = (key, *obj, *values.values(), *(defaults[n] for n in defaults if n not in values))
+    marks = ", ".join("?" * len(insert_names))
+    yield (
+        "exec",
+        sql(
+            dialect,
+            f"INSERT INTO object_expectations ({', '.join(insert_names)}) VALUES ({marks}) "  # noqa: S608
+            f"ON CONFLICT (alert_key) DO UPDATE SET {updates}",
+        ),
+        params,
+    )
+
+
+def mark_no_result(
+    dialect: str, key: str, obj: ObjectKey, at: datetime | None, now: datetime
+) -> Plan[None]:
+    """Note that the object's `object.no_result` was told (`at`), or that it recovered (None)."""
+    if at is None:
+        yield (
+            "exec",
+            sql(dialect, "UPDATE object_expectations SET no_result_at = NULL WHERE alert_key = ?"),
+            (key,),
+        )
+        return
+    yield from upsert_object(
+        dialect,
+        key,
+        obj,
+        {"no_result_at": to_driver(dialect, at), "updated_at": to_driver(dialect, now)},
+    )
+
 
 CUSTOMERS = cast(Table, Customer.__table__)
 

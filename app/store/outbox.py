@@ -1,10 +1,10 @@
 """The webhook outbox as its senders use it: claiming the deliveries that are due, recording
-what each attempt gave, and failing the deliveries of receivers that are gone.
+what each attempt gave, and failing the deliveries of receivers that are gone; and as the
+API lists and retries them (`GET /webhooks/deliveries`).
 
-`app.store.feed.tell` writes the deliveries, in the transaction of their events; the listing
-and the manual retry (`GET /webhooks/deliveries`) read and write them there too. What to do
+`app.store.telling.tell` writes the deliveries, in the transaction of their events. What to do
 with an answer (retry when, fail when) is `app.alerts.webhooks`'s to decide: the steps here only
-write it down. They are plans (`app.store.feed.Plan`), run by `Writer.run_plan`.
+write it down. They are plans (`app.store.plans.Plan`), run by `Writer.run_plan`.
 
 A receiver is its URL exactly as `WEBHOOK_URLS` gives it: two receivers may share an origin
 and differ by their path, so nothing here compares less than the whole URL.
@@ -15,8 +15,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from app.store.feed import Plan, event_json, from_driver, sql, to_driver
+from sqlalchemy import Table, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.store.events import EVENTS, event_json
+from app.store.plans import Plan, from_driver, sql, to_driver
+from app.store.tables import WebhookDelivery
+
+DELIVERIES = cast(Table, WebhookDelivery.__table__)
+
+PSA_PREFIX = "psa:"
+"""The outbox's PSA receivers (`app.store.tickets.PSA_RECEIVER`) start so; they are no
+webhooks, and the webhook listing, retry and backlog leave them out."""
 
 RECEIVER_REMOVED = "receiver_removed"
 """The last error of a delivery whose receiver left `WEBHOOK_URLS`."""
@@ -134,3 +146,100 @@ def fail_removed_receivers(
     for (url,) in rows:
         failed[url] = failed.get(url, 0) + 1
     return failed
+
+
+# -- listed and retried through the API --------------------------------------------------
+
+_WEBHOOKS_ONLY = ~DELIVERIES.c.url.startswith(PSA_PREFIX)
+
+_DELIVERY_COLUMNS = (
+    "id",
+    "event_id",
+    "url",
+    "alert_key",
+    "customer_id",
+    "state",
+    "attempts",
+    "created_at",
+    "next_attempt_at",
+    "deadline_at",
+    "last_attempt_at",
+    "last_status",
+    "last_error",
+    "delivered_at",
+)
+
+
+async def list_deliveries(
+    session: AsyncSession,
+    *,
+    state: str | None,
+    customer_ids: Sequence[str] | None,
+    before: int | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Deliveries, newest first, below id `before`; up to `limit + 1`, with the event type."""
+    d, e = DELIVERIES, EVENTS
+    stmt = (
+        select(*(d.c[name] for name in _DELIVERY_COLUMNS), e.c.type.label("event_type"))
+        .join_from(d, e, e.c.id == d.c.event_id)
+        .where(_WEBHOOKS_ONLY)
+        .order_by(d.c.id.desc())
+    )
+    if state is not None:
+        stmt = stmt.where(d.c.state == state)
+    if customer_ids is not None:
+        stmt = stmt.where(d.c.customer_id.in_(list(customer_ids)))
+    if before is not None:
+        stmt = stmt.where(d.c.id < before)
+    rows = await session.execute(stmt.limit(limit + 1))
+    return [dict(row._mapping) for row in rows.all()]
+
+
+async def get_delivery(session: AsyncSession, delivery_id: int) -> dict[str, Any] | None:
+    d, e = DELIVERIES, EVENTS
+    row = (
+        await session.execute(
+            select(*(d.c[name] for name in _DELIVERY_COLUMNS), e.c.type.label("event_type"))
+            .join_from(d, e, e.c.id == d.c.event_id)
+            .where(d.c.id == delivery_id, _WEBHOOKS_ONLY)
+        )
+    ).first()
+    return dict(row._mapping) if row is not None else None
+
+
+def retry_delivery(
+    dialect: str, delivery_id: int, now: datetime, window: timedelta
+) -> Plan[str | None]:
+    """Make a failed or delivered delivery pending again, due now, with a new deadline.
+    Gives its state before (None: no such delivery)."""
+    rows = yield (
+        "fetch",
+        sql(
+            dialect,
+            "SELECT state FROM webhook_deliveries WHERE id = ? AND url NOT LIKE ?",
+        ),
+        (delivery_id, PSA_PREFIX + "%"),
+    )
+    if not rows:
+        return None
+    state: str = rows[0][0]
+    if state != "pending":
+        yield (
+            "exec",
+            sql(
+                dialect,
+                "UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = ?, "
+                "deadline_at = ?, lease_until = NULL, delivered_at = NULL WHERE id = ?",
+            ),
+            (to_driver(dialect, now), to_driver(dialect, now + window), delivery_id),
+        )
+    return state
+
+
+async def pending_deliveries(session: AsyncSession) -> int:
+    d = DELIVERIES
+    count = await session.scalar(
+        select(func.count()).select_from(d).where(d.c.state == "pending", _WEBHOOKS_ONLY)
+    )
+    return int(count or 0)

@@ -40,23 +40,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import catalog
 from app.normalize import NormalizedJob
-from app.store import feed
-from app.store.ingest import (
-    CUSTOMERS,
-    HISTORY,
-    JOBS,
-    SNAPSHOTS,
-    IngestResult,
-    Outcome,
-    SnapshotRecord,
-    StatusChange,
-    chunks,
-    ensure_customer,
-    insert_for,
-    open_ingest,
-    snapshot_values,
+from app.store.jobs import StatusChange
+from app.store.merge import IngestResult, open_ingest
+from app.store.plans import chunks, insert_for, run_async
+from app.store.snapshots import Outcome, SnapshotRecord, snapshot_values
+from app.store.tables import (
+    SORT_MIN_DURATION,
+    SORT_MIN_TIME,
+    Job,
+    JobStatusHistory,
+    Snapshot,
+    UTCDateTime,
 )
-from app.store.tables import SORT_MIN_DURATION, SORT_MIN_TIME, UTCDateTime
+from app.store.versions import CUSTOMERS, ensure_customer
+
+JOBS = cast(Table, Job.__table__)
+HISTORY = cast(Table, JobStatusHistory.__table__)
+SNAPSHOTS = cast(Table, Snapshot.__table__)
 
 JobSort = Literal[
     "start_time", "-start_time", "last_modified", "-last_modified", "duration", "-duration"
@@ -218,7 +218,7 @@ async def record_success(
     session: AsyncSession, snapshot: SnapshotRecord, jobs: Sequence[NormalizedJob]
 ) -> list[StatusChange]:
     """Store a successful refresh of one customer from jobs in hand, in one transaction, and
-    commit (the refresher streams pages through `ingest` instead; this is the same merge).
+    commit (the refresher streams pages through `app.store.merge` instead; this is the same merge).
 
     Writes the jobs that are new or changed (a job id seen twice counts once, the last
     wins), a history row for each new job and each changed status code, and the snapshot.
@@ -231,7 +231,7 @@ async def record_success(
         ingest = await open_ingest(session, snapshot.customer_id)
         ingest.add_jobs(jobs)
         conn = await session.connection()
-        result = await feed.run_async(conn, ingest.merge(conn.dialect.name, snapshot))
+        result = await run_async(conn, ingest.merge(conn.dialect.name, snapshot))
         await session.commit()
     except Exception:
         await session.rollback()

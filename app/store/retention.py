@@ -42,7 +42,7 @@ successful refresh's merge on the customer's stored jobs its walk did not see
 clears its content hash, so the walk that sees it again rewrites it (its `last_seen_at`
 moves) and knows to clear the mark without reading anything more. While no job
 disappears, this costs nothing: no statement at all. `note_reported` is that upkeep, a plan
-(`app.store.feed`) for the merge to run in its transaction, after it wrote the jobs, in
+(`app.store.plans`) for the merge to run in its transaction, after it wrote the jobs, in
 `Ingest.merge` and `Ingest._merge_sqlite`. Until the merge runs it, no job is marked and so
 no job is purged: the safe side.
 
@@ -67,10 +67,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import text
 
 from app.clock import Clock
-from app.store.feed import Plan, sql, to_driver
+from app.store.plans import Plan, sql, to_driver
 
 if TYPE_CHECKING:
-    from app.store.ingest import Writer
+    from app.store.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ async def run_retention(
         await asyncio.sleep(every)
 
 
-# -- the steps, one transaction each (plans of driver SQL, see `app.store.feed`) ---------------
+# -- the steps, one transaction each (plans of driver SQL, see `app.store.plans`) --------------
 # Table and column names in the SQL are this module's constants, never input: the `noqa: S608`
 # below mark no injection.
 
@@ -423,7 +423,7 @@ def purge_events(
 
 def note_purged(dialect: str, ids: Sequence[int]) -> Plan[None]:
     """Move the feed's purge horizon up to the highest of `ids` this transaction deleted (a
-    delivery may have kept some): a cursor below it has missed events (`feed.read_feed`)."""
+    delivery may have kept some): a cursor below it has missed events (`events.read_feed`)."""
     kept = yield (
         "fetch",
         sql(dialect, f"SELECT id FROM events WHERE id IN ({_marks(len(ids))})"),  # noqa: S608

@@ -120,7 +120,7 @@ class Customer(Base):
     # request reads it (sources), and counting the jobs each time would cost O(jobs).
     job_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     # Grows with every write of the customer's jobs: a refresh that read the store before
-    # another refresh of the customer wrote notices it with one read (app.store.feed).
+    # another refresh of the customer wrote notices it with one read (app.store.versions).
     data_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
 
@@ -208,12 +208,12 @@ class Job(Base):
     # content hash, so that its next sighting rewrites it (and clears this).
     unreported_since: Mapped[datetime | None]
     # When the walk that wrote this version started (the database's clock): on a tie of
-    # `last_modified`, the walk that started later wins (`app.store.ingest`).
+    # `last_modified`, the walk that started later wins (`app.store.jobs.older`).
     walk_started_at: Mapped[datetime | None]
 
 
 class JobStage(Base):
-    """A refresh's changed rows, staged while its walk goes on (see `app.store.ingest`)."""
+    """A refresh's changed rows, staged while its walk goes on (see `app.store.stage`)."""
 
     __tablename__ = "job_stage"
 
@@ -294,7 +294,7 @@ class Event(Base):
 
 
 class FeedHorizon(Base):
-    """How far retention purged the change feed (see `app.store.feed.read_feed`)."""
+    """How far retention purged the change feed (see `app.store.events.read_feed`)."""
 
     __tablename__ = "feed_horizon"
     __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
@@ -447,7 +447,8 @@ class ObjectExpectation(Base):
 
 
 class MaintenanceWindow(Base):
-    """A time when a customer's (or every customer's) problems open no alert (`app.store.feed`)."""
+    """A time when a customer's (or every customer's) problems open no alert
+    (`app.store.maintenance`)."""
 
     __tablename__ = "maintenance_windows"
     __table_args__ = (Index("ix_maintenance_windows_ends_at", "ends_at"),)

@@ -3,10 +3,10 @@
 count of new tickets in the last hour, shared by every process on the database.
 
 The ticket work itself is a delivery of the outbox (`webhook_deliveries`, to the receiver
-`PSA_RECEIVER`), written by `app.store.feed.tell` with the alert's events and claimed and
+`PSA_RECEIVER`), written by `app.store.telling.tell` with the alert's events and claimed and
 recorded by `app.store.outbox`, as webhooks are. What to do with each is
 `app.integrations.tickets`'s to decide; the steps here only read and write it down. They are
-plans (`app.store.feed.Plan`), run by `Writer.run_plan` or, for reads, `read`.
+plans (`app.store.plans.Plan`), run by `Writer.run_plan` or, for reads, `read`.
 """
 
 from __future__ import annotations
@@ -19,17 +19,10 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.alert_rules import AlertState
-from app.store.feed import (
-    ALERT_SELECT,
-    PSA_PREFIX,
-    Plan,
-    T,
-    alert_from_row,
-    from_driver,
-    run_async,
-    sql,
-)
-from app.store.feed import to_driver as _t
+from app.store.alerts import ALERT_SELECT, alert_from_row
+from app.store.outbox import PSA_PREFIX
+from app.store.plans import Plan, T, from_driver, run_async, sql
+from app.store.plans import to_driver as _t
 
 PSA_RECEIVER = f"{PSA_PREFIX}tickets"
 """The outbox's receiver of ticket work: not a URL, so no webhook sender ever claims it."""

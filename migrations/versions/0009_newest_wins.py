@@ -7,7 +7,7 @@ Create Date: 2026-12-06 17:00:00
 - `jobs.walk_started_at` (and the same on `job_stage`): when the walk that wrote the job's
   stored version started, by the database's clock. A walk never replaces a stored job with
   an older version of it: a lower `lastModifyTime` loses, and on a tie the walk that started
-  earlier loses (`app.store.ingest`). NULL for rows written before this revision: any walk
+  earlier loses (`app.store.jobs`). NULL for rows written before this revision: any walk
   wins a tie against them.
 - `refresh_leases.token`: a fencing token, new with every take. A walk's merge checks, in its
   own transaction, that the customer's lease is still held by its holder with its token;

@@ -349,7 +349,7 @@ def put_ticket(stack: Stack, alert_key: str, state: str, ticket_id: str | None) 
     from concurrent.futures import ThreadPoolExecutor
 
     from app.store import db, tickets
-    from app.store.feed import run_async
+    from app.store.plans import run_async
 
     async def write() -> None:
         engine = db.create_engine(stack.env["DATABASE_URL"])

@@ -51,7 +51,8 @@ import pytest
 from app.clock import iso
 from app.refresh import LEASE_SECONDS
 from app.simulator import Simulator, SimulatorConfig
-from app.store.ingest import MEMORY_ROWS, ORPHAN_STAGE_AGE
+from app.store.merge import MEMORY_ROWS
+from app.store.stage import ORPHAN_STAGE_AGE
 from tests.conftest import SecretScan
 from tests.databases import asyncpg_dsn
 from tests.e2e.conftest import simulator_over_http

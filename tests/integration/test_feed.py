@@ -20,11 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.alert_rules import Rules
 from app.config import DEFAULT_ALERT_STATUSES
-from app.store import feed
+from app.store import plans, telling, versions
 from app.store.db import create_engine, session_factory
-from app.store.feed import FeedConfig
-from app.store.ingest import IngestResult, SnapshotRecord, Writer, open_ingest
+from app.store.events import last_event_id, list_events
+from app.store.merge import IngestResult, open_ingest
+from app.store.snapshots import SnapshotRecord
 from app.store.tables import Alert, Event
+from app.store.telling import FeedConfig
+from app.store.writer import Writer
 
 T0 = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
 CONFIG = FeedConfig(Rules(frozenset(DEFAULT_ALERT_STATUSES), overdue_hours=36))
@@ -130,7 +133,7 @@ async def test_a_walk_that_raced_a_newer_one_tells_what_differs_from_the_store(
     await commit(writer, failed, T0 + timedelta(minutes=1))
     await commit(writer, finished, T0 + timedelta(minutes=2))
     async with session_factory(engine)() as session:
-        events = await feed.list_events(session, after=0, limit=100)
+        events = await list_events(session, after=0, limit=100)
     changes = [(e.type, e.data) for e in events if e.type == "job.status_changed"]
     assert [t for t, _ in changes] == ["job.status_changed"] * 2
     assert '"from":"running","to":"failed"' in changes[0][1]
@@ -186,8 +189,8 @@ async def test_a_reader_following_the_feed_while_processes_write_misses_nothing(
         while True:
             finished = done.is_set()
             async with sessions() as session:
-                top = await feed.last_event_id(session)
-                page = await feed.list_events(session, after=cursor, upto=top, limit=50)
+                top = await last_event_id(session)
+                page = await list_events(session, after=cursor, upto=top, limit=50)
             seen.extend(e.id for e in page)
             cursor = page[-1].id if len(page) == 50 else max(cursor, top)
             if finished and not page:
@@ -233,18 +236,18 @@ async def test_an_event_committed_late_is_not_passed_by_a_cursor(
     async def read() -> None:
         nonlocal cursor
         async with sessions() as session:
-            top = await feed.last_event_id(session)
-            page = await feed.list_events(session, after=cursor, upto=top, limit=100)
+            top = await last_event_id(session)
+            page = await list_events(session, after=cursor, upto=top, limit=100)
         seen.extend(e.id for e in page)
         cursor = max(cursor, top)
 
-    change = feed.JobChange("a", True, None, "failed", "microsoft_365", "onedrive", None, T0)
+    change = telling.JobChange("a", True, None, "failed", "microsoft_365", "onedrive", None, T0)
     try:
         async with writer.transaction() as session:
             conn = await session.connection()
             dialect = engine.dialect.name
-            await feed.run_async(conn, feed.lock_customer(dialect, "c1", T0))
-            await feed.run_async(conn, feed.tell(dialect, "c1", T0, [change], CONFIG))
+            await plans.run_async(conn, versions.lock_customer(dialect, "c1", T0))
+            await plans.run_async(conn, telling.tell(dialect, "c1", T0, [change], CONFIG))
             late = asyncio.create_task(commit(other, await walk(other, "c2", [row("b", 2)])))
             await asyncio.sleep(0.3)  # the other process's write runs, or waits its turn
             await read()
@@ -261,9 +264,9 @@ async def test_walks_too_large_for_memory_tell_the_same_and_once(
 ) -> None:
     """Past MEMORY_ROWS changed rows wait in job_stage: the merge from there tells the same
     events, and a racing walk of the same rows tells nothing again."""
-    from app.store import ingest as ingest_module
+    from app.store import merge as merge_module
 
-    monkeypatch.setattr(ingest_module, "MEMORY_ROWS", 3)
+    monkeypatch.setattr(merge_module, "MEMORY_ROWS", 3)
     await commit(writer, await walk(writer, "c1", [row(f"j{n}", 1) for n in range(10)]))
     rows = [row(f"j{n}", 3 if n < 4 else 1) for n in range(10)]
     walks = []

@@ -14,10 +14,12 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.store import ingest, repo
+from app.store import merge, repo, stage
 from app.store.db import session_factory
-from app.store.ingest import SnapshotRecord, Writer, open_ingest
+from app.store.merge import open_ingest
+from app.store.snapshots import SnapshotRecord
 from app.store.tables import Job, JobStage, JobStatusHistory
+from app.store.writer import Writer
 
 T1 = datetime(2026, 11, 29, 8, 0, 0, tzinfo=UTC)
 T2 = T1 + timedelta(minutes=5)
@@ -69,7 +71,7 @@ async def refresh(
     pages: list[list[dict[str, Any]]],
     at: datetime,
     kind: str = "direct",
-) -> ingest.IngestResult:
+) -> merge.IngestResult:
     """One refresh of `customer_id` through the same steps the refresher takes."""
     sessions = session_factory(engine)
     writer = writer_for(engine, kind)
@@ -103,7 +105,7 @@ def spill(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> st
     """Each test runs with everything in memory (merged by the service's writer, and by
     SQLAlchemy sessions alone), and with a tiny memory that spills."""
     if request.param == "spilled":
-        monkeypatch.setattr(ingest, "MEMORY_ROWS", 7)
+        monkeypatch.setattr(merge, "MEMORY_ROWS", 7)
     if request.param == "memory-via-sessions":
         monkeypatch.setattr(Writer, "direct", property(lambda self: False))
     return str(request.param)
@@ -173,7 +175,7 @@ async def test_a_job_on_two_pages_counts_once_and_the_last_copy_wins(
 async def test_a_failed_walk_leaves_nothing_behind(
     engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ingest, "MEMORY_ROWS", 5)
+    monkeypatch.setattr(merge, "MEMORY_ROWS", 5)
     await refresh(engine, "c1", [[row(f"j{i}") for i in range(10)]], T1)
     sessions = session_factory(engine)
     writer = Writer(sessions, engine.dialect.name)
@@ -190,15 +192,15 @@ async def test_a_failed_walk_leaves_nothing_behind(
 async def test_orphans_of_a_dead_process_are_purged(
     engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ingest, "MEMORY_ROWS", 1)
+    monkeypatch.setattr(merge, "MEMORY_ROWS", 1)
     sessions = session_factory(engine)
     writer = Writer(sessions, engine.dialect.name)
     async with sessions() as session:
         job = await open_ingest(session, "c1")
     job.add_page([row("j1")])
     await job.spill(writer, T1)
-    assert await ingest.purge_orphan_stage(writer, T1 + timedelta(minutes=5)) == 0
-    assert await ingest.purge_orphan_stage(writer, T1 + timedelta(hours=2)) == 1
+    assert await stage.purge_orphan_stage(writer, T1 + timedelta(minutes=5)) == 0
+    assert await stage.purge_orphan_stage(writer, T1 + timedelta(hours=2)) == 1
     assert await count(engine, JobStage) == 0
 
 
@@ -236,7 +238,7 @@ async def test_one_writer_loses_no_customer_when_a_hundred_write_at_once(
     sessions = session_factory(engine)
     writer = writer_for(engine)
 
-    async def one(n: int) -> ingest.IngestResult:
+    async def one(n: int) -> merge.IngestResult:
         async with sessions() as session:
             job = await open_ingest(session, f"c{n:03}")
         job.add_page([row(f"j{i}", status=(i + n) % 4) for i in range(50)])

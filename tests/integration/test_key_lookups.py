@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.access import keys
 from app.store import keys as stored_keys
 from app.store.db import session_factory
-from app.store.ingest import Writer
+from app.store.writer import Writer
 
 NOW = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
 

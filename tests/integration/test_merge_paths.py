@@ -26,11 +26,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.alert_rules import Rules
 from app.config import DEFAULT_ALERT_STATUSES
 from app.refresh.leasing import Leasing
-from app.store import feed, leases
+from app.store import leases, plans
 from app.store.db import session_factory
-from app.store.feed import FeedConfig
-from app.store.ingest import Ingest, IngestResult, SnapshotRecord, Writer, open_ingest
+from app.store.merge import Ingest, IngestResult, open_ingest
+from app.store.snapshots import SnapshotRecord
 from app.store.tables import Event, Job, RefreshLease
+from app.store.telling import FeedConfig
+from app.store.writer import Writer
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 CONFIG = FeedConfig(Rules(frozenset(DEFAULT_ALERT_STATUSES), overdue_hours=0))
@@ -81,7 +83,7 @@ async def walk(
 ) -> Ingest:
     async with writer.sessions() as session:
         ingest = await open_ingest(
-            session, cid, started=feed.to_driver(writer.dialect, NOW), lease=lease
+            session, cid, started=plans.to_driver(writer.dialect, NOW), lease=lease
         )
     ingest.add_page(rows, received)
     return ingest

@@ -24,11 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.alert_rules import Rules
 from app.config import DEFAULT_ALERT_STATUSES
-from app.store import feed, leases
+from app.store import leases, plans
 from app.store.db import session_factory
-from app.store.feed import FeedConfig
-from app.store.ingest import Ingest, IngestResult, SnapshotRecord, Writer, open_ingest
+from app.store.merge import Ingest, IngestResult, open_ingest
+from app.store.snapshots import SnapshotRecord
 from app.store.tables import Alert, Event, Job
+from app.store.telling import FeedConfig
+from app.store.writer import Writer
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 CONFIG = FeedConfig(Rules(frozenset(DEFAULT_ALERT_STATUSES), overdue_hours=0))
@@ -74,7 +76,7 @@ async def walk(
     dialect = writer.dialect
     async with writer.sessions() as session:
         ingest = await open_ingest(
-            session, "c1", started=feed.to_driver(dialect, started), lease=lease
+            session, "c1", started=plans.to_driver(dialect, started), lease=lease
         )
     ingest.add_page(rows)
     return ingest
@@ -179,7 +181,7 @@ async def test_a_walk_whose_lease_was_taken_over_commits_nothing(
     async with writer.transaction() as session:
         await session.execute(
             text("UPDATE refresh_leases SET expires_at = :past"),
-            {"past": feed.to_driver(writer.dialect, NOW - timedelta(hours=1))},
+            {"past": plans.to_driver(writer.dialect, NOW - timedelta(hours=1))},
         )
     theirs = await writer.run_plan(lambda d: leases.take(d, "c1", "host:2:theirs", 60))
     assert theirs.ours

@@ -3,7 +3,7 @@ start-up, a pending webhook, an open alert or a job the upstream still reports n
 
 Every test runs on a SQLite file and on PostgreSQL. The data is written the way refreshes
 write it (`open_ingest`, `add_page`, `commit`); the merge keeps `jobs.unreported_since`
-(`app.store.ingest.note_reported`).
+(`app.store.jobs.note_reported`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.alert_rules import Rules
 from app.config import DEFAULT_ALERT_STATUSES
-from app.store import feed, maintenance, repo, retention
+from app.store import events, maintenance, repo, retention
 from app.store.db import session_factory
-from app.store.feed import FeedConfig
-from app.store.ingest import IngestResult, SnapshotRecord, Writer, open_ingest
+from app.store.merge import IngestResult, open_ingest
+from app.store.snapshots import SnapshotRecord
 from app.store.tables import (
     Alert,
     Customer,
@@ -36,6 +36,8 @@ from app.store.tables import (
     Snapshot,
     WebhookDelivery,
 )
+from app.store.telling import FeedConfig
+from app.store.writer import Writer
 
 NOW = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
 DAYS = 90
@@ -486,15 +488,15 @@ async def test_a_purge_notes_how_far_it_went_and_the_feed_refuses_cursors_below(
         pinned = min(kept)  # A3's opening, held by its pending delivery
         assert pinned < horizon
         for behind in (0, pinned - 1, pinned, horizon - 1):
-            with pytest.raises(feed.CursorExpired) as caught:
-                await feed.read_feed(session, after=behind, limit=100)
+            with pytest.raises(events.CursorExpired) as caught:
+                await events.read_feed(session, after=behind, limit=100)
             assert (caught.value.after, caught.value.oldest) == (behind, horizon)
         # From the horizon on, every event is there; a client starting out begins there.
-        page = await feed.read_feed(session, after=horizon, limit=100)
+        page = await events.read_feed(session, after=horizon, limit=100)
         assert [r.id for r in page.rows] == [i for i in kept if i > horizon]
-        assert await feed.read_feed(session, after=None, limit=100) == page
+        assert await events.read_feed(session, after=None, limit=100) == page
         # Pages of one: the cursor moves through kept events only, never below the horizon.
-        fresh = await feed.read_feed(session, after=None, limit=1)
+        fresh = await events.read_feed(session, after=None, limit=1)
         assert fresh.rows[0].id > horizon and fresh.cursor == fresh.rows[0].id
 
 
@@ -512,10 +514,10 @@ async def test_the_horizon_only_grows_and_outlives_the_events(
     assert await table(engine, Event.id) == []
     async with session_factory(engine)() as session:
         assert await session.scalar(select(FeedHorizon.purged_upto)) == 4
-        with pytest.raises(feed.CursorExpired):
-            await feed.read_feed(session, after=3, limit=10)
-        assert await feed.read_feed(session, after=4, limit=10) == feed.FeedPage([], 4)
-        assert await feed.read_feed(session, after=None, limit=10) == feed.FeedPage([], 4)
+        with pytest.raises(events.CursorExpired):
+            await events.read_feed(session, after=3, limit=10)
+        assert await events.read_feed(session, after=4, limit=10) == events.FeedPage([], 4)
+        assert await events.read_feed(session, after=None, limit=10) == events.FeedPage([], 4)
 
 
 class PurgeMidRead:
@@ -557,10 +559,10 @@ async def test_a_purge_committing_while_the_feed_reads_is_not_missed(
     await refresh(writer, "c1", [row("late", 2, T_RECENT)], T_RECENT, plain)
     async with session_factory(engine)() as session:
         racing = PurgeMidRead(session, lambda: retention.purge(writer, NOW, DAYS))
-        with pytest.raises(feed.CursorExpired) as caught:
-            await feed.read_feed(cast(AsyncSession, racing), after=after, limit=10)
+        with pytest.raises(events.CursorExpired) as caught:
+            await events.read_feed(cast(AsyncSession, racing), after=after, limit=10)
         assert caught.value.oldest == 3
     async with session_factory(engine)() as session:
         racing = PurgeMidRead(session, lambda: retention.purge(writer, NOW, DAYS))
-        page = await feed.read_feed(cast(AsyncSession, racing), after=None, limit=10)
+        page = await events.read_feed(cast(AsyncSession, racing), after=None, limit=10)
         assert [r.id for r in page.rows] == [4]

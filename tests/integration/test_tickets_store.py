@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store import tickets
 from app.store.db import create_engine
-from app.store.ingest import Writer
 from app.store.tickets import TicketRow
+from app.store.writer import Writer
 
 T0 = datetime(2026, 12, 1, 8, 0, 0, tzinfo=UTC)
 
