@@ -41,10 +41,10 @@ successful refresh's merge on the customer's stored jobs its walk did not see
 (`Ingest.known` less `Ingest.seen`), and cleared when one is seen again. Marking a job also
 clears its content hash, so the walk that sees it again rewrites it (its `last_seen_at`
 moves) and knows to clear the mark without reading anything more. While no job
-disappears, this costs nothing: no statement at all. `note_reported` is that upkeep, a plan
-(`app.store.plans`) for the merge to run in its transaction, after it wrote the jobs, in
-`Ingest.merge` and `Ingest._merge_sqlite`. Until the merge runs it, no job is marked and so
-no job is purged: the safe side.
+disappears, this costs nothing: no statement at all. `note_reported` (`app.store.jobs`) is
+that upkeep, a plan (`app.store.plans`) the one merge (`app.store.merge`) runs in its
+transaction, after it wrote the jobs. Until the merge runs it, no job is marked and so no
+job is purged: the safe side.
 
 A job is purged when `unreported_since` and `last_seen_at` are both older than the cutoff:
 the upstream has not reported it for `days`. A job without a mark is never purged, however
