@@ -18,8 +18,16 @@ from app.api.common import customers_of, visible
 from app.api.deps import Authorized, PrincipalDep, SafeParams, Services, ServicesDep
 from app.api.errors import NotFound
 from app.api.etags import dumps
-from app.api.filters import _choices
-from app.api.params import choice_filter, enum_filter, id_cursor, shorten, split_values
+from app.api.filters import JobTypes, Modules
+from app.api.params import (
+    CustomerIds,
+    IdCursor,
+    choice_filter,
+    enum_filter,
+    id_cursor,
+    shorten,
+    split_values,
+)
 from app.store import alerts as stored_alerts
 
 router = APIRouter(tags=["alerts"], dependencies=[Authorized, SafeParams])
@@ -39,11 +47,9 @@ async def list_alerts(
     state: Annotated[
         Literal["open", "resolved"] | None, Query(description="Open or resolved; both if absent.")
     ] = None,
-    customer_id: Annotated[
-        list[str] | None, Query(description="Repeatable or comma-separated customer ids.")
-    ] = None,
-    job_type: Annotated[list[str] | None, _choices(catalog.JOB_TYPE, "Job types.")] = None,
-    module: Annotated[list[str] | None, _choices(catalog.MODULE, "Modules.")] = None,
+    customer_id: CustomerIds = None,
+    job_type: JobTypes = None,
+    module: Modules = None,
     severity: Annotated[
         list[str] | None,
         Query(
@@ -52,9 +58,7 @@ async def list_alerts(
         ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="Alerts per page.")] = 100,
-    cursor: Annotated[
-        str | None, Query(max_length=40, description="next_cursor of the previous page.")
-    ] = None,
+    cursor: IdCursor = None,
 ) -> Response:
     severities = choice_filter("severity", severity, ("warning", "critical"))
     customers = await customers_of(svc, principal, split_values(customer_id) or None)

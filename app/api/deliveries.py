@@ -13,7 +13,7 @@ from app.api.common import customers_of, visible
 from app.api.deps import Authorized, PrincipalDep, SafeParams, ServicesDep
 from app.api.errors import Conflict, NotFound
 from app.api.etags import dumps
-from app.api.params import MAX_ID, id_cursor, split_values
+from app.api.params import MAX_ID, CustomerIds, IdCursor, id_cursor, split_values
 from app.clock import iso
 from app.store import outbox
 
@@ -55,13 +55,9 @@ async def list_deliveries(
         Literal["pending", "delivered", "failed"] | None,
         Query(description="Only deliveries in this state."),
     ] = None,
-    customer_id: Annotated[
-        list[str] | None, Query(description="Repeatable or comma-separated customer ids.")
-    ] = None,
+    customer_id: CustomerIds = None,
     limit: Annotated[int, Query(ge=1, le=500, description="Deliveries per page.")] = 100,
-    cursor: Annotated[
-        str | None, Query(max_length=40, description="next_cursor of the previous page.")
-    ] = None,
+    cursor: IdCursor = None,
 ) -> Response:
     before = id_cursor(cursor)
     customers = await customers_of(svc, principal, split_values(customer_id) or None)

@@ -24,7 +24,7 @@ from starlette.datastructures import Headers
 from app.api import schemas
 from app.api.common import customers_of
 from app.api.deps import Authorized, PrincipalDep, SafeParams, Services, ServicesDep
-from app.api.params import MAX_ID, choice_filter, split_values
+from app.api.params import MAX_ID, CustomerIds, choice_filter, split_values
 from app.config import EVENT_TYPES
 from app.store import events
 
@@ -63,9 +63,7 @@ async def list_events(
             json_schema_extra={"items": {"type": "string", "enum": list(EVENT_TYPES)}},
         ),
     ] = None,
-    customer_id: Annotated[
-        list[str] | None, Query(description="Repeatable or comma-separated customer ids.")
-    ] = None,
+    customer_id: CustomerIds = None,
     wait: Annotated[
         float,
         Query(ge=0, le=30, description="Seconds to hold the request until an event arrives."),

@@ -11,7 +11,7 @@ from fastapi import Depends, Query
 
 from app import catalog
 from app.api.errors import InvalidParameter
-from app.api.params import enum_filter, fingerprint, split_values
+from app.api.params import CustomerIds, enum_filter, fingerprint, split_values
 from app.api.times import QueryTime
 from app.store import repo
 
@@ -29,6 +29,12 @@ def _choices(cat: catalog.Catalog, description: str) -> Any:
         description=f"{description} {_MANY}",
         json_schema_extra={"items": {"type": "string", "enum": cat.names()}},
     )
+
+
+Statuses = Annotated[list[str] | None, _choices(catalog.STATUS, "Job statuses.")]
+JobTypes = Annotated[list[str] | None, _choices(catalog.JOB_TYPE, "Job types.")]
+Modules = Annotated[list[str] | None, _choices(catalog.MODULE, "Modules.")]
+"""The enum filters of every listing that takes them."""
 
 
 def _aware(name: str, value: datetime | None) -> datetime | None:
@@ -97,12 +103,10 @@ class JobFilters:
 
 
 async def job_filters(
-    status: Annotated[list[str] | None, _choices(catalog.STATUS, "Job statuses.")] = None,
-    job_type: Annotated[list[str] | None, _choices(catalog.JOB_TYPE, "Job types.")] = None,
-    module: Annotated[list[str] | None, _choices(catalog.MODULE, "Modules.")] = None,
-    customer_id: Annotated[
-        list[str] | None, Query(description="Repeatable or comma-separated customer ids.")
-    ] = None,
+    status: Statuses = None,
+    job_type: JobTypes = None,
+    module: Modules = None,
+    customer_id: CustomerIds = None,
     start_after: Annotated[
         QueryTime | None,
         Query(description="RFC 3339; jobs that started strictly after this time."),

@@ -44,8 +44,8 @@ from app.api.common import covered, visible
 from app.api.deps import Authorized, PrincipalDep, SafeParams, Services, ServicesDep
 from app.api.errors import NotFound
 from app.api.etags import dumps
-from app.api.filters import _choices
-from app.api.params import choice_filter, enum_filter, shorten, split_values
+from app.api.filters import JobTypes, Modules
+from app.api.params import CustomerIds, choice_filter, enum_filter, shorten, split_values
 from app.store import objects, sweep
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,7 @@ class ObjectQuery:
         )
 
 
-CustomerIds = Annotated[
-    list[str] | None, Query(description="Repeatable or comma-separated customer ids.")
-]
-JobTypes = Annotated[list[str] | None, _choices(catalog.JOB_TYPE, "Job types.")]
-Modules = Annotated[list[str] | None, _choices(catalog.MODULE, "Modules.")]
+CustomerIds = CustomerIds
 States = Annotated[
     list[str] | None,
     Query(

@@ -8,7 +8,9 @@ import binascii
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
+
+from fastapi import Query
 
 from app.api.errors import InvalidParameter
 from app.catalog import Catalog
@@ -116,3 +118,13 @@ def id_cursor(value: str | None) -> int | None:
     if not value.isdigit() or int(value) > MAX_ID:
         raise InvalidParameter("cursor: not a cursor this endpoint issued")
     return int(value)
+
+
+CustomerIds = Annotated[
+    list[str] | None, Query(description="Repeatable or comma-separated customer ids.")
+]
+"""The `customer_id` filter every listing takes (`split_values` splits it)."""
+IdCursor = Annotated[
+    str | None, Query(max_length=40, description="next_cursor of the previous page.")
+]
+"""The cursor of listings paged by row id (`id_cursor` reads it)."""

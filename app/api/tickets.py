@@ -10,7 +10,7 @@ from app.api import schemas
 from app.api.common import customers_of
 from app.api.deps import Authorized, PrincipalDep, SafeParams, ServicesDep
 from app.api.etags import dumps
-from app.api.params import id_cursor, split_values
+from app.api.params import CustomerIds, IdCursor, id_cursor, split_values
 from app.clock import iso
 from app.store import tickets
 from app.store.tickets import TicketRow
@@ -45,13 +45,9 @@ async def list_tickets(
         Literal["open", "closed", "held", "failed", "unmapped"] | None,
         Query(description="Only tickets in this state."),
     ] = None,
-    customer_id: Annotated[
-        list[str] | None, Query(description="Repeatable or comma-separated customer ids.")
-    ] = None,
+    customer_id: CustomerIds = None,
     limit: Annotated[int, Query(ge=1, le=500, description="Tickets per page.")] = 100,
-    cursor: Annotated[
-        str | None, Query(max_length=40, description="next_cursor of the previous page.")
-    ] = None,
+    cursor: IdCursor = None,
 ) -> Response:
     before = id_cursor(cursor)
     customers = await customers_of(svc, principal, split_values(customer_id) or None)
