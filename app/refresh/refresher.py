@@ -21,6 +21,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -50,6 +51,14 @@ log = logging.getLogger("app.refresh")
 
 LOOK_SECONDS = 0.25
 """How often a process waiting on another's walk looks at the database meanwhile."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """When a refresh was first asked for, and the newest good snapshot known then."""
+
+    at: datetime
+    known: datetime | None
 
 
 class Refresher:
@@ -257,13 +266,15 @@ class Refresher:
         except outage.DRIVER_ERRORS as exc:
             return self._failed_to_start(cid, exc)
 
-    async def _refresh(self, cid: str, asked: datetime | None = None) -> RefreshOutcome:
+    async def _refresh(self, cid: str, ask: Ask | None = None) -> RefreshOutcome:
         """One refresh: not while the customer backs off; else a walk slot, then the lease
-        (taken only now, so it never runs down in a queue), then the walk. `asked` is when
-        the refresh was first asked for: a snapshot stored after it is this refresh's too."""
+        (taken only now, so it never runs down in a queue), then the walk. `ask` is when
+        the refresh was first asked for and what this process knew then: a good snapshot
+        stored after it, or one newer than what was known, is this refresh's too."""
         status = self.ledger.of(cid)
-        asked = asked if asked is not None else self.clock()
-        if self.ledger.in_backoff(status, asked):
+        if ask is None:
+            ask = Ask(self.clock(), status.last_success_at)
+        if self.ledger.in_backoff(status, ask.at):
             return RefreshOutcome(cid, ok=False, error=self.ledger.backoff_error(status))
         slots = self.walker.slots
         await slots.acquire()
@@ -271,13 +282,13 @@ class Refresher:
             lease = await self.leasing.take(cid)
             # While this walk queued, another process may have walked the customer and
             # handed its lease back: then its result is this refresh's too.
-            landed = lease.ours and self._landed_elsewhere(cid, asked, lease.stored_at)
+            landed = lease.ours and self._landed_elsewhere(ask, lease.stored_at)
         except Exception as exc:  # the database: a failed refresh, backed off like any other
             slots.release()
             return self._failed_to_start(cid, exc)
         if not lease.ours:
             slots.release()
-            return await self._await_other(cid, lease)
+            return await self._await_other(cid, lease, ask)
         if landed:
             slots.release()
             await asyncio.shield(self.leasing.hand_back(cid, lease, 0.0))
@@ -321,7 +332,7 @@ class Refresher:
         except Exception:  # the lease expires by itself; the others look again
             log.exception("could not hand back the lease of customer %s", cid)
 
-    async def _await_other(self, cid: str, lease: leases.Lease) -> RefreshOutcome:
+    async def _await_other(self, cid: str, lease: leases.Lease, ask: Ask) -> RefreshOutcome:
         """Another walk holds the customer's lease: wait for its result (at most the
         request's wait), then serve what it stored; a backoff is taken as it is. The
         lease's expiry is the database's to judge: a free lease is taken again."""
@@ -344,25 +355,28 @@ class Refresher:
             now = await self.leasing.peek(cid)
             if now is None or now.seconds_left <= 0:  # given back, or its holder died
                 # It may have stored between the look above and the hand-back: a snapshot
-                # stored since this wait began is taken (`_landed_elsewhere`), not walked.
-                return await self._refresh(cid, asked=since)
+                # stored since this wait began, or newer than what was known when the
+                # refresh was asked for, is taken (`_landed_elsewhere`), not walked.
+                return await self._refresh(cid, Ask(since, ask.known))
         await self.reload([cid])
         last = status.last_success_at
         ok = status.error is None and last is not None and last >= since
         return RefreshOutcome(cid, ok=ok, error=status.error)
 
-    def _landed_elsewhere(self, cid: str, asked: datetime, stored: datetime | None) -> bool:
+    def _landed_elsewhere(self, ask: Ask, stored: datetime | None) -> bool:
         """Whether another process stored a good snapshot this refresh can take instead of
-        walking: one recorded after it was asked for, or one this process had not heard of
-        yet that is still fresh (what the request would have served, had it heard in time).
-        `stored` is when the last good one was stored, as the lease's take read it."""
+        walking: one recorded after it was asked for, or one newer than what this process
+        knew when it was asked for that is still fresh (what the request would have served,
+        had it heard in time). What was known then, not now: the bus may have brought the
+        other's snapshot while this refresh queued or took the lease, and it is still the
+        one this refresh would store again. `stored` is when the last good one was stored,
+        as the lease's take read it."""
         if stored is None:
             return False
-        if stored > asked:
+        if stored > ask.at:
             return True
-        known = self.ledger.of(cid).last_success_at
         fresh = (self.clock() - stored).total_seconds() < self.ttl
-        return (known is None or stored > known) and fresh
+        return (ask.known is None or stored > ask.known) and fresh
 
     async def _landed_since(self, cid: str, since: datetime) -> bool:
         """Whether a refresh of the customer was recorded since `since`."""

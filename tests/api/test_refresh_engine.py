@@ -221,3 +221,27 @@ async def test_post_refresh_does_not_ask_a_customer_in_backoff(
             break
         await asyncio.sleep(0.01)
     assert held.asked.count(cid) > asked
+
+
+async def test_a_walk_that_heard_of_anothers_result_while_it_queued_takes_it_not_walks_again(
+    gateway: Gateway, held: Held, sim: Simulator
+) -> None:
+    """Two processes are asked for one customer at once. The other walks and stores first,
+    and this one hears of it (as the bus tells it) while its walk still waits for a slot.
+    What this process knew when the refresh was asked for decides: the other's snapshot is
+    newer than that, so it is this refresh's result, and nothing is walked twice (a CI
+    failure of `tests/e2e/test_replicas.py` on a busy machine)."""
+    cid = sim.customer_ids()[0]
+    async with gateway(transport=held) as one, gateway() as other:
+        svc = services_of(one)
+        svc.refresher.walker.slots = asyncio.Semaphore(0)  # its walk waits for a slot
+        task = svc.refresher.start(cid)
+        for _ in range(50):  # asked, and queued
+            await asyncio.sleep(0)
+        assert (await services_of(other).refresher.refresh(cid)).ok
+        await svc.refresher.reload([cid])  # heard of it, as from the bus
+        svc.refresher.walker.slots.release()
+        outcome: RefreshOutcome = await asyncio.wait_for(asyncio.shield(task), 60)
+        assert outcome.ok
+        assert cid not in held.asked  # this process asked the upstream nothing
+        assert await stored_jobs(one, cid) == 1
