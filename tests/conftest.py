@@ -330,28 +330,31 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 E2E_TESTS = "tests/e2e/"
 BROWSER_TESTS = "tests/browser/"  # real server processes too, and a browser: e2e work
 
-# The e2e work that takes longest, longest first, as units a worker takes whole: a module whose
-# tests share a module-scoped process (a server, a browser, an installed wheel) is one unit;
-# other e2e tests are a unit each. What is not listed comes after, and the in-process tests
-# (a unit each) last, to fill in behind. Rough seconds on a quiet 2-core machine.
+# The e2e work that takes longest, longest first (seconds of a run on a quiet 2-core machine).
+# Each is a unit a worker takes whole: a module whose tests share module-scoped processes
+# (E2E_WHOLE_MODULES: a server, a browser, an installed wheel) is one unit, any other e2e test
+# (each parameter) is a unit of its own. E2e work not listed comes after the listed, and the
+# in-process tests, a unit each, come last and fill in behind.
 E2E_HEAVIEST_FIRST = (
     "tests/e2e/test_crash.py::test_kill_9_mid_refresh_leaves_nothing_half_written[postgres]",
     "tests/e2e/test_crash.py::test_kill_9_mid_refresh_leaves_nothing_half_written[sqlite]",
-    "tests/browser/test_board.py",  # one server and one browser for all (~50 s)
-    "tests/e2e/test_packaging.py",  # one wheel, built and installed once (~35 s)
+    "tests/browser/test_board.py",  # one server and one browser for all (~45 s)
+    "tests/e2e/test_packaging.py",  # one wheel, built and installed once (~20 s)
     "tests/e2e/test_tickets.py::test_one_alerts_life_and_a_restart_while_ticket_work_is_pending",
-    "tests/e2e/test_keys.py::test_keys_made_and_revoked_on_the_command_line_reach_a_running_server",
-    "tests/e2e/test_tickets.py::test_the_storm_guard_holds_new_tickets_and_psa_release_opens_them",
     "tests/e2e/test_keys.py::test_a_keys_rate_limit_holds_for_the_sum_of_two_replicas",
-    "tests/e2e/test_outage_sqlite.py",
-    "tests/e2e/test_slow_clients.py",  # one server for all
-    "tests/e2e/test_tickets.py",
     "tests/e2e/test_replicas.py",
     "tests/e2e/test_beside.py",
+    "tests/e2e/test_tickets.py",
+    "tests/e2e/test_keys.py",
+    "tests/e2e/test_outage_sqlite.py",
     "tests/e2e/test_stop.py",
+    "tests/e2e/test_slow_clients.py",
 )
-E2E_WHOLE_MODULES = ("tests/browser/test_board.py", "tests/e2e/test_packaging.py")
-E2E_WHOLE_MODULES += ("tests/e2e/test_slow_clients.py",)
+E2E_WHOLE_MODULES = (
+    "tests/browser/test_board.py",
+    "tests/e2e/test_packaging.py",
+    "tests/e2e/test_slow_clients.py",
+)
 
 
 def _work_unit(nodeid: str) -> str:
@@ -374,12 +377,11 @@ def _work_rank(unit: str) -> int:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """`make test` runs the suite on two pytest-xdist workers, which take the e2e tests
-    first, longest first, each as a worker is free: both workers run e2e tests side by side
-    (each starts its own processes on free ports and its own databases), then the in-process
-    tests, a test at a time, even out the end so that both workers finish together. A test
-    that starts servers never shares a worker with another one: a worker runs one test at a
-    time.
+    """`make test` runs the suite on two pytest-xdist workers. Both take the e2e tests first,
+    longest first, whenever they are free: two e2e tests run side by side (each starts its
+    own processes, on free ports, with its own databases, and waits on conditions, not on
+    the clock), as an e2e test ran beside the in-process tests before. Then the in-process
+    tests, a test at a time, even out the end, so that both workers finish together.
 
     (`--dist loadgroup` would say the same with marks, but pytest-xdist 3.8 cannot rename
     the tests of pytest 9.2 into their groups.)"""
