@@ -27,8 +27,8 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/jobs-gateway openapi --check
 
-# Two workers (the machine's two cores): the e2e tests, which mostly wait on their servers,
-# run on one, one at a time, while the other takes the in-process tests (tests/conftest.py).
+# Two workers (the machine's two cores): both take the e2e tests first, longest first, then
+# the in-process tests, a test at a time, so that both finish together (tests/conftest.py).
 test: lint
 	$(BIN)/pytest -n 2
 

@@ -328,15 +328,60 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 E2E_TESTS = "tests/e2e/"
-BROWSER_TESTS = "tests/browser/"  # real server processes too, and a browser: with the e2e tests
+BROWSER_TESTS = "tests/browser/"  # real server processes too, and a browser: e2e work
+
+# The e2e work that takes longest, longest first (seconds of a run on a quiet 2-core machine).
+# Each is a unit a worker takes whole: a module whose tests share module-scoped processes
+# (E2E_WHOLE_MODULES: a server, a browser, an installed wheel) is one unit, any other e2e test
+# (each parameter) is a unit of its own. E2e work not listed comes after the listed, and the
+# in-process tests, a unit each, come last and fill in behind.
+E2E_HEAVIEST_FIRST = (
+    "tests/e2e/test_crash.py::test_kill_9_mid_refresh_leaves_nothing_half_written[postgres]",
+    "tests/e2e/test_crash.py::test_kill_9_mid_refresh_leaves_nothing_half_written[sqlite]",
+    "tests/browser/test_board.py",  # one server and one browser for all (~45 s)
+    "tests/e2e/test_packaging.py",  # one wheel, built and installed once (~20 s)
+    "tests/e2e/test_tickets.py::test_one_alerts_life_and_a_restart_while_ticket_work_is_pending",
+    "tests/e2e/test_keys.py::test_a_keys_rate_limit_holds_for_the_sum_of_two_replicas",
+    "tests/e2e/test_replicas.py",
+    "tests/e2e/test_beside.py",
+    "tests/e2e/test_tickets.py",
+    "tests/e2e/test_keys.py",
+    "tests/e2e/test_outage_sqlite.py",
+    "tests/e2e/test_stop.py",
+    "tests/e2e/test_slow_clients.py",
+)
+E2E_WHOLE_MODULES = (
+    "tests/browser/test_board.py",
+    "tests/e2e/test_packaging.py",
+    "tests/e2e/test_slow_clients.py",
+)
+
+
+def _work_unit(nodeid: str) -> str:
+    """The unit of work of a test under `make test`: its module, for a module that shares
+    module-scoped processes; else the test itself (its parameters included)."""
+    module = nodeid.split("::", 1)[0]
+    return module if module in E2E_WHOLE_MODULES else nodeid
+
+
+def _work_rank(unit: str) -> int:
+    """Where a unit goes in the queue: listed e2e work by its place, other e2e work after
+    it, in-process tests last."""
+    for rank, prefix in enumerate(E2E_HEAVIEST_FIRST):
+        if unit.startswith(prefix):
+            return rank
+    if unit.startswith((E2E_TESTS, BROWSER_TESTS)):
+        return len(E2E_HEAVIEST_FIRST)
+    return len(E2E_HEAVIEST_FIRST) + 1
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """`make test` runs the suite on two pytest-xdist workers: the e2e tests, which start
-    servers and time what they do (the browser tests with them), all go to one worker, one
-    at a time as without workers, while the other runs the in-process tests beside them;
-    then both take what is left.
+    """`make test` runs the suite on two pytest-xdist workers. Both take the e2e tests first,
+    longest first, whenever they are free: two e2e tests run side by side (each starts its
+    own processes, on free ports, with its own databases, and waits on conditions, not on
+    the clock), as an e2e test ran beside the in-process tests before. Then the in-process
+    tests, a test at a time, even out the end, so that both workers finish together.
 
     (`--dist loadgroup` would say the same with marks, but pytest-xdist 3.8 cannot rename
     the tests of pytest 9.2 into their groups.)"""
@@ -345,11 +390,21 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     if config.getvalue("dist") != "load":
         return None
 
-    class E2eTogether(LoadScopeScheduling):
-        """One unit of work for every e2e test together, one for each other test. The
-        largest unit goes out first (`--loadscope-reorder`, the default): the e2e tests."""
+    class E2eFirst(LoadScopeScheduling):
+        """Units of work (`_work_unit`), queued by `_work_rank` rather than by size."""
+
+        ordered = False
 
         def _split_scope(self, nodeid: str) -> str:
-            return E2E_TESTS if nodeid.startswith((E2E_TESTS, BROWSER_TESTS)) else nodeid
+            return _work_unit(nodeid)
 
-    return E2eTogether(config, log)
+        def _assign_work_unit(self, node: Any) -> None:
+            if not self.ordered:  # the queue is whole once the first unit is handed out
+                self.ordered = True
+                units = list(self.workqueue.items())
+                self.workqueue.clear()
+                for unit, tests in sorted(units, key=lambda item: _work_rank(item[0])):
+                    self.workqueue[unit] = tests
+            super()._assign_work_unit(node)
+
+    return E2eFirst(config, log)

@@ -187,7 +187,12 @@ class Served:
             sock.bind(("127.0.0.1", 0))
             self.port = int(sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(standin.app, host="127.0.0.1", port=self.port, log_level="warning")
+        # No logging config and no levels (as tests/e2e/conftest.py serves the simulator):
+        # uvicorn's own would put handlers on the test process's loggers for good, and a later
+        # test on the same worker (tests/unit/test_logs.py) would find them there.
+        config = uvicorn.Config(
+            standin.app, host="127.0.0.1", port=self.port, log_level=None, log_config=None
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

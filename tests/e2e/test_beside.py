@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -42,12 +41,11 @@ def upstream() -> Iterator[tuple[str, Simulator]]:
         yield base, sim
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/beside.db"
-    url: str = request.getfixturevalue("postgres_database")
-    return url
+@pytest.fixture
+def database(database_url: str) -> str:
+    """A fresh database at the newest schema, on SQLite and on PostgreSQL (tests/conftest.py):
+    both processes may start at once, neither has migrations to run."""
+    return database_url
 
 
 @pytest.fixture
@@ -68,9 +66,9 @@ def served(env: dict[str, str]) -> Iterator[list[str]]:
     ports = [free_port(), free_port()]
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        for port in ports:  # one after the other: the first one migrates the new database
-            processes.append(start(["serve", "--port", str(port)], env))
-            wait_until_up(f"http://127.0.0.1:{port}/readyz", processes[-1], seconds=60)
+        processes += [start(["serve", "--port", str(port)], env) for port in ports]
+        for port, process in zip(ports, processes, strict=True):
+            wait_until_up(f"http://127.0.0.1:{port}/readyz", process, seconds=60)
         yield [f"http://127.0.0.1:{p}" for p in ports]
     finally:
         for log in [stop(p) for p in processes]:

@@ -80,11 +80,18 @@ def psa(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def serving(env: dict[str, str]) -> tuple[str, subprocess.Popen[bytes]]:
-    port = free_port()
-    process = start(["serve", "--port", str(port)], env)
-    wait_until_up(f"http://127.0.0.1:{port}/readyz", process)
-    return f"http://127.0.0.1:{port}", process
+def serving(env: dict[str, str], count: int = 1) -> list[tuple[str, subprocess.Popen[bytes]]]:
+    """`count` serve processes, started at once (on a database already migrated), ready."""
+    bases = [f"http://127.0.0.1:{free_port()}" for _ in range(count)]
+    processes = [start(["serve", "--port", base.rsplit(":", 1)[1]], env) for base in bases]
+    try:
+        for base, process in zip(bases, processes, strict=True):
+            wait_until_up(f"{base}/readyz", process)
+    except BaseException:
+        for process in processes:
+            stop(process)
+        raise
+    return list(zip(bases, processes, strict=True))
 
 
 def stopped(process: subprocess.Popen[bytes]) -> str:
@@ -160,7 +167,7 @@ def test_one_alerts_life_and_a_restart_while_ticket_work_is_pending(
     assert wrong.returncode == 1 and wrong.stdout.startswith("CONNECTWISE_CLOSED_STATUS:")
     assert cw.PRIVATE not in check.stdout + wrong.stdout + wrong.stderr
 
-    base, process = serving(env)
+    [(base, process)] = serving(env)
     try:
         sim.put_job(first, "j1", status=FAILED, start=sim.now() - timedelta(hours=2))
         refresh(http, base)
@@ -184,7 +191,7 @@ def test_one_alerts_life_and_a_restart_while_ticket_work_is_pending(
         stopped(process)
     served = cw.Served(s)  # back, on another port
     env = env | {"CONNECTWISE_URL": served.url}
-    base, process = serving(env)
+    [(base, process)] = serving(env)
     try:
         items = until(http, base, states("closed", "open"))
         assert {t["customer_id"] for t in items if t["state"] == "open"} == {second}
@@ -207,8 +214,8 @@ def test_two_replicas_open_one_ticket_per_alert(
     customers = sim.customer_ids()
     for n, cid in enumerate(customers):
         assert psa(env, "map", cid, str(250 + n % 3)).returncode == 0
-    a, pa = serving(env)
-    b, pb = serving(env)
+    # `psa map` migrated the database: both replicas may start together.
+    (a, pa), (b, pb) = serving(env, 2)
     try:
         for cid in customers:
             sim.put_job(cid, "f1", status=FAILED, start=sim.now())
@@ -243,7 +250,7 @@ def test_the_storm_guard_holds_new_tickets_and_psa_release_opens_them(
     customers = sim.customer_ids()
     for cid in customers:
         assert psa(env, "map", cid, "250").returncode == 0
-    base, process = serving(env)
+    [(base, process)] = serving(env)
     try:
         for cid in customers:
             sim.put_job(cid, "f1", status=FAILED, start=sim.now())
