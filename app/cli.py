@@ -523,7 +523,7 @@ def psa_map(
     from app.store import tickets
 
     company = company_id.strip()
-    if not company.isdigit() or int(company) <= 0:
+    if not company.isdecimal() or int(company) <= 0:
         fail(f"COMPANY_ID must be the PSA's company id, a positive number, not {company_id!r}")
     settings = _keys_settings()
 

@@ -184,7 +184,7 @@ class Settings(BaseSettings):
     @classmethod
     def _clock_time(cls, value: str) -> str:
         hours, _, minutes = value.partition(":")
-        if not (hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
+        if not (hours.isdecimal() and minutes.isdecimal() and len(minutes) == 2):
             raise ValueError(f"not a time of day HH:MM: {value!r}")
         if int(hours) > 23 or int(minutes) > 59:
             raise ValueError(f"not a time of day HH:MM: {value!r}")

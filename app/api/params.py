@@ -115,7 +115,7 @@ def id_cursor(value: str | None) -> int | None:
     """An id-based cursor (`next_cursor` of /alerts, /webhooks/deliveries); 422 otherwise."""
     if value is None:
         return None
-    if not value.isdigit() or int(value) > MAX_ID:
+    if not value.isdecimal() or int(value) > MAX_ID:
         raise InvalidParameter("cursor: not a cursor this endpoint issued")
     return int(value)
 

@@ -103,7 +103,7 @@ def _number(request: Request, name: str, default: int, low: int, high: int) -> i
     raw = (request.query_params.get(name) or "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not raw.isdecimal() or not low <= int(raw) <= high:
         raise InvalidParameter(f"{name}: {shorten(raw)!r} is not a whole number {low}..{high}")
     return int(raw)
 

@@ -270,7 +270,7 @@ class ConnectWise:
                     + (", ".join(repr(s) for s in sorted(statuses)) or "none")
                 )
         for company_id in company_ids:
-            if not company_id.isdigit():
+            if not company_id.isdecimal():
                 problems.append(
                     f"company {company_id!r} is not a ConnectWise company id (a number); "
                     "run `jobs-gateway psa map CUSTOMER_ID COMPANY_ID` again"

@@ -467,6 +467,7 @@ async def test_the_grid_shows_objects_not_ok_by_default_and_takes_the_filters_of
             {"days": "0"},
             {"days": "93"},
             {"days": "many"},
+            {"days": "\u00b2"},  # a digit to str.isdigit, not to int()
             {"state": "purple"},
             {"show": "some"},
             {"job_type": "floppy"},

@@ -239,3 +239,13 @@ async def test_head_works_wherever_get_does(api: httpx.AsyncClient, path: str) -
     assert head.status_code == get.status_code == 200
     assert head.content == b""
     assert head.headers["content-type"] == get.headers["content-type"]
+
+
+@pytest.mark.parametrize("path", ["/alerts", "/webhooks/deliveries", "/tickets"])
+async def test_a_cursor_of_a_digit_int_cannot_read_is_a_clear_422(
+    api: httpx.AsyncClient, path: str
+) -> None:
+    """The cursor "²" is a digit to `str.isdigit` but no number to `int()`: it was a 500."""
+    response = await api.get(path, params={"cursor": "\u00b2"})
+    body = assert_envelope(response, 422, "invalid_parameter")
+    assert "cursor" in body["detail"]
