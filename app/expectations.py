@@ -81,6 +81,11 @@ class Expected:
     grace_hours: float | None
     source: Source
 
+    @property
+    def grace(self) -> timedelta:
+        """How late a result may be before it is "no result"."""
+        return timedelta(hours=self.grace_hours or 0)
+
 
 @dataclass(frozen=True, slots=True)
 class Result:
@@ -266,7 +271,7 @@ def assess(
     due = late = None
     if last is not None and exp.schedule is not None:
         due = next_due(last.start, exp.schedule, tz)
-        grace = timedelta(hours=exp.grace_hours or 0)
+        grace = exp.grace
         if now > due + grace:
             late = due + grace
     since: datetime | None = None
@@ -282,7 +287,7 @@ def assess(
         for r, k in reversed(results[:-1]):
             # A time without a result (late past the grace) ends the run too.
             late_between = exp.schedule is not None and (
-                next_due(r.start, exp.schedule, tz) + timedelta(hours=exp.grace_hours or 0) < since
+                next_due(r.start, exp.schedule, tz) + exp.grace < since
             )
             if k != kind or late_between:
                 break
@@ -353,7 +358,7 @@ def cells(
         exp = expected(setting, (r.start for r, _ in results), now, tz)
     schedule = exp.schedule
     if schedule is not None:
-        grace = timedelta(hours=exp.grace_hours or 0)
+        grace = exp.grace
         # A result is due an interval after the one before, give or take an hour of DST
         # (later still on a day off): a shorter gap was never late, and needs no calendar.
         never_late = timedelta(hours=schedule.every_hours - 1) + grace

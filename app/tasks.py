@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 log = logging.getLogger("app.tasks")
@@ -53,3 +53,16 @@ def log_failure(task: asyncio.Task[Any]) -> None:
     exc = task.exception()
     if exc is not None and not getattr(exc, "quiet", False):
         log.error("background task %s failed", task.get_name(), exc_info=exc)
+
+
+async def keep_gauge(
+    gauge: Any, count: Callable[[], Awaitable[int]], what: str, every: float
+) -> None:
+    """Set `gauge` to `count()` every `every` seconds, forever; a count that fails (the
+    database may be away for a while) is logged and taken again next time."""
+    while True:
+        try:
+            gauge.set(await count())
+        except Exception as exc:
+            log.info("could not count %s: %s", what, type(exc).__name__)
+        await asyncio.sleep(every)

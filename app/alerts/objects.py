@@ -87,18 +87,16 @@ def valid_until(judged: Sequence[Judged], now: datetime, longest: timedelta) -> 
     from now: the first object to turn "no result" (its due time and grace passing), to
     count one more day in its state, or a maintenance window starting or ending. Data and
     settings that change are the keepers' to notice (data versions, notices)."""
-    until = now + longest
+    # Windows are shared by the objects of a customer (or of all): each is looked at once.
+    windows = {w for j in judged for w in j.windows}
+    moments = [t for w in windows for t in (w.starts_at, w.ends_at)]
     for j in judged:
         a = j.assessment
-        moments: list[datetime] = [t for w in j.windows for t in (w.starts_at, w.ends_at)]
         if a.state != "no_result" and a.next_result_due_at is not None:
-            moments.append(a.next_result_due_at + timedelta(hours=a.expected.grace_hours or 0))
+            moments.append(a.next_result_due_at + a.expected.grace)
         if a.state_since is not None:
             moments.append(a.state_since + timedelta(days=a.days_in_state(now) + 1))
-        for moment in moments:
-            if now < moment < until:
-                until = moment
-    return until
+    return min([now + longest, *(m for m in moments if m > now)])
 
 
 def in_maintenance(j: Judged, now: datetime) -> bool:

@@ -127,8 +127,7 @@ class LateWatch:
                 if late != (row.no_result_at is not None):
                     differs = True
                 elif not late and a.next_result_due_at is not None and a.state != "retired":
-                    grace = timedelta(hours=a.expected.grace_hours or 0)
-                    moment = a.next_result_due_at + grace
+                    moment = a.next_result_due_at + a.expected.grace
                     deadline = moment if deadline is None else min(deadline, moment)
                 per[obj[0]] = (deadline, differs)
             for cid in names:

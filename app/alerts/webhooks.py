@@ -45,7 +45,7 @@ from app.clock import Clock
 from app.store import outbox
 from app.store.outbox import Claimed, Outcome
 from app.store.writer import Writer
-from app.tasks import all_of
+from app.tasks import all_of, keep_gauge
 
 log = logging.getLogger(__name__)
 
@@ -257,10 +257,9 @@ async def watch_backlog(
     sessions: async_sessionmaker[AsyncSession], gauge: Any, every: float = 15.0
 ) -> None:
     """Keep the webhook backlog gauge (pending deliveries) current, forever."""
-    while True:
-        try:
-            async with sessions() as session:
-                gauge.set(await outbox.pending_deliveries(session))
-        except Exception as exc:  # the database may be away for a while
-            log.info("could not count the webhook backlog: %s", type(exc).__name__)
-        await asyncio.sleep(every)
+
+    async def count() -> int:
+        async with sessions() as session:
+            return await outbox.pending_deliveries(session)
+
+    await keep_gauge(gauge, count, "the webhook backlog", every)

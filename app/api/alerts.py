@@ -7,12 +7,15 @@ moves whenever alerts change here (a refresh, the overdue sweep, a snooze).
 from __future__ import annotations
 
 import functools
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import Headers
 
 from app import catalog
+from app.access.keys import Principal
+from app.alert_rules import AlertState
 from app.api import schemas
 from app.api.common import customers_of, visible
 from app.api.deps import Authorized, PrincipalDep, SafeParams, Services, ServicesDep
@@ -120,23 +123,30 @@ async def snooze_alert(
     alert_key: str,
     body: schemas.Snooze,
 ) -> Response:
-    until = body.until  # aware UTC (`BodyTime`)
-    now = svc.clock()
-    # The key is customer_id:job_type:module, and names have no colon: the customer is what
-    # comes before the last two. For a key limited to some customers, the others' alerts
-    # do not exist.
-    customer_id = alert_key.rsplit(":", 2)[0]
-    alert = (
-        await svc.writer.run_plan(
-            lambda dialect: stored_alerts.snooze(dialect, alert_key, until, body.reason, now)
-        )
-        if visible(principal, customer_id)
-        else None
-    )
+    alert = await snooze(svc, principal, alert_key, body.until, body.reason)
     if alert is None:
         raise NotFound(
             f"no open alert with key {shorten(alert_key)!r} "
             "(keys are customer_id:job_type:module; see GET /alerts?state=open)"
         )
-    svc.changed()
     return Response(dumps(stored_alerts.alert_out(alert)), media_type="application/json")
+
+
+async def snooze(
+    svc: Services, principal: Principal, alert_key: str, until: datetime, reason: str | None
+) -> AlertState | None:
+    """Snooze the open alert of `alert_key` until `until` (aware UTC; a past time lifts the
+    snooze), here and for the other processes; None when the key has no open alert it may
+    see (the API's 404, the board's error page)."""
+    now = svc.clock()
+    # The key is customer_id:job_type:module, and names have no colon: the customer is what
+    # comes before the last two. For a key limited to some customers, the others' alerts
+    # do not exist.
+    if not visible(principal, alert_key.rsplit(":", 2)[0]):
+        return None
+    alert = await svc.writer.run_plan(
+        lambda dialect: stored_alerts.snooze(dialect, alert_key, until, reason, now)
+    )
+    if alert is not None:
+        svc.changed()
+    return alert

@@ -73,6 +73,10 @@ class AnswerCache:
             future.add_done_callback(done)
         return future
 
+    def building(self, key: Hashable) -> bool:
+        """Whether a build of `key` runs now."""
+        return key in self._building
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Query, Response
 
 from app.alerts.webhooks import receiver_origin
 from app.api import schemas
@@ -13,7 +13,7 @@ from app.api.common import customers_of, visible
 from app.api.deps import Authorized, PrincipalDep, SafeParams, ServicesDep
 from app.api.errors import Conflict, NotFound
 from app.api.etags import dumps
-from app.api.params import MAX_ID, CustomerIds, IdCursor, id_cursor, split_values
+from app.api.params import CustomerIds, IdCursor, RowId, id_cursor, split_values
 from app.clock import iso
 from app.store import outbox
 
@@ -83,7 +83,7 @@ async def list_deliveries(
 async def retry_delivery(
     svc: ServicesDep,
     principal: PrincipalDep,
-    delivery_id: Annotated[int, Path(ge=1, le=MAX_ID, examples=[1])],
+    delivery_id: RowId,
 ) -> Response:
     now = svc.clock()
     window = svc.feed.delivery_window

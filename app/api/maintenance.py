@@ -10,14 +10,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Query, Response
 
 from app.api import schemas
 from app.api.common import customers_of, scope, visible
 from app.api.deps import Authorized, PrincipalDep, SafeParams, Services, ServicesDep
 from app.api.errors import InvalidParameter, NotFound
 from app.api.etags import dumps
-from app.api.params import MAX_ID, split_values
+from app.api.params import RowId, split_values
 from app.clock import iso
 from app.store import maintenance, objects, sweep
 from app.store.maintenance import Window
@@ -101,7 +101,7 @@ async def list_maintenance(
 async def delete_maintenance(
     svc: ServicesDep,
     principal: PrincipalDep,
-    window_id: Annotated[int, Path(ge=1, le=MAX_ID, examples=[1])],
+    window_id: RowId,
 ) -> Response:
     async with svc.sessions() as session:
         window = await maintenance.get(session, window_id)

@@ -75,7 +75,6 @@ class ObjectQuery:
         )
 
 
-CustomerIds = CustomerIds
 States = Annotated[
     list[str] | None,
     Query(
@@ -114,8 +113,9 @@ def judging_of(svc: Services) -> Judging:
     )
 
 
-async def _judged(svc: Services, query: ObjectQuery, judging: Judging) -> list[Judged]:
-    now = svc.clock()
+async def _judged(
+    svc: Services, query: ObjectQuery, judging: Judging, now: datetime
+) -> list[Judged]:
     async with svc.sessions() as session:
         judged = await judge_objects(session, query.customer_ids, judging, now, query.keeps)
     if query.states is not None:
@@ -147,18 +147,20 @@ async def _answer(
 
     async def build() -> bytes:
         now = svc.clock()
-        judged = await _judged(svc, query, judging)
-        content = await asyncio.to_thread(lambda: dumps(encode(judged, now)))
-        until = valid_until(judged, now, KEEP_AT_MOST)
+        judged = await _judged(svc, query, judging, now)
+        # Both walk every object: off the loop.
+        content, until = await asyncio.to_thread(
+            lambda: (dumps(encode(judged, now)), valid_until(judged, now, KEEP_AT_MOST))
+        )
         svc.answers.put(key, (max(until, now + KEEP_AT_LEAST), content), len(content))
         return content
 
     kept = svc.answers.get(key)
     if kept is None:
-        content = await svc.answers.build_once((key, "build"), build)
+        content = await svc.answers.build_once(key, build)
     else:
-        if svc.clock() >= kept[0]:
-            svc.answers.start_build((key, "build"), build).add_done_callback(_rebuilt)
+        if svc.clock() >= kept[0] and not svc.answers.building(key):
+            svc.answers.start_build(key, build).add_done_callback(_rebuilt)
         content = kept[1]
     return Response(content, media_type="application/json")
 
@@ -283,7 +285,7 @@ async def set_expectation(
     svc.on_told(told)
     svc.changed()
     query = ObjectQuery((obj[0],), (obj[1],), (obj[2],), None)
-    judged = [j for j in await _judged(svc, query, judging_of(svc)) if j.obj == obj]
+    judged = [j for j in await _judged(svc, query, judging_of(svc), now) if j.obj == obj]
     return Response(
         dumps(object_out(judged[0], svc.refresher.name_of(obj[0]), now)),
         media_type="application/json",

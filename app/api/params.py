@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import Query
+from fastapi import Path, Query
 
 from app.api.errors import InvalidParameter
 from app.catalog import Catalog
@@ -120,6 +120,8 @@ def id_cursor(value: str | None) -> int | None:
     return int(value)
 
 
+RowId = Annotated[int, Path(ge=1, le=MAX_ID, examples=[1])]
+"""A row's id in a path (a delivery, a maintenance window)."""
 CustomerIds = Annotated[
     list[str] | None, Query(description="Repeatable or comma-separated customer ids.")
 ]

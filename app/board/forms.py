@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.access.keys import ANYONE
-from app.api.common import visible
+from app.api.alerts import snooze as snooze_alert
 from app.api.errors import InvalidParameter, NotFound
 from app.api.guard import rate_limited
 from app.api.params import shorten
@@ -28,7 +28,6 @@ from app.board.frame import (
     visit_of,
 )
 from app.board.sessions import CSRF_FIELD
-from app.store import alerts as stored_alerts
 
 router = APIRouter(include_in_schema=False)
 
@@ -90,19 +89,9 @@ async def snooze(request: Request, alert_key: str) -> Response:
             ),
         )
     reason = (form.get("reason") or "").strip()[:500] or None
-    now = svc.clock()
-    until = now + timedelta(hours=hours)
-    customer_id = alert_key.rsplit(":", 2)[0]
-    alert = (
-        await svc.writer.run_plan(
-            lambda dialect: stored_alerts.snooze(dialect, alert_key, until, reason, now)
-        )
-        if visible(visit.principal, customer_id)
-        else None
-    )
-    if alert is None:
+    until = svc.clock() + timedelta(hours=hours)
+    if await snooze_alert(svc, visit.principal, alert_key, until, reason) is None:
         return error_page(visit, request, NotFound(f"no open alert {shorten(alert_key)!r}"))
-    svc.changed()
     return RedirectResponse(safe_next(form.get("back")), status_code=303, headers=HEADERS)
 
 

@@ -114,7 +114,6 @@ class ConnectWise:
         *,
         json: Any = None,
         params: dict[str, Any] | None = None,
-        content_type: str = "application/json",
     ) -> Any:
         """One request; the decoded JSON answer, or a `PsaError` saying what went wrong."""
         if self.pace is not None:
@@ -125,7 +124,7 @@ class ConnectWise:
             "user-agent": f"jobs-gateway/{__version__}",
         }
         if json is not None:
-            headers["content-type"] = content_type
+            headers["content-type"] = "application/json"
         try:
             response = await self.http.request(
                 method,

@@ -44,9 +44,6 @@ class PsaError(Exception):
         self.retry_after = retry_after
         self.permanent = permanent
 
-    def __str__(self) -> str:
-        return str(self.args[0])
-
 
 class Connector(Protocol):
     """A PSA, as the ticket desk uses it."""

@@ -46,6 +46,7 @@ from app.store.outbox import Claimed, Outcome
 from app.store.repo import JobRow
 from app.store.tickets import PSA_RECEIVER, TicketRow
 from app.store.writer import Writer
+from app.tasks import keep_gauge
 
 log = logging.getLogger(__name__)
 
@@ -143,17 +144,21 @@ class Desk:
         data = event.get("data") or {}
         opened = data.get("alert", {}).get("opened_at") if kind.startswith("alert.") else None
         opened_at = datetime.fromisoformat(opened.replace("Z", "+00:00")) if opened else None
-        alert = await self.writer.run_plan(lambda d: tickets.alert_of(d, key, opened_at))
-        if alert is None or alert.id is None:
-            return Result("delivered")  # purged, or never there: nothing to follow
-        alert_id = alert.id
-        row = await self.writer.run_plan(lambda d: tickets.ticket_of(d, alert_id))
+        dialect = self.writer.dialect
+        async with self.sessions() as session:  # reads: not through the writer
+            alert = await tickets.read(session, tickets.alert_of(dialect, key, opened_at))
+            if alert is None or alert.id is None:
+                return Result("delivered")  # purged, or never there: nothing to follow
+            row = await tickets.read(session, tickets.ticket_of(dialect, alert.id))
         now = self.clock()
         if row is not None and row.ticket_id is not None:
             return await self._follow(row, alert, kind, data, now)
         if alert.state != "open" or kind == "alert.resolved":
             return await self._never_opened(row, alert, kind, data, now)
-        return await self._open(row, alert, await self._job(alert, data), now)
+        return await self._open(row, alert, data, now)
+
+    async def _save(self, row: TicketRow, now: datetime) -> None:
+        await self.writer.run_plan(lambda d: tickets.save(d, row, now))
 
     async def _never_opened(
         self,
@@ -172,8 +177,7 @@ class Desk:
             try:
                 found = await self._call("find", self.psa.find(ref))
             except PsaError as exc:
-                failed = row.but(last_error=str(exc))
-                await self.writer.run_plan(lambda d: tickets.save(d, failed, now))
+                await self._save(row.but(last_error=str(exc)), now)
                 raise
             if found is not None:
                 known = row.but(ticket_id=found, state="open", opened_at=row.create_sent_at)
@@ -183,8 +187,7 @@ class Desk:
             alert_id = row.alert_id
             await self.writer.run_plan(lambda d: tickets.forget(d, alert_id))
         else:  # unmapped or failed: kept, to show what happened
-            closed = row.but(closed_at=alert.resolved_at or now)
-            await self.writer.run_plan(lambda d: tickets.save(d, closed, now))
+            await self._save(row.but(closed_at=alert.resolved_at or now), now)
         return Result("delivered")
 
     async def _job(self, alert: AlertState, data: dict[str, Any]) -> JobRow | None:
@@ -230,15 +233,13 @@ class Desk:
             else:
                 return Result("delivered")  # alert.opened of a ticket already open
         except PsaError as exc:
-            failed = row.but(last_error=str(exc))
-            await self.writer.run_plan(lambda d: tickets.save(d, failed, now))
+            await self._save(row.but(last_error=str(exc)), now)
             raise
-        saved = row
-        await self.writer.run_plan(lambda d: tickets.save(d, saved, now))
+        await self._save(row, now)
         return Result("delivered")
 
     async def _open(
-        self, row: TicketRow | None, alert: AlertState, job: JobRow | None, now: datetime
+        self, row: TicketRow | None, alert: AlertState, data: dict[str, Any], now: datetime
     ) -> Result:
         assert alert.id is not None
         alert_id = alert.id
@@ -248,22 +249,22 @@ class Desk:
             assert alert.snoozed_until is not None
             return Result("pending", retry_at=alert.snoozed_until, counts_attempt=False)
         customer = alert.customer_id
-        company = await self.writer.run_plan(lambda d: tickets.company_of(d, customer))
+        async with self.sessions() as session:
+            company = await tickets.read(session, tickets.company_of(self.writer.dialect, customer))
         # `open` with no ticket id yet: being opened (the storm guard may still hold it).
         base = row or TicketRow(alert_id, alert.alert_key, customer, company, None, "open")
         if company is None:
-            unmapped = base.but(company_id=None, state="unmapped", last_error=None)
-            await self.writer.run_plan(lambda d: tickets.save(d, unmapped, now))
+            await self._save(base.but(company_id=None, state="unmapped", last_error=None), now)
             return Result("delivered")  # a later change of the alert opens it, once mapped
         base = base.but(company_id=company)
         if row is None or row.company_id != company or row.state == "unmapped":
-            first = base.but(state="open" if row is None or row.state == "unmapped" else row.state)
-            await self.writer.run_plan(lambda d: tickets.save(d, first, now))
+            await self._save(
+                base.but(state="open") if row is None or row.state == "unmapped" else base, now
+            )
         per_hour = self.config.max_new_per_hour
         slot = await self.writer.run_plan(lambda d: tickets.reserve(d, alert_id, now, per_hour))
         if not slot.granted:
-            held = base.but(state="held", last_error=None)
-            await self.writer.run_plan(lambda d: tickets.save(d, held, now))
+            await self._save(base.but(state="held", last_error=None), now)
             log.warning(
                 "ticket for %s held: %d new tickets in the last hour "
                 "(PSA_MAX_NEW_TICKETS_PER_HOUR)",
@@ -278,9 +279,9 @@ class Desk:
                 # A create went out before and its answer never came: it may have landed.
                 ticket_id = await self._call("find", self.psa.find(ref))
             if ticket_id is None:
-                sent = base.but(create_sent_at=now)
-                await self.writer.run_plan(lambda d: tickets.save(d, sent, now))
-                base = sent
+                base = base.but(create_sent_at=now)
+                await self._save(base, now)
+                job = await self._job(alert, data)  # only now: most deliveries never get here
                 ticket = NewTicket(
                     ref=ref,
                     company_id=company,
@@ -289,11 +290,11 @@ class Desk:
                 )
                 ticket_id = await self._call("open", self.psa.open(ticket))
         except PsaError as exc:
-            failed = base.but(state="failed", last_error=str(exc))
-            await self.writer.run_plan(lambda d: tickets.save(d, failed, now))
+            await self._save(base.but(state="failed", last_error=str(exc)), now)
             raise
-        opened = base.but(ticket_id=ticket_id, state="open", opened_at=now, last_error=None)
-        await self.writer.run_plan(lambda d: tickets.save(d, opened, now))
+        await self._save(
+            base.but(ticket_id=ticket_id, state="open", opened_at=now, last_error=None), now
+        )
         log.info("ticket %s opened for %s", ticket_id, alert.alert_key)
         return Result("delivered")
 
@@ -331,10 +332,10 @@ async def watch_held(
     sessions: async_sessionmaker[AsyncSession], gauge: Any, every: float = 5.0
 ) -> None:
     """Keep the held-tickets gauge current, forever."""
-    while True:
-        try:
-            async with sessions() as session:
-                gauge.set(await tickets.read(session, tickets.count_held("")))
-        except Exception as exc:  # the database may be away for a while
-            log.info("could not count held tickets: %s", type(exc).__name__)
-        await asyncio.sleep(every)
+
+    async def count() -> int:
+        async with sessions() as session:
+            dialect = session.get_bind().dialect.name
+            return await tickets.read(session, tickets.count_held(dialect))
+
+    await keep_gauge(gauge, count, "held tickets", every)

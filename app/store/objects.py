@@ -75,18 +75,16 @@ def stored_of(dialect: str, customer_id: str) -> Plan[dict[tuple[str, str], Stor
 
 
 def upsert_object(dialect: str, key: str, obj: ObjectKey, values: dict[str, Any]) -> Plan[None]:
-    names = ["alert_key", "customer_id", "job_type", "module", *values]
-    updates = ", ".join(f"{n} = excluded.{n}" for n in values)
-    marks = ", ".join("?" * len(names))
-    defaults = {"treat_warning_as_success": False, "retired": False}
-    insert_names = names + [n for n in defaults if n not in values]
-    params = (key, *obj, *values.values(), *(defaults[n] for n in defaults if n not in values))
-    marks = ", ".join("?" * len(insert_names))
+    row = {"treat_warning_as_success": False, "retired": False, **values}  # defaults first
+    columns = ", ".join(["alert_key", "customer_id", "job_type", "module", *row])
+    marks = ", ".join("?" * (4 + len(row)))
+    updates = ", ".join(f"{n} = excluded.{n}" for n in values)  # only what was given
+    params = (key, *obj, *row.values())
     yield (
         "exec",
         sql(
             dialect,
-            f"INSERT INTO object_expectations ({', '.join(insert_names)}) VALUES ({marks}) "  # noqa: S608
+            f"INSERT INTO object_expectations ({columns}) VALUES ({marks}) "  # noqa: S608
             f"ON CONFLICT (alert_key) DO UPDATE SET {updates}",
         ),
         params,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Select, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.store.events import EVENTS, event_json
@@ -170,6 +170,16 @@ _DELIVERY_COLUMNS = (
 )
 
 
+def _webhook_deliveries() -> Select[Any]:
+    """Webhook deliveries (not ticket work) with their event's type."""
+    d, e = DELIVERIES, EVENTS
+    return (
+        select(*(d.c[name] for name in _DELIVERY_COLUMNS), e.c.type.label("event_type"))
+        .join_from(d, e, e.c.id == d.c.event_id)
+        .where(_WEBHOOKS_ONLY)
+    )
+
+
 async def list_deliveries(
     session: AsyncSession,
     *,
@@ -179,13 +189,8 @@ async def list_deliveries(
     limit: int,
 ) -> list[dict[str, Any]]:
     """Deliveries, newest first, below id `before`; up to `limit + 1`, with the event type."""
-    d, e = DELIVERIES, EVENTS
-    stmt = (
-        select(*(d.c[name] for name in _DELIVERY_COLUMNS), e.c.type.label("event_type"))
-        .join_from(d, e, e.c.id == d.c.event_id)
-        .where(_WEBHOOKS_ONLY)
-        .order_by(d.c.id.desc())
-    )
+    d = DELIVERIES
+    stmt = _webhook_deliveries().order_by(d.c.id.desc())
     if state is not None:
         stmt = stmt.where(d.c.state == state)
     if customer_ids is not None:
@@ -197,14 +202,8 @@ async def list_deliveries(
 
 
 async def get_delivery(session: AsyncSession, delivery_id: int) -> dict[str, Any] | None:
-    d, e = DELIVERIES, EVENTS
-    row = (
-        await session.execute(
-            select(*(d.c[name] for name in _DELIVERY_COLUMNS), e.c.type.label("event_type"))
-            .join_from(d, e, e.c.id == d.c.event_id)
-            .where(d.c.id == delivery_id, _WEBHOOKS_ONLY)
-        )
-    ).first()
+    stmt = _webhook_deliveries().where(DELIVERIES.c.id == delivery_id)
+    row = (await session.execute(stmt)).first()
     return dict(row._mapping) if row is not None else None
 
 

@@ -177,7 +177,7 @@ async def test_a_refused_send_gives_the_day_back_and_never_names_the_password(
             await attempt()
         assert PASSWORD not in str(refused.value)
         assert "127.0.0.1" in str(refused.value)
-        # The day was given back: with the right password the next look sends it.
+        # The day was given back: with the server's port the next look sends it.
         svc.settings.smtp_url = SecretStr(f"smtp://digest:{PASSWORD}@127.0.0.1:{port}")
         assert await attempt() is True
         assert await attempt() is False

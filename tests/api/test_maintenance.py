@@ -174,4 +174,6 @@ async def test_bad_windows_are_client_errors(
         assert response.status_code == 422, body
         assert response.json()["error"]
     assert (await api.delete("/maintenance/nope")).status_code == 422
+    assert (await api.delete("/maintenance/0")).status_code == 422
+    assert (await api.delete(f"/maintenance/{2**63}")).status_code == 422  # past any id
     assert (await api.delete("/maintenance/12345")).status_code == 404

@@ -14,18 +14,20 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 import respx
+from sqlalchemy import text
 
 from app.access import keys
 from app.api.deps import Services
 from app.main import create_app
 from app.simulator import Simulator, SimulatorConfig, create_simulator_app
 from app.store import tickets
+from app.store.plans import from_driver
 from tests import connectwise as cw
 from tests.api.conftest import API_KEY, Sleeps, settings_for
 from tests.clock import FakeClock
@@ -136,11 +138,25 @@ async def until(
         await asyncio.sleep(0.05)
 
 
-async def settled(api: httpx.AsyncClient, standin: cw.StandIn, count: int) -> None:
-    """Until the stand-in has had `count` requests (and the desk recorded them)."""
+async def waiting_until(api: httpx.AsyncClient, key: str, until_at: datetime) -> None:
+    """Until the desk has worked the alert's ticket work and put it off to `until_at`: every
+    pending delivery of it is due then, none sooner."""
     deadline = time.monotonic() + 30
-    while len(standin.requests) < count:
-        assert time.monotonic() < deadline, f"ConnectWise got {standin.requests}"
+    while True:
+        async with services(api).sessions() as session:
+            rows = (
+                await session.execute(
+                    text(
+                        "SELECT next_attempt_at FROM webhook_deliveries "
+                        "WHERE url = :url AND alert_key = :key AND state = 'pending'"
+                    ),
+                    {"url": tickets.PSA_RECEIVER, "key": key},
+                )
+            ).all()
+        due = [from_driver(r[0]) for r in rows]
+        if due and all(t is not None and t >= until_at for t in due):
+            return
+        assert time.monotonic() < deadline, f"ticket work of {key} not put off: {due}"
         services(api).notices.notify()
         await asyncio.sleep(0.05)
 
@@ -378,9 +394,7 @@ async def test_a_snoozed_alert_opens_its_ticket_only_once_the_snooze_ends(
             clock.advance(60)
             sim.put_job(customer, f"j{n}", status=FAILED, start=clock.now - timedelta(hours=3 - n))
             await refresh(api)  # critical from the third failure, but snoozed
-        await settled(api, standin, 0)
-        services(api).notices.notify()
-        await asyncio.sleep(0.2)
+        await waiting_until(api, key, until_at)  # the desk saw the snooze and waits
         assert standin.creates() == 0 and await listing(api) == []
         [t] = await until(api, state_is("open"), clock=clock, step=1800)
         assert services(api).clock() >= until_at

@@ -63,7 +63,7 @@ def sign_in(page: Any, base: str, key: str = KEY, path: str = "/board") -> None:
     page.goto(f"{base}{path}")
     page.get_by_label("API key").fill(key)
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(re.compile(re.escape(base) + r"/board"))
+    page.wait_for_url(re.compile(re.escape(base) + r"/board(?!/login)"))  # signed in
 
 
 def rows(page: Any) -> Any:

@@ -15,7 +15,7 @@ import uvicorn
 
 from app.simulator import Simulator, create_simulator_app
 from tests.databases import PostgresDatabases
-from tests.e2e.test_serve import free_port
+from tests.e2e.test_serve import free_port, start, stop, wait_until_up
 
 
 @contextmanager
@@ -63,3 +63,17 @@ def postgres_database(postgres_databases: PostgresDatabases) -> Iterator[str]:
         yield url
     finally:
         postgres_databases.give_back(url)
+
+
+@contextmanager
+def two_processes(env: dict[str, str]) -> Iterator[list[str]]:
+    """Two `serve` processes with `env`, up and ready; yields their base URLs."""
+    ports = [free_port(), free_port()]
+    processes = [start(["serve", "--port", str(p)], env) for p in ports]
+    try:
+        for port, process in zip(ports, processes, strict=True):
+            wait_until_up(f"http://127.0.0.1:{port}/readyz", process, seconds=60)
+        yield [f"http://127.0.0.1:{p}" for p in ports]
+    finally:
+        for log in [stop(p) for p in processes]:
+            assert "demo-secret" not in log

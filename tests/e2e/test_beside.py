@@ -23,8 +23,7 @@ import httpx
 import pytest
 
 from app.simulator import Simulator, SimulatorConfig
-from tests.e2e.conftest import serve_env, simulator_over_http
-from tests.e2e.test_serve import free_port, start, stop, wait_until_up
+from tests.e2e.conftest import serve_env, simulator_over_http, two_processes
 
 pytestmark = pytest.mark.e2e
 
@@ -63,16 +62,8 @@ def env(upstream: tuple[str, Simulator], database: str) -> dict[str, str]:
 @pytest.fixture
 def served(env: dict[str, str]) -> Iterator[list[str]]:
     """Two `serve` processes on the database, up and ready; yields their base URLs."""
-    ports = [free_port(), free_port()]
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        processes += [start(["serve", "--port", str(port)], env) for port in ports]
-        for port, process in zip(ports, processes, strict=True):
-            wait_until_up(f"http://127.0.0.1:{port}/readyz", process, seconds=60)
-        yield [f"http://127.0.0.1:{p}" for p in ports]
-    finally:
-        for log in [stop(p) for p in processes]:
-            assert "demo-secret" not in log
+    with two_processes(env) as bases:
+        yield bases
 
 
 def get(base: str, path: str, **params: Any) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -21,8 +20,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from app.simulator import Simulator, SimulatorConfig
-from tests.e2e.conftest import serve_env, simulator_over_http
-from tests.e2e.test_serve import free_port, start, stop, wait_until_up
+from tests.e2e.conftest import serve_env, simulator_over_http, two_processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -38,20 +36,6 @@ def upstream() -> Iterator[tuple[str, Simulator]]:
     sim = Simulator(SimulatorConfig(seed=11, customers=CUSTOMERS, latency_seconds=0.05))
     with simulator_over_http(sim) as base:
         yield base, sim
-
-
-@contextmanager
-def two_processes(env: dict[str, str]) -> Iterator[list[str]]:
-    """Two `serve` processes with `env`, up and ready; yields their base URLs."""
-    ports = [free_port(), free_port()]
-    processes = [start(["serve", "--port", str(p)], env) for p in ports]
-    try:
-        for port, process in zip(ports, processes, strict=True):
-            wait_until_up(f"http://127.0.0.1:{port}/readyz", process)
-        yield [f"http://127.0.0.1:{p}" for p in ports]
-    finally:
-        for log in [stop(p) for p in processes]:
-            assert "demo-secret" not in log
 
 
 @pytest.fixture

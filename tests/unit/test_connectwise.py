@@ -200,6 +200,13 @@ async def test_a_pace_spends_a_budget_of_requests_per_hour() -> None:
         client = ConnectWise(account, http, requests_per_hour=10_000)
         assert client.pace is not None
         assert (client.pace.max_rate, client.pace.time_period) == (10_000, 3600)
+        # Each request spends one: with a budget of one an hour, none is left after it.
+        client = ConnectWise(account, http, requests_per_hour=1)
+        assert client.pace is not None and client.pace.has_capacity()
+        with respx.mock() as mock:
+            mock.post(f"{ROOT}/service/tickets/1/notes").respond(201, json={"id": 1})
+            await client.note("1", "x")
+        assert not client.pace.has_capacity()
 
 
 def test_a_summary_is_at_most_100_characters_and_names_customer_type_and_module() -> None:
