@@ -55,7 +55,7 @@ class Stage:
         self.name = name
         self.process = 0.0
         self.thread = 0.0
-        self.profiler = cProfile.Profile() if profile else None
+        self.profiler = cProfile.Profile(time.thread_time) if profile else None
 
     def run(self, fn: Callable[[], Any]) -> Any:
         p, t = time.process_time(), time.thread_time()
@@ -107,7 +107,7 @@ async def one(db: str, customers: int, jobs: int, args: argparse.Namespace) -> d
     pages_per_customer = max(1, -(-jobs // 100))
     stages = {n: Stage(n, args.profile) for n in ("decode", "add", "commit")}
     if args.profile:
-        writer_profiler = cProfile.Profile()
+        writer_profiler = cProfile.Profile(time.thread_time)
         profiled_writer_thread(writer_profiler)
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     name = f"bench_{secrets.token_hex(6)}"
@@ -200,8 +200,8 @@ async def one(db: str, customers: int, jobs: int, args: argparse.Namespace) -> d
             if prof is None:
                 continue
             out = io.StringIO()
-            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(args.top)
-            print(f"\n--- {db} {customers}x{jobs} {n}: by own time ---")
+            pstats.Stats(prof, stream=out).sort_stats(args.sort).print_stats(args.top)
+            print(f"\n--- {db} {customers}x{jobs} {n}: by {args.sort} time ---")
             print(_trim(out.getvalue()))
     return result
 
@@ -222,6 +222,7 @@ def main() -> int:
         "--group", type=int, default=1, help="customers whose merges wait for the writer together"
     )
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--sort", choices=("tottime", "cumulative"), default="tottime")
     parser.add_argument("--name", default="ingest_cpu")
     args = parser.parse_args()
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
