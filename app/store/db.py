@@ -23,7 +23,7 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import ExceptionContext, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 
@@ -198,11 +198,42 @@ def _closed(future: Any) -> None:
         future.set_exception(ValueError("Connection closed"))
 
 
+POSTGRES_PING_AFTER_IDLE_SECONDS = 1.0
+"""A pooled PostgreSQL connection that sat idle longer than this is pinged before it is used."""
+
+
+class _PingAfterIdle:
+    """Pings a pooled connection before use only when it sat idle for a while.
+
+    SQLAlchemy's `pool_pre_ping` pings on every checkout: on asyncpg, three round trips
+    (BEGIN, `;`, ROLLBACK), so a refresh paid more for pings than for some of its statements.
+    A connection handed back less than `after` seconds ago was working then; if the server
+    went away since, its first statement fails as a disconnect, which drops every older
+    connection of the pool (the answer is the outage's, as it would be a moment later).
+    A connection that failed its ping is replaced at once (`DisconnectionError`)."""
+
+    def __init__(self, after: float) -> None:
+        self.after = after
+
+    def on_checkin(self, _dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def on_checkout(self, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < self.after:
+            return  # new, or handed back a moment ago
+        try:
+            dbapi_connection.ping()
+        except Exception as exc:
+            raise DisconnectionError("the pooled connection failed its ping") from exc
+
+
 def create_engine(url: str) -> AsyncEngine:
     """An async engine for `url` (plain `postgresql://` and `sqlite:///` URLs are accepted).
 
     SQLite: WAL journal, a busy timeout and foreign keys on every connection; the directory
-    of a file database is created. PostgreSQL: connections are pinged before use.
+    of a file database is created. PostgreSQL: a connection idle for more than
+    `POSTGRES_PING_AFTER_IDLE_SECONDS` is pinged before use (`_PingAfterIdle`).
 
     A statement's parameters never appear in its errors (nor in SQLAlchemy's log lines):
     they hold webhook receivers' URLs, whose paths and queries are credentials, and the
@@ -227,9 +258,11 @@ def create_engine(url: str) -> AsyncEngine:
             connect_args["timeout"] = POSTGRES_CONNECT_TIMEOUT_SECONDS
             # Our queries are short index probes; JIT compilation only adds latency to them.
             connect_args["server_settings"] = {"jit": "off"}
-        return _create_async_engine(
-            url, pool_pre_ping=True, connect_args=connect_args, hide_parameters=True
-        )
+        engine = _create_async_engine(url, connect_args=connect_args, hide_parameters=True)
+        ping = _PingAfterIdle(POSTGRES_PING_AFTER_IDLE_SECONDS)
+        event.listen(engine.sync_engine.pool, "checkin", ping.on_checkin)
+        event.listen(engine.sync_engine.pool, "checkout", ping.on_checkout)
+        return engine
     return _create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
