@@ -159,10 +159,17 @@ async def test_a_kept_answer_turns_no_result_when_time_alone_says_so(
     clock.now = at_3(clock, -1) + timedelta(hours=5)  # due at 03:00, grace until 09:00
     first = await api.get("/objects")
     answers = services_of(api).answers
-    hits = answers.hits
-    again = await api.get("/objects")
+    # Kept: served from memory, not judged again. The process's look at the database (every
+    # half second) may still move the answers once for the refresh's own writes: a guard
+    # against a hang, not a timing.
+    for _ in range(1000):
+        hits = answers.hits
+        again = await api.get("/objects")
+        if answers.hits > hits:
+            break
+        await asyncio.sleep(0.01)
+    assert answers.hits > hits
     assert first.content == again.content
-    assert answers.hits > hits  # kept: served from memory, not judged again
     assert (await objects(api))["microsoft_365_groups"]["state"] == "ok"
     clock.advance(HOUR - 60)  # 08:59: still within the grace, and the same answer
     assert (await api.get("/objects")).content == first.content
