@@ -496,6 +496,12 @@ def feed_config_of(settings: Settings) -> FeedConfig:
     )
 
 
+SERVER_GC_THRESHOLDS = (10_000, 10, 10)
+"""The server's garbage collector runs its youngest pass every 10,000 new objects, not 700: a
+cold refresh at 1,000 x 100 then pays one full pass instead of ten (each 0.1-0.4 s, a stall of
+the event loop), and half the time in collections (bench/RESULTS.md)."""
+
+
 def create_app(
     settings: Settings,
     *,
@@ -533,6 +539,7 @@ def create_app(
                 # second or more in a process that builds apps by the hundred (the tests).
                 gc.collect()
                 gc.freeze()
+                gc.set_threshold(*SERVER_GC_THRESHOLDS)
             yield
 
     app = FastAPI(

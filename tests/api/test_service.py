@@ -89,21 +89,25 @@ async def test_swagger_ui_is_served_without_any_cdn(api: httpx.AsyncClient) -> N
 async def test_only_the_servers_app_freezes_the_heap_once_started(
     database_url: str, sim: Simulator, clock: FakeClock
 ) -> None:
-    """A full collection and `gc.freeze()` after start-up pay where one app lives as long as
-    its process (`serve`), not in every app a process builds (the tests build hundreds)."""
-    frozen = gc.get_freeze_count()
+    """A full collection, `gc.freeze()` and rarer collections after start-up pay where one app
+    lives as long as its process (`serve`), not in every app a process builds (the tests
+    build hundreds)."""
+    frozen, thresholds = gc.get_freeze_count(), gc.get_threshold()
     upstream = httpx.ASGITransport(app=create_simulator_app(sim))
     plain = create_app(settings_for(database_url), clock=clock, transport=upstream)
     async with plain.router.lifespan_context(plain):
         assert gc.get_freeze_count() == frozen
+        assert gc.get_threshold() == thresholds
     server = create_app(
         settings_for(database_url), clock=clock, transport=upstream, freeze_heap=True
     )
     try:
         async with server.router.lifespan_context(server):
             assert gc.get_freeze_count() > frozen
+            assert gc.get_threshold() == app.main.SERVER_GC_THRESHOLDS
     finally:
         gc.unfreeze()  # the rest of the session collects as usual
+        gc.set_threshold(*thresholds)
 
 
 def test_serve_builds_the_app_that_freezes_its_heap(
