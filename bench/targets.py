@@ -3,6 +3,8 @@
     python -m bench.targets                        # both sizes, both databases, 1,000 x 1,000
     python -m bench.targets --db sqlite --size 1000x100 --no-big     # one case
     python -m bench.targets --quick                # short loads: a smoke run
+    python -m bench.targets --size 1000x100 --no-big --reads-only --read /customers
+                                                   # one cached read per database
 
 The processes and cores of `bench.load` and `bench.cold` (`bench/loadkit.py`): the service (a
 real `python -m app serve`) alone on core 0, the stand-in (`bench/standin.py`), wrk, the long
@@ -452,9 +454,14 @@ def one_case(
             if c["lost"]:
                 raise Broken(f"{c['lost']} customers lost in the cold refresh")
             log("  cached reads vs the bare baseline")
-            case = Case(size.customers, size.jobs, CONCURRENCY, (JOBS_READ, CUSTOMERS_READ), ())
+            case = Case(size.customers, size.jobs, CONCURRENCY, tuple(args.read), ())
             result["reads"] = read_load(run, case, args, workdir)
             result["max_stall_after_reads_s"] = stall_now(run)
+            if args.reads_only:
+                result["peak_rss_mib"] = memory_mib(run.service.pid)["peak_rss_mib"]
+                if not run.service.alive():
+                    raise Broken(f"the service exited:\n{run.service.tail()}")
+                return result
             cursor = newest_cursor(run)
             log("  idle long polls")
             port = int(run.service_url.rsplit(":", 1)[1])
@@ -706,7 +713,19 @@ def main() -> int:
         "--env", action="append", default=[], metavar="NAME=VALUE", help="extra service setting"
     )
     parser.add_argument("--name", default="targets", help="results/NAME.json")
+    parser.add_argument(
+        "--read",
+        action="append",
+        choices=(JOBS_READ, CUSTOMERS_READ),
+        help="a cached read to load (repeatable; default both)",
+    )
+    parser.add_argument(
+        "--reads-only",
+        action="store_true",
+        help="after the cold refresh only the cached reads: no long polls, no changed refresh",
+    )
     args = parser.parse_args()
+    args.read = args.read or [JOBS_READ, CUSTOMERS_READ]
     args.env = dict(item.split("=", 1) for item in args.env)
     # What `bench.load.read_load` and `measure` read.
     args.warmup, args.rounds, args.duration = (1.0, 2, 4.0) if args.quick else (2.0, 3, 12.0)

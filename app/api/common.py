@@ -12,7 +12,20 @@ from app.clock import iso
 
 if TYPE_CHECKING:
     from app.api.deps import Services
-from app.refresh import DiscoveryFailed, Refresher, Source
+from app.refresh import DiscoveryFailed, Listing, Refresher, Source
+
+
+async def listing(refresher: Refresher) -> Listing:
+    """Every customer of the partner, with the generation of that list (503 when it cannot
+    be had)."""
+    try:
+        return await refresher.customer_listing()
+    except DiscoveryFailed as exc:
+        raise Unavailable(
+            f"the customer list could not be fetched from the upstream ({exc}); "
+            "set CUSTOMER_IDS or try again later",
+            headers={"Retry-After": "10"},
+        ) from None
 
 
 async def scope(
@@ -21,14 +34,7 @@ async def scope(
     """The customers a request covers: all those its key may see, or the ones it names (422
     for one that is not the partner's, or that the key may not see: for a key limited to
     some customers, the others do not exist)."""
-    try:
-        known = await refresher.customer_ids()
-    except DiscoveryFailed as exc:
-        raise Unavailable(
-            f"the customer list could not be fetched from the upstream ({exc}); "
-            "set CUSTOMER_IDS or try again later",
-            headers={"Retry-After": "10"},
-        ) from None
+    known = list((await listing(refresher)).ids)
     if principal.customers is not None:
         known = [cid for cid in known if cid in principal.customers]
     if not customer_ids:

@@ -13,7 +13,7 @@ covers, then reads the store. The package, by job:
 - `runs`: `POST /refresh` runs.
 """
 
-from app.refresh.directory import DiscoveryFailed
+from app.refresh.directory import DiscoveryFailed, Listing
 from app.refresh.leasing import LEASE_SECONDS
 from app.refresh.ledger import Freshness, RefreshOutcome, Source, SourceError, View
 from app.refresh.refresher import Refresher
@@ -22,6 +22,7 @@ __all__ = [
     "LEASE_SECONDS",
     "DiscoveryFailed",
     "Freshness",
+    "Listing",
     "RefreshOutcome",
     "Refresher",
     "Source",

@@ -3,6 +3,10 @@
 A known list is answered at once (an expired one is renewed in the background); only when
 none is known yet does a request wait for the listing. The listing also gives the customers'
 names, stored with them.
+
+The known list is never changed in place: a new one replaces it and moves `generation`, so
+that what is built from a list (the API's pages of customers) can be kept under the
+generation instead of being rebuilt from the whole list on every request.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from app.clock import Clock
@@ -25,6 +30,15 @@ log = logging.getLogger("app.refresh")
 
 LISTING_FAILURES: tuple[type[Exception], ...] = (UpstreamError, *outage.DRIVER_ERRORS)
 """What a customer listing may fail with and be backed off for: the upstream or the database."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """The customers known now, in the directory's order, and the generation of that list:
+    the same generation always names the same ids."""
+
+    generation: int
+    ids: tuple[str, ...]
 
 
 class DiscoveryFailed(Exception):
@@ -59,7 +73,8 @@ class CustomerDirectory:
         self.wait = wait
         self.clock = clock
         self.on_names = on_names
-        self.known: list[str] | None = list(self.configured) or None
+        self.known: tuple[str, ...] | None = tuple(self.configured) or None
+        self.generation = 0  # moves whenever `known` is replaced
         self.fetched_at: datetime | None = None
         self.failure: str | None = None
         self.retry_at = datetime.min.replace(tzinfo=UTC)
@@ -69,9 +84,18 @@ class CustomerDirectory:
     def load(self, stored: Sequence[str]) -> None:
         """What the store knew before a restart, until the upstream says otherwise."""
         if not self.configured and stored:
-            self.known = sorted(stored)
+            self._know(sorted(stored))
+
+    def _know(self, ids: Sequence[str]) -> None:
+        self.known = tuple(ids)
+        self.generation += 1
 
     async def ids(self) -> list[str]:
+        return list((await self.listing()).ids)
+
+    async def listing(self) -> Listing:
+        """The customers known now, without a copy: `ids` for callers that keep what they
+        build from it under its generation."""
         backing_off = self.failure is not None and self.clock() < self.retry_at
         if self.known is not None:
             expired = (
@@ -80,7 +104,7 @@ class CustomerDirectory:
             )
             if expired and not backing_off:
                 self._start()
-            return list(self.known)
+            return Listing(self.generation, self.known)
         if backing_off:
             raise DiscoveryFailed(self.failure or "the customer listing failed")
         task = self._start()
@@ -89,7 +113,11 @@ class CustomerDirectory:
             raise DiscoveryFailed("the customer list is still being fetched")
         if task.cancelled() or task.exception() is not None:
             raise DiscoveryFailed(self.failure or "the customer listing failed")
-        return list(task.result())
+        known = self.known
+        if known is None:  # the listing set none (it always does): its result, then
+            self._know(task.result())
+            known = tuple(task.result())
+        return Listing(self.generation, known)
 
     @property
     def task(self) -> asyncio.Task[list[str]] | None:
@@ -141,5 +169,5 @@ class CustomerDirectory:
         self.failures = 0
         self.on_names(names)
         if not self.configured:
-            self.known = list(names)
+            self._know(list(names))
         return list(self.known or ())

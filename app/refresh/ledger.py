@@ -11,7 +11,8 @@ process's own refreshes (`settle`). Answering "how current is this" costs no que
 
 Each customer has a data version (the database's, so every process agrees on it) and the
 ledger a fingerprint of them all; the API keys its encoded answers, and their ETags, by them.
-`epoch` grows with every change of any customer's state, so views can be kept until it moves.
+`epoch` grows with every change of any customer's state or name, so views, and answers built
+from them, can be kept until it moves.
 """
 
 from __future__ import annotations
@@ -203,13 +204,19 @@ class Ledger:
             if cid not in self.status and state.last_attempt_at is None:
                 continue  # nothing stored of it: nothing to load
             status = self.of(cid)
-            version = status.version
+            version, name = status.version, status.name
             # A state read before a refresh of ours landed (it settled while the read was
             # answered) is older than what memory holds: it is not taken.
-            if _older_than_known(state, status) or not self.take_state(state):
+            if _older_than_known(state, status):
+                continue
+            if not self.take_state(state):
+                # Only its name may have moved (another process listed the customers): the
+                # answers name it, and the fingerprint does, as they do the data.
+                if status.name != name:
+                    moved = data = True
                 continue
             moved = True
-            data = data or status.version != version
+            data = data or status.version != version or status.name != name
             if status.error is None and status.last_success_at is not None:
                 status.failures = 0
                 status.backoff_until = None

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import Clock, utcnow
 from app.metrics import Metrics
-from app.refresh.directory import CustomerDirectory
+from app.refresh.directory import CustomerDirectory, Listing
 from app.refresh.leasing import LEASE_SECONDS, Leasing, process_holder
 from app.refresh.ledger import (
     CacheResult,
@@ -155,6 +155,10 @@ class Refresher:
     async def customer_ids(self) -> list[str]:
         """Every customer this partner's requests cover: configured, or discovered."""
         return await self.directory.ids()
+
+    async def customer_listing(self) -> Listing:
+        """`customer_ids` without the copy, with the generation of the list."""
+        return await self.directory.listing()
 
     def in_flight(self, cid: str) -> bool:
         return cid in self._inflight

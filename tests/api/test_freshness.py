@@ -393,6 +393,73 @@ async def test_customers_answer_304_while_only_the_age_changes(
     assert again.status_code == 304
 
 
+def names_and_ages(body: dict) -> dict[str, tuple[str | None, int | None]]:  # type: ignore[type-arg]
+    return {
+        c["customer_id"]: (c["customer_name"], c["source"]["age_seconds"]) for c in body["items"]
+    }
+
+
+async def test_the_kept_customers_answer_follows_ages_names_and_the_customer_list(
+    gateway: Gateway, sim: Simulator, clock: FakeClock
+) -> None:
+    """`/customers` is kept, and found without looking at every customer; what it shows still
+    moves with the second (ages), a name another process stored, and the customer list."""
+    async with gateway() as api:
+        svc = services_of(api)
+        first = (await api.get("/customers")).json()
+        assert {age for _, age in names_and_ages(first).values()} == {0}
+        clock.advance(5)
+        assert {
+            age for _, age in names_and_ages((await api.get("/customers")).json()).values()
+        } == {5}
+        # Another process lists the customers and stores a new name; this one hears of it
+        # (app.refresh.replicas) and reloads the customer's state.
+        renamed = sim.customer_ids()[0]
+        async with svc.writer.transaction() as session:
+            await repo.upsert_customers(session, [(renamed, "Renamed Elsewhere Ltd")])
+        await svc.refresher.reload([renamed])
+        body = (await api.get("/customers")).json()
+        assert names_and_ages(body)[renamed] == ("Renamed Elsewhere Ltd", 5)
+        jobs = (await api.get("/jobs", params={"customer_id": renamed, "limit": 500})).json()
+        assert {j["customer_name"] for j in jobs["items"]} == {"Renamed Elsewhere Ltd"}
+        everyone = await all_items(api, {"limit": 500})
+        assert {j["customer_name"] for j in everyone if j["customer_id"] == renamed} == {
+            "Renamed Elsewhere Ltd"
+        }
+        # The partner gains a customer: once the list is renewed (after the TTL), the next
+        # answer has it, with its data.
+        before = set(sim.customer_ids())
+        sim.config = dataclasses.replace(sim.config, customers=len(before) + 1)
+        clock.advance(300)
+        await api.get("/customers")  # renews the list in the background, answers the old one
+        listing = svc.refresher.directory.task
+        assert listing is not None
+        await listing
+        body = (await api.get("/customers")).json()
+        assert [c["customer_id"] for c in body["items"]] == sorted(sim.customer_ids())
+        assert len(body["items"]) == len(before) + 1
+        assert {c["source"]["state"] for c in body["items"]} == {"fresh"}
+        paged = (await api.get("/customers", params={"limit": 2})).json()
+        rest = (await api.get("/customers", params={"cursor": paged["next_cursor"]})).json()
+        assert [c["customer_id"] for c in paged["items"] + rest["items"]] == sorted(
+            sim.customer_ids()
+        )
+
+
+async def test_customers_with_max_age_refresh_only_their_page(
+    api: httpx.AsyncClient, sim: Simulator
+) -> None:
+    first = (await api.get("/customers")).json()
+    walks = dict(sim.stats.walks)
+    page = (await api.get("/customers", params={"max_age": 0, "limit": 2})).json()
+    assert [c["customer_id"] for c in page["items"]] == sorted(sim.customer_ids())[:2]
+    walked = {cid for cid in sim.customer_ids() if sim.stats.walks[cid] > walks.get(cid, 0)}
+    assert walked == {c["customer_id"] for c in page["items"]}
+    rest = await api.get("/customers", params={"max_age": 0, "cursor": page["next_cursor"]})
+    assert [c["customer_id"] for c in rest.json()["items"]] == sorted(sim.customer_ids())[2:]
+    assert len(first["items"]) == len(sim.customer_ids())
+
+
 class BlockedJobs(httpx.AsyncBaseTransport):
     """The simulator, except that jobs requests hang, once `blocked`, until released."""
 
