@@ -77,10 +77,15 @@ class Scoped:
         return page, len(self.ordered) > start + limit
 
 
+def scope_key(known: Listing, principal: Principal) -> tuple[str, int, frozenset[str] | None]:
+    """What names the customers `principal` sees in this generation of the list."""
+    return ("customer-scope", known.generation, principal.customers)
+
+
 def scoped(svc: Services, known: Listing, principal: Principal) -> Scoped:
     """The customers `principal` sees: kept per generation of the list, since sorting and
     filtering every customer on every request cost more than the rest of a kept answer."""
-    key = ("customer-scope", known.generation, principal.customers)
+    key = scope_key(known, principal)
     kept: Scoped | None = svc.answers.get(key)
     if kept is None:
         allowed = principal.customers
@@ -109,8 +114,10 @@ async def answer_customers(
     if max_age is not None:
         freshness = await refresher.ensure(mine.page(after, limit)[0], max_age=max_age)
     else:
+        # A key limited to some customers keeps its view under the key of its scope.
         everyone = principal.customers is None
-        freshness = await refresher.ensure(mine.in_scope, everyone=everyone)
+        kept = None if everyone else scope_key(known, principal)
+        freshness = await refresher.ensure(mine.in_scope, everyone=everyone, kept=kept)
     now_second = int(freshness.now.timestamp())
     # The epoch moves with every change of any customer's data version, name or state; the
     # second with the ages. Taken before the counts are read: should a refresh land

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -35,6 +35,9 @@ CacheResult = Literal["hit", "miss", "stale"]
 # even with CACHE_TTL_SECONDS=0 a failing upstream is not asked by every request.
 BACKOFF_BASE_SECONDS = 10.0
 MIN_BACKOFF_SECONDS = 1.0
+
+KEPT_VIEWS = 256
+"""Views of named sets of customers kept at one epoch (one a key limited to some customers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,8 @@ class Ledger:
         self.epoch = 0  # grows with every change of any customer's state
         self._fingerprint: str | None = None
         self._view_all: tuple[int, int, View] | None = None  # (epoch, scope size, view)
+        self._kept_views: dict[Hashable, tuple[int, View]] = {}  # name -> (scope size, view)
+        self._kept_epoch = 0  # the epoch the kept views were made at
 
     # -- status ------------------------------------------------------------------------------
 
@@ -335,19 +340,27 @@ class Ledger:
         *,
         everyone: bool = False,
         refreshing: frozenset[str] = frozenset(),
+        kept: Hashable | None = None,
     ) -> View:
         """How current these customers are now. With `everyone` (the request covers every
-        customer) the view is kept until a state changes or time moves it on."""
-        cached = self._view_all
-        if (
-            everyone
-            and not refreshing
-            and cached is not None
-            and cached[0] == self.epoch
-            and cached[1] == len(customer_ids)
-            and (cached[2].valid_until is None or now < cached[2].valid_until)
-        ):
-            return cached[2]
+        customer), or `kept` (a name the caller gives these customers, which names the same
+        ones for as long as it is used), the view is kept until a state changes or time moves
+        it on."""
+        if self._kept_epoch != self.epoch:
+            self._kept_views.clear()
+            self._kept_epoch = self.epoch
+        if not refreshing:
+            if everyone:
+                all_ = self._view_all
+                cached = all_[1:] if all_ is not None and all_[0] == self.epoch else None
+            else:
+                cached = self._kept_views.get(kept) if kept is not None else None
+            if (
+                cached is not None
+                and cached[0] == len(customer_ids)
+                and (cached[1].valid_until is None or now < cached[1].valid_until)
+            ):
+                return cached[1]
         counts: dict[State, int] = dict.fromkeys(STATES, 0)
         oldest: datetime | None = None
         not_fresh: list[Part] = []
@@ -383,6 +396,10 @@ class Ledger:
         )
         if everyone and not refreshing:
             self._view_all = (self.epoch, len(customer_ids), view)
+        elif kept is not None and not refreshing:
+            if len(self._kept_views) >= KEPT_VIEWS:
+                self._kept_views.clear()
+            self._kept_views[kept] = (len(customer_ids), view)
         return view
 
 

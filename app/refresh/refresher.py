@@ -20,7 +20,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -144,9 +144,10 @@ class Refresher:
         *,
         everyone: bool = False,
         refreshing: frozenset[str] = frozenset(),
+        kept: Hashable | None = None,
     ) -> View:
         return self.ledger.view(
-            customer_ids, self.clock(), everyone=everyone, refreshing=refreshing
+            customer_ids, self.clock(), everyone=everyone, refreshing=refreshing, kept=kept
         )
 
     def oldest_snapshot_age(self) -> float:
@@ -195,10 +196,12 @@ class Refresher:
         *,
         max_age: float | None = None,
         everyone: bool = False,
+        kept: Hashable | None = None,
     ) -> Freshness:
         """Refresh what is older than `max_age` (default: the TTL), then say how current
-        each customer is. Waits only where it must (see the module docstring)."""
-        view = self.view(customer_ids, everyone=everyone)
+        each customer is. Waits only where it must (see the module docstring). `kept` names
+        these customers for a view kept between requests (`Ledger.view`)."""
+        view = self.view(customer_ids, everyone=everyone, kept=kept)
         now = self.clock()
         if max_age is None:
             candidates = [p.customer_id for p in view.not_fresh]

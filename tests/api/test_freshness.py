@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.access import keys
 from app.api import schemas
 from app.clock import iso
 from app.simulator import Simulator, create_simulator_app
@@ -458,6 +459,31 @@ async def test_customers_with_max_age_refresh_only_their_page(
     rest = await api.get("/customers", params={"max_age": 0, "cursor": page["next_cursor"]})
     assert [c["customer_id"] for c in rest.json()["items"]] == sorted(sim.customer_ids())[2:]
     assert len(first["items"]) == len(sim.customer_ids())
+
+
+async def test_a_limited_keys_kept_customers_view_still_goes_stale_with_time(
+    api: httpx.AsyncClient, sim: Simulator, clock: FakeClock
+) -> None:
+    """A key limited to some customers keeps its freshness view between requests too; time
+    alone still moves it on: past the TTL its customers are refreshed, and only they."""
+    mine = sorted(sim.customer_ids())[:2]
+    svc = services_of(api)
+    key = await keys.create_key(
+        svc.writer, "two", customers=mine, rate_per_minute=None, now=svc.clock()
+    )
+    await svc.keys.reload(svc.sessions)
+    limited = {"X-API-Key": key}
+    first = await api.get("/customers", headers=limited)
+    assert [c["customer_id"] for c in first.json()["items"]] == mine
+    again = await api.get("/customers", headers=limited)
+    assert again.headers["cache-status"].startswith("jobs-gateway; hit")
+    walks = dict(sim.stats.walks)
+    clock.advance(301)
+    late = await api.get("/customers", headers=limited)
+    assert "fwd=miss" in late.headers["cache-status"]
+    walked = {cid for cid in sim.customer_ids() if sim.stats.walks[cid] > walks.get(cid, 0)}
+    assert walked == set(mine)
+    assert {c["source"]["state"] for c in late.json()["items"]} == {"fresh"}
 
 
 class BlockedJobs(httpx.AsyncBaseTransport):
