@@ -13,6 +13,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -30,7 +31,10 @@ from app.store.db import (
     DatabaseUnavailable,
     alembic_config,
     create_engine,
+    head_revisions,
+    heads_in,
     migrate,
+    migrations_at_head,
     migrations_current,
 )
 
@@ -375,3 +379,127 @@ async def test_processes_migrating_at_once_take_turns(empty_database_url: str) -
         assert await migrations_current(engine)
     finally:
         await engine.dispose()
+
+
+# -- At head, asked without Alembic ---------------------------------------------------------
+#
+# `migrate` and /readyz read the head revision from the scripts' text and the database's
+# revision with one query, and import Alembic only to migrate: these hold both to Alembic's
+# own answers.
+
+
+def _alembic_heads(versions: Path) -> frozenset[str]:
+    """Alembic's heads of the scripts in `versions` (the `versions/` of a script directory)."""
+    assert versions.name == "versions"
+    return frozenset(ScriptDirectory(str(versions.parent)).get_heads())
+
+
+def test_the_head_read_from_the_scripts_is_alembics() -> None:
+    assert head_revisions() == _alembic_heads(MIGRATIONS_DIR / "versions")
+    assert len(head_revisions()) == 1
+
+
+SCRIPT = """from alembic import op
+
+revision{annotation} = {revision!r}
+down_revision{annotation} = {down!r}
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("SELECT 1")
+"""
+
+
+@pytest.mark.parametrize(
+    "scripts",
+    [
+        {"a": None, "b": "a", "c": "b"},  # a line
+        {"a": None, "b": "a", "c": "a"},  # two branches: two heads
+        {"a": None, "b": "a", "c": "a", "d": ("b", "c")},  # merged again
+        {"a": None, "b": "a", "c": "a", "d": ["b", "c"], "e": "d"},
+    ],
+    ids=["line", "branches", "merge", "after-merge"],
+)
+def test_heads_in_a_tree_of_scripts_are_alembics(tmp_path: Path, scripts: dict[str, Any]) -> None:
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    (versions / "__init__.py").write_text("revision = 'not-a-script'\n")
+    for n, (revision, down) in enumerate(scripts.items()):
+        annotation = ": str" if n % 2 else ""  # as Alembic's template writes, and plainly
+        text = SCRIPT.format(annotation=annotation, revision=revision, down=down)
+        (versions / f"{n:04d}_{revision}.py").write_text(text)
+    assert heads_in(versions) == _alembic_heads(versions)
+
+
+def test_a_script_whose_revision_is_not_a_literal_is_left_to_alembic(tmp_path: Path) -> None:
+    (tmp_path / "0001_a.py").write_text("revision = 'a'\ndown_revision = None\n")
+    assert heads_in(tmp_path) == {"a"}
+    (tmp_path / "0002_b.py").write_text("revision = 'b'\ndown_revision = revision_of('a')\n")
+    assert heads_in(tmp_path) is None
+
+
+def _alembic_at_head(connection: Connection) -> bool:
+    current = MigrationContext.configure(connection).get_current_heads()
+    return frozenset(current) == _alembic_heads(MIGRATIONS_DIR / "versions")
+
+
+async def test_at_head_is_what_alembic_says(empty_database_url: str) -> None:
+    engine = create_engine(empty_database_url)
+    try:
+        for step in ("nothing", "upgrade 0013", "upgrade head", "downgrade base"):
+            if step != "nothing":
+                action, revision = step.split()
+                async with engine.begin() as connection:
+                    await connection.run_sync(_alembic, action, revision)
+            async with engine.connect() as connection:
+                alembic_says = await connection.run_sync(_alembic_at_head)
+            assert await migrations_at_head(engine) == alembic_says, step
+            assert alembic_says == (step == "upgrade head"), step
+    finally:
+        await engine.dispose()
+
+
+MIGRATE_AND_TELL = """
+import asyncio, sys
+from app.store.db import alembic_config, create_engine, migrate, migrations_at_head
+
+def downgrade(connection, revision):
+    from alembic import command
+
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.downgrade(config, revision)
+
+async def main(url):
+    engine = create_engine(url)
+    try:
+        await migrate(engine)
+        print(await migrations_at_head(engine), "alembic" in sys.modules)
+        async with engine.begin() as connection:
+            await connection.run_sync(downgrade, "0013")
+        print(await migrations_at_head(engine))
+        await migrate(engine)
+        print(await migrations_at_head(engine))
+    finally:
+        await engine.dispose()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_a_process_imports_alembic_only_to_migrate(database_url: str) -> None:
+    """A start-up on a current database asks and goes on, without Alembic (a second of CPU);
+    on one that is behind it still migrates."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        MIGRATE_AND_TELL,
+        database_url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, stderr.decode()
+    assert stdout.decode().splitlines() == ["True False", "False", "True"]

@@ -458,8 +458,11 @@ def test_the_secret_scan_fails_the_session_however_it_runs(
     the whole session, as in a session of one process."""
     for name, text in LEAKY_SESSION.items():
         (tmp_path / name).write_text(text)
+    # Without the plugins these two tests do not use: schemathesis' and hypothesis' cost
+    # each process of the session nearly four seconds of CPU to load.
+    unused = ["-p", "no:schemathesis", "-p", "no:hypothesispytest"]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *workers],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *unused, *workers],
         cwd=tmp_path,
         env={
             **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},
