@@ -4,7 +4,8 @@ moment ago is not, and a server that dropped it is still survived."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -45,34 +46,38 @@ def pg_database_url(postgres_databases: PostgresDatabases) -> Iterator[str]:
         postgres_databases.give_back(url)
 
 
+@asynccontextmanager
+async def _dropped(
+    postgres_url: str, url: str, ping_after: float, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[AsyncEngine, int]]:
+    """An engine pinging after `ping_after` seconds idle, whose one pooled connection the
+    server has just ended (and that connection's server process id)."""
+    monkeypatch.setattr(db, "POSTGRES_PING_AFTER_IDLE_SECONDS", ping_after)
+    engine = db.create_engine(url)
+    try:
+        first = await _backend_pid(engine)
+        await _terminate(postgres_url, first)
+        yield engine, first
+    finally:
+        await engine.dispose()
+
+
 async def test_an_idle_connection_the_server_dropped_is_replaced_before_use(
     postgres_url: str, pg_database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every checkout counts as "idle for a while": the ping runs each time.
-    monkeypatch.setattr(db, "POSTGRES_PING_AFTER_IDLE_SECONDS", 0.0)
-    engine = db.create_engine(pg_database_url)
-    try:
-        first = await _backend_pid(engine)
-        await _terminate(postgres_url, first)
+    async with _dropped(postgres_url, pg_database_url, 0.0, monkeypatch) as (engine, first):
         # The pooled connection fails its ping and is replaced: the caller sees no error.
         assert await _backend_pid(engine) != first
-    finally:
-        await engine.dispose()
 
 
 async def test_a_connection_handed_back_a_moment_ago_is_not_pinged_and_a_drop_is_survived(
     postgres_url: str, pg_database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(db, "POSTGRES_PING_AFTER_IDLE_SECONDS", 3600.0)
-    engine = db.create_engine(pg_database_url)
-    try:
-        first = await _backend_pid(engine)
-        await _terminate(postgres_url, first)
+    async with _dropped(postgres_url, pg_database_url, 3600.0, monkeypatch) as (engine, first):
         # Not pinged: its first statement finds the server gone, as a disconnect ...
         with pytest.raises(DBAPIError) as failed:
             await _backend_pid(engine)
         assert failed.value.connection_invalidated
         # ... and the pool has let it go: the next use has a new connection.
         assert await _backend_pid(engine) != first
-    finally:
-        await engine.dispose()
