@@ -49,6 +49,7 @@ from app.api import (
 )
 from app.api import tickets as tickets_api
 from app.api.answers import AnswerCache, FastReads, FastReadsMiddleware
+from app.api.common import add_routes
 from app.api.deps import Services
 from app.api.middleware import HeadAsGet, RequestIdMiddleware, RequestLimits, RequestMetrics
 from app.board import pages as board
@@ -569,18 +570,21 @@ def create_app(
             max_age=600,
         )
     app.add_middleware(RequestIdMiddleware)
-    app.include_router(export.router)
-    app.include_router(jobs.router)
-    app.include_router(customers.router)
-    app.include_router(summary.router)
-    app.include_router(events.router)
-    app.include_router(alerts.router)
-    app.include_router(objects.router)
-    app.include_router(maintenance.router)
-    app.include_router(deliveries.router)
-    app.include_router(tickets_api.router)
-    app.include_router(runs.router)
-    app.include_router(meta.router)
+    add_routes(
+        app,
+        export.router,
+        jobs.router,
+        customers.router,
+        summary.router,
+        events.router,
+        alerts.router,
+        objects.router,
+        maintenance.router,
+        deliveries.router,
+        tickets_api.router,
+        runs.router,
+        meta.router,
+    )
     board.install(app, settings)
     app.mount("/docs/assets", StaticFiles(directory=_DOCS_ASSETS), name="docs-assets")
 

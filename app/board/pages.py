@@ -13,7 +13,7 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from app import catalog, expectations
-from app.api.common import scope, visible
+from app.api.common import add_routes, scope, visible
 from app.api.errors import ApiError, InvalidParameter, NotFound
 from app.api.jobs import job_out
 from app.api.objects import object_query
@@ -53,8 +53,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         sessions=Sessions(settings),
         settings=settings,
     )
-    app.include_router(router)
-    app.include_router(forms.router)
+    add_routes(app, router, forms.router)
     app.mount("/board/static", StaticFiles(directory=HERE / "static"), name="board-static")
 
 
