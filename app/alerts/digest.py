@@ -25,7 +25,6 @@ from email.utils import formatdate, make_msgid
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import aiosmtplib
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.alerts.objects import Judged, Judging, judge_objects
@@ -257,6 +256,8 @@ async def send(msg: EmailMessage, settings: Settings) -> None:
     message names the server but never the credentials."""
     assert settings.smtp_url is not None
     url = settings.smtp_url.get_secret_value()
+    import aiosmtplib  # here: only a process with SMTP_URL sends (70 ms to import)
+
     try:
         await aiosmtplib.send(msg, recipients=settings.digest_to, **smtp_options(url))
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:

@@ -24,18 +24,18 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
-import jwt
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 
 from app.config import ConfigError
 from app.upstream.errors import UpstreamAuthError
 from app.upstream.wire import count_or_none, is_transient, request_id_of, retry_after_of
+
+if TYPE_CHECKING:  # imported where used: only a certificate's app signs (50 ms a process)
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 logger = logging.getLogger("app.upstream")
 
@@ -69,6 +69,8 @@ class ClientAssertion:
     """
 
     def __init__(self, private_key: rsa.RSAPrivateKey, certificate: x509.Certificate) -> None:
+        from cryptography.hazmat.primitives import hashes
+
         if private_key.key_size < MIN_RSA_KEY_BITS:
             raise ClientAssertionError(
                 f"{PRIVATE_KEY_VARIABLE}: the RSA key has {private_key.key_size} bits; "
@@ -91,6 +93,11 @@ class ClientAssertion:
         Either may be one file holding both; the certificate file may hold a chain, whose
         certificate of this key is the one named.
         """
+        from cryptography import x509
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
         key_pem = _read(PRIVATE_KEY_VARIABLE, private_key_file)
         try:
             key = serialization.load_pem_private_key(key_pem, password=None)
@@ -143,6 +150,8 @@ class ClientAssertion:
             "exp": issued + ASSERTION_LIFETIME_SECONDS,
         }
         headers = {"typ": "JWT", "x5t": self.thumbprint, "x5t#S256": self.thumbprint_sha256}
+        import jwt
+
         return jwt.encode(claims, self._private_key, algorithm="RS256", headers=headers)
 
 
@@ -155,6 +164,8 @@ def _read(variable: str, path: Path) -> bytes:
 
 
 def _same_public_key(certificate: x509.Certificate, key: rsa.RSAPrivateKey) -> bool:
+    from cryptography.hazmat.primitives import serialization
+
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     return bool(
         certificate.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)

@@ -145,9 +145,9 @@ def test_start_up_without_api_keys_or_a_made_key_names_both_ways(
 def test_a_keys_rate_limit_holds_for_the_sum_of_two_replicas(
     upstream: tuple[str, Simulator], postgres_database: str
 ) -> None:
-    """Two processes on one database, a key allowed 60 requests a minute, 200 requests sent
+    """Two processes on one database, a key allowed 60 requests a minute, 120 requests sent
     to both in turn: about 60 get through in all (app.access.ratelimit states the tolerance), not
-    60 each."""
+    60 each (which would be all 120)."""
     env = serve_env(upstream[0], postgres_database, "full-key", REFRESH_INTERVAL_SECONDS="0")
     key = made(env, "limited", "--rate-per-minute", "60")
     ports = [free_port(), free_port()]
@@ -157,11 +157,12 @@ def test_a_keys_rate_limit_holds_for_the_sum_of_two_replicas(
         for base, process in zip(bases, processes, strict=True):
             wait_until_up(f"{base}/readyz", process)
         # Both processes read the key at start-up: it was made before them.
-        if int(time.time()) % 60 > 45:  # keep the whole run inside one minute window
+        # The whole run inside one minute window: it takes 3-4 s, or twice that under load.
+        if int(time.time()) % 60 > 52:
             time.sleep(61 - time.time() % 60)
         admitted = 0
         with httpx.Client(headers={"X-API-Key": key}, timeout=10) as client:
-            for n in range(200):
+            for n in range(120):
                 response = client.get(f"{bases[n % 2]}/enums")
                 assert response.status_code in (200, 429), response.text
                 if response.status_code == 200:
@@ -169,7 +170,7 @@ def test_a_keys_rate_limit_holds_for_the_sum_of_two_replicas(
                 else:
                     assert int(response.headers["retry-after"]) >= 1
                 time.sleep(0.02)
-        assert 60 <= admitted <= 75, admitted  # 60 each would be 120
+        assert 60 <= admitted <= 75, admitted  # 60 each would be all 120
     finally:
         for process in processes:
             stop(process)
