@@ -98,8 +98,11 @@ def create_simulator_app(sim: Simulator) -> Starlette:
         async def wrapped(request: Request) -> Response:
             sim.stats.enter()
             try:
-                if api and sim.config.latency_seconds > 0:
-                    await asyncio.sleep(sim.config.latency_seconds)
+                config = sim.config
+                if api and config.latency_seconds > 0:
+                    await asyncio.sleep(config.latency_seconds)
+                if api and request.path_params.get("customer_id") in config.slow_customers:
+                    await asyncio.sleep(config.slow_latency_seconds)
                 response = await handler(request)
             finally:
                 sim.stats.leave()

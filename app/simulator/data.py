@@ -80,6 +80,10 @@ class SimulatorConfig:
     client_secret: str = "demo-secret"  # noqa: S105 - the simulator's own demo credential
     token_ttl_seconds: int = 3600  # `expires_in`; older tokens get 401 from the API
     latency_seconds: float = 0.0  # added to every customers and jobs response
+    # These customers' jobs responses take `slow_latency_seconds` more each: their walks are
+    # the long ones, for a test that must catch a refresh while they are under way.
+    slow_customers: frozenset[str] = frozenset()
+    slow_latency_seconds: float = 0.0
     error_rate: float = 0.0  # chance of a 503 per customers or jobs request, seeded dice
     failing_customers: frozenset[str] = frozenset()  # always 500
     rate_limit_every: int = 0  # every Nth jobs request gets 429 + Retry-After: 1; 0 = off

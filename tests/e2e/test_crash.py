@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import functools
 import io
 import json
@@ -485,6 +486,7 @@ class Round:
     change: Callable[[Simulator, list[str], datetime], None]
     committed: int | None = None
     staged: bool = False
+    slow: float = 0.0  # seconds more for each page of the HEAVY customers, until the kill
 
 
 def put_scripted(heavy: int, light: int | None) -> Callable[[Simulator, list[str], datetime], None]:
@@ -509,7 +511,15 @@ def put_scripted(heavy: int, light: int | None) -> Callable[[Simulator, list[str
 
 
 ROUNDS = (
-    Round("cold store, killed once a few committed", 30, put_scripted(1, None), PARTIAL_KILL),
+    # The heavy customers' walks take 12 s at least here: the kill lands before they commit,
+    # however fast the others commit (SQLite's writer commits waiting merges together).
+    Round(
+        "cold store, killed once a few committed",
+        30,
+        put_scripted(1, None),
+        PARTIAL_KILL,
+        slow=0.5,
+    ),
     Round("new jobs, killed after 0.5 s", 0.5, put_scripted(1, 1)),
     Round("status changes, killed once some are staged", 15, put_scripted(3, 2), staged=True),
     Round("status changes again, killed at half", 15, put_scripted(2, 3), CUSTOMERS // 2),
@@ -628,8 +638,14 @@ def test_kill_9_mid_refresh_leaves_nothing_half_written(
         for number, round_ in enumerate(ROUNDS, 1):
             where = f"round {number} ({round_.name})"
             round_.change(sim, ids, scripted_start)
+            sim.config = dataclasses.replace(
+                sim.config,
+                slow_customers=frozenset(ids[:HEAVY]),
+                slow_latency_seconds=round_.slow,
+            )
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers) as client:
                 before, killed_at, first, output = kill_mid_refresh(store, client, process, round_)
+            sim.config = dataclasses.replace(sim.config, slow_latency_seconds=0.0)
             secret_scan.output(output, f"the serve process killed in {where}")
             dead = process.pid
 

@@ -521,6 +521,38 @@ async def test_latency_delays_api_responses(
     assert happened == ["answered 200"]
 
 
+async def test_slow_customers_wait_longer_and_the_others_do_not(
+    authed: httpx.AsyncClient, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`slow_customers` wait `slow_latency_seconds` more for each jobs page (a test's long
+    walks), on top of the latency every customer has; the other customers do not."""
+    happened: list[str] = []
+    sleep = asyncio.sleep
+
+    async def recorded(seconds: float) -> None:
+        happened.append(f"sleep {seconds}")
+        await sleep(seconds)
+
+    monkeypatch.setattr(simulator_app, "asyncio", types.SimpleNamespace(sleep=recorded))
+    slow, other = sim.customer_ids()[:2]
+    reconfigure(
+        sim,
+        latency_seconds=0.01,
+        slow_customers=frozenset({slow}),
+        slow_latency_seconds=0.03,
+    )
+    for cid in (slow, other):
+        response = await authed.post(jobs_path(cid))
+        happened.append(f"answered {cid} {response.status_code}")
+    assert happened == [
+        "sleep 0.01",
+        "sleep 0.03",
+        f"answered {slow} 200",
+        "sleep 0.01",
+        f"answered {other} 200",
+    ]
+
+
 # --- stats --------------------------------------------------------------------------------
 
 
