@@ -46,6 +46,8 @@ MIGRATIONS_DIR = _migrations_dir()
 top-level `migrations/` in a source tree."""
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+SQLITE_MIGRATION_WAIT_MS = 120_000
+"""How long a process waits for another that migrates the same SQLite file."""
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10
 
 
@@ -359,11 +361,23 @@ MIGRATION_LOCK_KEY = 0x4A6F6273  # "Jobs"
 def _upgrade_to_head(connection: Connection) -> None:
     from alembic import command
 
+    sqlite = connection.dialect.name == "sqlite"
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    elif sqlite:
+        # The write lock before Alembic reads the version table, so that processes migrating
+        # one file at once take turns, as on PostgreSQL (a `psa map` or `keys create` beside
+        # a starting server): without it each read "no revision" and all but one failed on
+        # "table already exists". The migration is one transaction under it.
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_MIGRATION_WAIT_MS}")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    try:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    finally:
+        if sqlite:
+            connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
 
 def _current_revisions(connection: Connection) -> frozenset[str]:

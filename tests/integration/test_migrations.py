@@ -354,9 +354,6 @@ MIGRATE_IN_A_PROCESS = (
 )
 
 
-@pytest.mark.parametrize(
-    "empty_database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
-)
 async def test_processes_migrating_at_once_take_turns(empty_database_url: str) -> None:
     processes = [
         await asyncio.create_subprocess_exec(
