@@ -356,7 +356,6 @@ BROWSER_TESTS = "tests/browser/"  # real server processes too, and a browser: e2
 E2E_HEAVIEST_FIRST = (
     "tests/e2e/test_crash.py::test_kill_9_mid_refresh_leaves_nothing_half_written[postgres]",
     "tests/e2e/test_crash.py::test_kill_9_mid_refresh_leaves_nothing_half_written[sqlite]",
-    "tests/browser/test_board.py",  # one server and one browser for all (~45 s)
     "tests/e2e/test_packaging.py",  # one wheel, built and installed once (~20 s)
     "tests/e2e/test_tickets.py::test_one_alerts_life_and_a_restart_while_ticket_work_is_pending",
     "tests/e2e/test_keys.py::test_a_keys_rate_limit_holds_for_the_sum_of_two_replicas",
@@ -368,6 +367,10 @@ E2E_HEAVIEST_FIRST = (
     "tests/e2e/test_stop.py",
     "tests/e2e/test_slow_clients.py",
 )
+E2E_LAST = "tests/browser/test_board.py"
+"""After every other e2e unit: one server and one browser for all (~50 s), which wait on the
+board's polls more than they work, so the other worker goes on to the in-process tests
+meanwhile and the machine's two cores stay busy."""
 E2E_WHOLE_MODULES = (
     "tests/browser/test_board.py",
     "tests/e2e/test_packaging.py",
@@ -402,16 +405,20 @@ def _work_unit(nodeid: str) -> str:
 
 def _work_rank(unit: str) -> int:
     """Where a unit goes in the queue: listed e2e work by its place, other e2e work after
-    it, then the listed in-process tests by their place, the other in-process tests last."""
+    it, then E2E_LAST, then the listed in-process tests by their place, the other in-process
+    tests last."""
+    listed = len(E2E_HEAVIEST_FIRST)
     for rank, prefix in enumerate(E2E_HEAVIEST_FIRST):
         if unit.startswith(prefix):
             return rank
+    if unit.startswith(E2E_LAST):
+        return listed + 1
     if unit.startswith((E2E_TESTS, BROWSER_TESTS)):
-        return len(E2E_HEAVIEST_FIRST)
-    for rank, prefix in enumerate(IN_PROCESS_HEAVIEST_FIRST, start=len(E2E_HEAVIEST_FIRST) + 1):
+        return listed
+    for rank, prefix in enumerate(IN_PROCESS_HEAVIEST_FIRST, start=listed + 2):
         if unit.startswith(prefix):
             return rank
-    return len(E2E_HEAVIEST_FIRST) + len(IN_PROCESS_HEAVIEST_FIRST) + 1
+    return listed + 2 + len(IN_PROCESS_HEAVIEST_FIRST)
 
 
 @pytest.hookimpl(optionalhook=True)

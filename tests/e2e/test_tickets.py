@@ -80,6 +80,21 @@ def psa(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def psa_at_once(env: dict[str, str], *commands: tuple[str, ...]) -> list[int]:
+    """`psa` commands run side by side (as a script mapping many customers would), each in a
+    process of its own; their exit codes. The first to start migrates, the others wait."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "app", "psa", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for args in commands
+    ]
+    return [process.wait(timeout=60) for process in processes]
+
+
 def serving(env: dict[str, str], count: int = 1) -> list[tuple[str, subprocess.Popen[bytes]]]:
     """`count` serve processes, started at once (on a database already migrated), ready."""
     bases = [f"http://127.0.0.1:{free_port()}" for _ in range(count)]
@@ -212,8 +227,8 @@ def test_two_replicas_open_one_ticket_per_alert(
     s, served = standin
     env = psa_env(base_url, postgres_database, served.url)
     customers = sim.customer_ids()
-    for n, cid in enumerate(customers):
-        assert psa(env, "map", cid, str(250 + n % 3)).returncode == 0
+    maps = [("map", cid, str(250 + n % 3)) for n, cid in enumerate(customers)]
+    assert psa_at_once(env, *maps) == [0] * len(customers)
     # `psa map` migrated the database: both replicas may start together.
     (a, pa), (b, pb) = serving(env, 2)
     try:
@@ -248,8 +263,7 @@ def test_the_storm_guard_holds_new_tickets_and_psa_release_opens_them(
         base_url, f"sqlite:///{tmp_path}/storm.db", served.url, PSA_MAX_NEW_TICKETS_PER_HOUR="2"
     )
     customers = sim.customer_ids()
-    for cid in customers:
-        assert psa(env, "map", cid, "250").returncode == 0
+    assert psa_at_once(env, *(("map", cid, "250") for cid in customers)) == [0] * len(customers)
     [(base, process)] = serving(env)
     try:
         for cid in customers:
