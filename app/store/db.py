@@ -361,10 +361,10 @@ MIGRATION_LOCK_KEY = 0x4A6F6273  # "Jobs"
 def _upgrade_to_head(connection: Connection) -> None:
     from alembic import command
 
-    sqlite = connection.dialect.name == "sqlite"
-    if connection.dialect.name == "postgresql":
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-    elif sqlite:
+    elif dialect == "sqlite":
         # The write lock before Alembic reads the version table, so that processes migrating
         # one file at once take turns, as on PostgreSQL (a `psa map` or `keys create` beside
         # a starting server): without it each read "no revision" and all but one failed on
@@ -376,7 +376,7 @@ def _upgrade_to_head(connection: Connection) -> None:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     finally:
-        if sqlite:
+        if dialect == "sqlite":
             connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
 

@@ -82,17 +82,22 @@ def psa(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 def psa_at_once(env: dict[str, str], *commands: tuple[str, ...]) -> list[int]:
     """`psa` commands run side by side (as a script mapping many customers would), each in a
-    process of its own; their exit codes. The first to start migrates, the others wait."""
+    process of its own; their exit codes, what a failed one printed in the failure. The first
+    to start migrates, the others wait."""
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "app", "psa", *args],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for args in commands
     ]
-    return [process.wait(timeout=60) for process in processes]
+    printed = [process.communicate(timeout=60)[1] for process in processes]
+    codes = [process.returncode for process in processes]
+    assert codes == [0] * len(codes), printed
+    return codes
 
 
 def serving(env: dict[str, str], count: int = 1) -> list[tuple[str, subprocess.Popen[bytes]]]:
