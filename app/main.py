@@ -350,7 +350,8 @@ async def build_services(
         runs=RefreshRuns(refresher, clock),
         clock=clock,
         keys=keys,
-        limits=RateLimits(),
+        # Windows follow the service's clock, as everything else does (a test's clock too).
+        limits=RateLimits(clock=lambda: clock().timestamp()),
         bus=bus,
         on_told=on_told,
     )

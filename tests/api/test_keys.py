@@ -450,6 +450,20 @@ async def test_past_its_rate_limit_a_key_gets_429_with_retry_after(gateway: Gate
         assert "jobs_gateway_rate_limited_requests_total 2.0" in metrics
 
 
+async def test_a_keys_minute_is_the_services_clocks(gateway: Gateway, clock: FakeClock) -> None:
+    """Windows follow the service's clock: its minute, not the machine's, so a refusal holds
+    until the service's next minute, and a test's frozen clock never crosses one."""
+    async with gateway() as api:
+        key = as_key(await make_key(api, "paced", rate_per_minute=2))
+        assert [(await api.get("/enums", headers=key)).status_code for _ in range(3)] == [
+            200,
+            200,
+            429,
+        ]
+        clock.advance(60)
+        assert (await api.get("/enums", headers=key)).status_code == 200
+
+
 async def test_rate_limit_per_minute_applies_to_api_keys_and_zero_turns_it_off(
     gateway: Gateway,
 ) -> None:
